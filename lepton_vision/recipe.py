@@ -1,0 +1,515 @@
+"""Recipe schema (pydantic v2), YAML loading with line numbers, and ``--set`` overrides.
+
+A recipe is one experiment: which task and dataset, the input, augmentation, model, training
+schedule, cross-validation, evaluation policy, final model and export. Every field is described
+(``lepton-vision recipe schema`` prints the JSON Schema). Unknown keys are refused with a
+"did you mean" suggestion; the whole recipe is re-validated after overrides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from lepton_vision.errors import Problem, RecipeError, did_you_mean, format_choices
+from lepton_vision.yamlfile import YamlDoc, load_yaml, load_yaml_text, render_path
+
+SCHEMA_VERSION = 1
+
+#: HU windows (level, width) for CT. Lung is the default for chest screening.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (40.0, 400.0),
+    "bone": (400.0, 1800.0),
+    "soft_tissue": (50.0, 350.0),
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class Window(_Model):
+    """A CT intensity window: Hounsfield units from level - width/2 to level + width/2 map to 0..255."""
+
+    preset: Literal["lung", "mediastinum", "bone", "soft_tissue", "custom"] = Field(
+        "lung", description="Named window; 'custom' uses level and width."
+    )
+    level: float | None = Field(None, description="Window centre in HU (only with preset: custom).")
+    width: float | None = Field(
+        None, gt=0, description="Window width in HU, > 0 (only with preset: custom)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Window:
+        if self.preset == "custom":
+            if self.level is None or self.width is None:
+                raise ValueError("preset 'custom' needs both level and width (in HU)")
+        elif self.level is not None or self.width is not None:
+            raise ValueError(
+                f"level/width are only used with preset: custom (preset is '{self.preset}'); "
+                "remove them or set preset: custom"
+            )
+        return self
+
+    def level_width(self) -> tuple[float, float]:
+        """Return (level, width) in HU."""
+        if self.preset == "custom":
+            assert self.level is not None and self.width is not None  # checked above
+            return float(self.level), float(self.width)
+        return WINDOW_PRESETS[self.preset]
+
+
+class InputSpec(_Model):
+    """What the network sees."""
+
+    image_size: tuple[Annotated[int, Field(ge=16, le=2048)], Annotated[int, Field(ge=16, le=2048)]] = (
+        Field((128, 128), description="Network input [height, width] in pixels; images are resized to it (bilinear).")
+    )
+    channels: Literal[1, 3] = Field(
+        3, description="1 = grayscale input, 3 = RGB. Grayscale is tiled to 3 channels for ImageNet weights."
+    )
+    window: Window = Field(
+        default_factory=Window,
+        description="CT window applied to DICOM pixel data in HU before the network (ignored for 8-bit images).",
+    )
+
+
+class AugmentOp(_Model):
+    """One albumentations transform, validated by building it."""
+
+    name: StrictStr = Field(description="albumentations transform class name, e.g. HorizontalFlip.")
+    p: float = Field(0.5, ge=0.0, le=1.0, description="Probability of applying the transform.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of the transform (see albumentations docs)."
+    )
+
+
+class ModelSpec(_Model):
+    """The network."""
+
+    backbone: StrictStr = Field(
+        "small_cnn",
+        description="Backbone name: small_cnn, mobilenet_v3_small, mobilenet_v2, efficientnet_b0.",
+    )
+    weights: StrictStr = Field(
+        "none",
+        description="'none' (random init), 'imagenet' (Keras download/cache; needs 3 channels in the "
+        "weights, grayscale is tiled), or a path to a .weights.h5 file for the whole model or backbone.",
+    )
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the classification head.")
+    width: float = Field(
+        1.0, gt=0, le=4.0, description="Width multiplier (small_cnn filters, MobileNet alpha)."
+    )
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v: str) -> str:
+        from lepton_vision.backbones import BACKBONE_NAMES
+
+        if v not in BACKBONE_NAMES:
+            raise ValueError(
+                f"unknown backbone '{v}'.{did_you_mean(v, BACKBONE_NAMES)} "
+                f"Valid: {format_choices(BACKBONE_NAMES)}"
+            )
+        return v
+
+
+class Optimizer(_Model):
+    """Optimizer and gradient clipping."""
+
+    name: Literal["adam", "adamw", "sgd"] = Field("adam", description="Optimizer.")
+    learning_rate: float = Field(1.0e-3, gt=0, le=10.0, description="Peak learning rate (after warm-up).")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (adamw, sgd).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum (sgd only).")
+    clipnorm: float | None = Field(
+        1.0, gt=0, description="Clip each gradient to this L2 norm; null disables clipping."
+    )
+
+
+class Schedule(_Model):
+    """Learning-rate schedule."""
+
+    name: Literal["constant", "cosine", "reduce_on_plateau"] = Field(
+        "cosine", description="cosine: linear warm-up then cosine decay to 0; reduce_on_plateau on val AUC."
+    )
+    warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up length in epochs (cosine).")
+    factor: float = Field(0.5, gt=0, lt=1, description="LR multiplier on plateau (reduce_on_plateau).")
+    patience: int = Field(2, ge=1, description="Epochs without improvement before reducing the LR.")
+
+
+class EarlyStopping(_Model):
+    """Early stopping on validation AUC; the best epoch's weights are restored."""
+
+    enabled: bool = Field(True, description="Stop when validation AUC stops improving.")
+    patience: int = Field(5, ge=1, description="Epochs without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest AUC change that counts as improvement.")
+
+
+class TrainSpec(_Model):
+    """How each fold is fitted."""
+
+    epochs: int = Field(20, ge=1, le=10000, description="Maximum epochs per fold.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Images per step.")
+    optimizer: Optimizer = Field(default_factory=Optimizer, description="Optimizer settings.")
+    schedule: Schedule = Field(default_factory=Schedule, description="Learning-rate schedule.")
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping, description="Early stopping.")
+    class_weight: Literal["balanced", "none"] = Field(
+        "balanced", description="'balanced' weights classes by inverse frequency in the training folds."
+    )
+    cache: bool = Field(True, description="Keep decoded, resized images in memory across epochs.")
+    verbose: bool = Field(True, description="Show a progress bar per epoch.")
+
+
+class CVSpec(_Model):
+    """Cross-validation."""
+
+    n_splits: int = Field(5, ge=2, le=50, description="Number of folds.")
+    strategy: Literal["auto", "stratified", "stratified_group"] = Field(
+        "auto",
+        description="auto = stratified_group when the dataset card declares a group column, else stratified.",
+    )
+
+
+class Threshold(_Model):
+    """How the operating threshold is chosen (never on the fold it is scored on)."""
+
+    policy: Literal["max_f1", "youden", "min_sensitivity", "min_specificity", "fixed"] = Field(
+        description="max_f1, youden (max sens+spec-1), min_sensitivity/min_specificity (value = target), fixed (value = threshold)."
+    )
+    value: float | None = Field(
+        None, ge=0, le=1, description="Target for min_sensitivity/min_specificity, or the threshold for fixed."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Threshold:
+        needs = self.policy in ("min_sensitivity", "min_specificity", "fixed")
+        if needs and self.value is None:
+            raise ValueError(f"policy '{self.policy}' needs a value between 0 and 1")
+        if not needs and self.value is not None:
+            raise ValueError(f"policy '{self.policy}' takes no value; remove it")
+        return self
+
+
+class EvaluateSpec(_Model):
+    """Metrics and confidence intervals."""
+
+    threshold: Threshold | None = Field(
+        None, description="Operating-point policy; null uses the task card's policy."
+    )
+    n_bootstrap: int = Field(1000, ge=0, le=100000, description="Bootstrap resamples for CIs (0 = no CIs).")
+    ci: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence level of the intervals.")
+
+
+class FinalSpec(_Model):
+    """The model that gets exported."""
+
+    mode: Literal["refit", "best_fold"] = Field(
+        "refit", description="refit: train on all data for the median best epoch; best_fold: the fold model with the best val AUC."
+    )
+
+
+class ExportSpec(_Model):
+    """Export formats and the parity check."""
+
+    formats: list[Literal["saved_model", "tflite"]] = Field(
+        default_factory=lambda: ["saved_model", "tflite"],
+        description="Artefacts to write under export/.",
+    )
+    parity_atol: float = Field(
+        1.0e-4, gt=0, description="Largest allowed score difference Keras vs SavedModel vs TFLite."
+    )
+    parity_samples: int = Field(32, ge=1, description="Real samples used for the parity check.")
+
+    @field_validator("formats")
+    @classmethod
+    def _saved_model_first(cls, v: list[str]) -> list[str]:
+        if "saved_model" not in v:
+            raise ValueError("formats must include saved_model (TFLite is converted from it)")
+        return v
+
+
+class DataSpec(_Model):
+    """How bad files in the dataset are handled."""
+
+    on_bad_file: Literal["error", "skip"] = Field(
+        "error",
+        description="error: stop and list every missing/unreadable file; skip: leave them out, "
+        "counted and named in data_report.json and the report.",
+    )
+    max_image_pixels: int = Field(
+        50_000_000, ge=1, description="Refuse images with more pixels than this (decompression bombs)."
+    )
+
+
+class Recipe(_Model):
+    """One experiment: task + dataset + how to train, validate and export."""
+
+    schema_version: Literal[1] = Field(description="Recipe schema version; currently 1.")
+    name: StrictStr = Field(description="Experiment name; the default run directory starts with it.")
+    task: StrictStr = Field(description="Task card name (tasks/<task>/task.yaml) or a path to a task.yaml.")
+    dataset: StrictStr = Field(
+        description="Dataset card name (datasets/<name>/dataset.yaml) or a path to a dataset.yaml."
+    )
+    seed: int = Field(42, ge=0, description="One seed for folds, weights, augmentation and bootstrap.")
+    data: DataSpec = Field(default_factory=DataSpec, description="Bad-file policy.")
+    input: InputSpec = Field(default_factory=InputSpec, description="Network input.")
+    augment: list[AugmentOp] = Field(
+        default_factory=list, description="albumentations transforms for training folds only, in order."
+    )
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The network.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Fitting each fold.")
+    cv: CVSpec = Field(default_factory=CVSpec, description="Cross-validation.")
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec, description="Metrics and CIs.")
+    final: FinalSpec = Field(default_factory=FinalSpec, description="Final model.")
+    export: ExportSpec = Field(default_factory=ExportSpec, description="Export.")
+
+    def sha256(self) -> str:
+        """Content hash of the validated recipe (order-independent)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Validation with file/line/path messages
+
+
+def problems_from_validation(err: ValidationError, doc: YamlDoc, model: type[BaseModel]) -> list[Problem]:
+    """Turn a pydantic ValidationError into line-numbered problems with suggestions."""
+    problems = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        where = render_path(loc)
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            parent_fields = _fields_at(model, loc[:-1])
+            key = str(loc[-1])
+            msg = f"unknown key '{key}'.{did_you_mean(key, parent_fields)}"
+            if parent_fields:
+                msg += f" Valid keys here: {format_choices(parent_fields)}."
+        elif kind == "missing":
+            msg = "required field is missing."
+            desc = _description_at(model, loc)
+            if desc:
+                msg += f" ({desc})"
+        else:
+            text = e["msg"]
+            if text.startswith("Value error, "):
+                text = text[len("Value error, ") :]
+            msg = f"{text}."
+            if "input" in e and kind not in ("model_type",) and not isinstance(e["input"], dict):
+                msg += f" Got {e['input']!r}."
+        problems.append(Problem(where, msg, line=doc.line_of(loc)))
+    return problems
+
+
+def _sub_model(annotation: Any) -> type[BaseModel] | None:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        m = _sub_model(arg)
+        if m is not None:
+            return m
+    return None
+
+
+def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if current is None:
+            return None
+        if isinstance(part, int):
+            continue
+        f = current.model_fields.get(str(part))
+        if f is None:
+            return None
+        current = _sub_model(f.annotation)
+    return current
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    m = _walk(model, loc)
+    return list(m.model_fields) if m is not None else []
+
+
+def _description_at(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    m = _walk(model, loc[:-1])
+    if m is None:
+        return None
+    f = m.model_fields.get(str(loc[-1]))
+    return f.description if f is not None else None
+
+
+def validate_doc(doc: YamlDoc, model: type[BaseModel], what: str = "recipe") -> BaseModel:
+    """Validate a parsed YAML document against ``model``, collecting all problems.
+
+    Raises:
+        RecipeError: With one line per problem (line number, YAML path, message).
+    """
+    if not isinstance(doc.data, dict):
+        raise RecipeError(
+            f"a {what} must be a YAML mapping (key: value lines), got {type(doc.data).__name__}",
+            file=doc.file,
+        )
+    try:
+        obj = model.model_validate(doc.data)
+    except ValidationError as e:
+        problems = problems_from_validation(e, doc, model)
+        raise RecipeError(
+            f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in this {what}",
+            file=doc.file,
+            problems=problems,
+            hint=f"Fix the {what}, or try one value with --set, e.g. --set train.epochs=1. "
+            "`lepton-vision recipe schema` lists every field.",
+        ) from None
+    return obj
+
+
+def _augment_problems(recipe: Recipe, doc: YamlDoc) -> list[Problem]:
+    from lepton_vision.augment import augment_problems
+
+    return [
+        Problem(render_path(loc), msg, line=doc.line_of(loc))
+        for loc, msg in augment_problems([op.model_dump() for op in recipe.augment])
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Overrides
+
+
+def parse_override(text: str) -> tuple[list[str | int], Any]:
+    """Parse ``a.b[2].c=value`` into a path and a YAML-typed value.
+
+    Raises:
+        RecipeError: When there is no ``=`` or the path is empty.
+    """
+    if "=" not in text:
+        raise RecipeError(
+            f"--set {text}: expected key=value, e.g. --set train.epochs=1",
+        )
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise RecipeError(f"--set {text}: the key before '=' is empty")
+    path: list[str | int] = []
+    for part in key.split("."):
+        while "[" in part:
+            head, rest = part.split("[", 1)
+            if head:
+                path.append(head)
+            idx, part = rest.split("]", 1)
+            try:
+                path.append(int(idx))
+            except ValueError:
+                raise RecipeError(f"--set {text}: index [{idx}] is not an integer") from None
+        if part:
+            path.append(part)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise RecipeError(f"--set {text}: value is not valid YAML ({e})") from None
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], doc: YamlDoc) -> None:
+    """Apply ``--set`` overrides in place; unknown paths are reported by validation later."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node: Any = data
+        for i, part in enumerate(path[:-1]):
+            nxt = path[i + 1]
+            if isinstance(part, int):
+                if not isinstance(node, list) or part >= len(node):
+                    raise RecipeError(
+                        f"--set {text}: {render_path(path[: i + 1])} does not exist "
+                        f"(the list has {len(node) if isinstance(node, list) else 0} items)"
+                    )
+                node = node[part]
+            else:
+                if not isinstance(node, dict):
+                    raise RecipeError(f"--set {text}: {render_path(path[:i])} is not a mapping")
+                if part not in node or node[part] is None:
+                    node[part] = [] if isinstance(nxt, int) else {}
+                node = node[part]
+        last = path[-1]
+        if isinstance(last, int):
+            if not isinstance(node, list) or last >= len(node):
+                raise RecipeError(f"--set {text}: {render_path(path)} does not exist")
+            node[last] = value
+        else:
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {text}: {render_path(path[:-1])} is not a mapping")
+            node[last] = value
+        doc.lines.setdefault(render_path(path), 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate a recipe file.
+
+    Args:
+        path: The recipe YAML file.
+        overrides: ``key=value`` strings, applied in order before validation.
+
+    Returns:
+        The validated, frozen :class:`Recipe`.
+
+    Raises:
+        RecipeError: With file, line, YAML path, bad value and a fix for every problem found.
+
+    Example:
+        >>> r = load_recipe("recipes/ct_screening/baseline.yaml", ["train.epochs=1"])
+    """
+    doc = load_yaml(path)
+    return recipe_from_doc(doc, overrides or [])
+
+
+def recipe_from_text(text: str, overrides: list[str] | None = None, file: str = "<string>") -> Recipe:
+    """Like :func:`load_recipe` for YAML text (used by tests and the resolved-recipe reader)."""
+    return recipe_from_doc(load_yaml_text(text, file=file), overrides or [])
+
+
+def recipe_from_doc(doc: YamlDoc, overrides: list[str]) -> Recipe:
+    """Validate a parsed document (after overrides) into a :class:`Recipe`."""
+    if overrides and isinstance(doc.data, dict):
+        apply_overrides(doc.data, overrides, doc)
+    recipe = validate_doc(doc, Recipe, "recipe")
+    assert isinstance(recipe, Recipe)
+    problems = _augment_problems(recipe, doc)
+    if problems:
+        raise RecipeError(
+            f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in augment",
+            file=doc.file,
+            problems=problems,
+            hint="See https://albumentations.ai/docs for each transform's parameters.",
+        )
+    return recipe
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (all defaults filled in)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def recipe_schema() -> dict[str, Any]:
+    """JSON Schema of the recipe (for editors and ``lepton-vision recipe schema``)."""
+    return Recipe.model_json_schema()

@@ -1,0 +1,119 @@
+"""Atomic file writes and the run-directory layout.
+
+Every result file is written to a temporary file in the same folder and renamed into place, so
+an interrupted run never leaves half-written JSON or CSV. :class:`RunDir` names every path in a
+run directory so no other module builds those paths by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text (UTF-8) atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON (indented, NaN refused) atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def atomic_write_csv(path: str | Path, frame: Any) -> None:
+    """Write a pandas DataFrame as CSV atomically (no index)."""
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Named paths inside one run directory."""
+
+    root: Path
+
+    @property
+    def recipe(self) -> Path:
+        return self.root / "recipe.resolved.yaml"
+
+    @property
+    def run_info(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples.csv"
+
+    @property
+    def data_report(self) -> Path:
+        return self.root / "data_report.json"
+
+    @property
+    def folds(self) -> Path:
+        return self.root / "folds.csv"
+
+    def fold_dir(self, k: int) -> Path:
+        return self.root / "folds" / str(k)
+
+    def fold_done(self, k: int) -> Path:
+        """Marker written last for a finished fold: its presence means 'skip on resume'."""
+        return self.fold_dir(k) / "result.json"
+
+    @property
+    def oof(self) -> Path:
+        return self.root / "oof_predictions.csv"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def final_dir(self) -> Path:
+        return self.root / "final"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
