@@ -312,6 +312,8 @@ def problems_from_validation(err: ValidationError, doc: YamlDoc, model: type[Bas
             msg = f"{text}."
             if "input" in e and kind not in ("model_type",) and not isinstance(e["input"], dict):
                 msg += f" Got {e['input']!r}."
+        if doc.from_override(loc):
+            where += " (from --set)"
         problems.append(Problem(where, msg, line=doc.line_of(loc)))
     return problems
 
@@ -381,11 +383,14 @@ def validate_doc(doc: YamlDoc, model: type[BaseModel], what: str = "recipe") -> 
 
 
 def _augment_problems(recipe: Recipe, doc: YamlDoc) -> list[Problem]:
+    if not recipe.augment:
+        return []
     from lepton_vision.augment import augment_problems
 
+    ops = [op.model_dump() for op in recipe.augment]
     return [
         Problem(render_path(loc), msg, line=doc.line_of(loc))
-        for loc, msg in augment_problems([op.model_dump() for op in recipe.augment])
+        for loc, msg in augment_problems(ops, channels=recipe.input.channels)
     ]
 
 
@@ -456,7 +461,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], doc: YamlDoc) ->
             if not isinstance(node, dict):
                 raise RecipeError(f"--set {text}: {render_path(path[:-1])} is not a mapping")
             node[last] = value
-        doc.lines.setdefault(render_path(path), 0)
+        doc.overridden.add(render_path(path))
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,9 +41,21 @@ class YamlDoc:
     data: Any
     lines: dict[str, int] = field(default_factory=dict)
     file: str = "<string>"
+    overridden: set[str] = field(default_factory=set)
+
+    def from_override(self, loc: tuple[Any, ...] | list[Any]) -> bool:
+        """Whether ``loc`` (or a parent of it) was set by a ``--set`` override."""
+        loc = list(loc)
+        while loc:
+            if render_path(loc) in self.overridden:
+                return True
+            loc.pop()
+        return False
 
     def line_of(self, loc: tuple[Any, ...] | list[Any]) -> int | None:
-        """The line of ``loc`` or of its nearest parent that has one."""
+        """The line of ``loc`` or of its nearest parent that has one (None for overrides)."""
+        if self.from_override(loc):
+            return None
         loc = list(loc)
         while loc:
             line = self.lines.get(render_path(loc))

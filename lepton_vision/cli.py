@@ -1,0 +1,315 @@
+"""The ``lepton-vision`` command line.
+
+Thin by design: parse arguments, call one engine function, print, set the exit code. Heavy
+modules (TensorFlow, Keras) are imported inside the command functions, so ``--help`` and
+``recipe validate`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+from lepton_vision import __version__
+from lepton_vision.errors import LeptonError
+
+# Nothing here may call out to the internet at run time (albumentations checks PyPI on import,
+# Gradio and huggingface_hub phone home unless told not to).
+_OFFLINE_ENV = {
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+
+EXAMPLES = {
+    "train": """
+        examples:
+          lepton-vision train recipes/ct_screening/baseline.yaml
+          lepton-vision train recipes/ct_screening/baseline.yaml --set train.epochs=3 --set cv.n_splits=3
+          LEPTON_DATA_ROOT=../shared/data lepton-vision train recipes/ct_screening/covid_ct.yaml
+          lepton-vision train recipes/ct_screening/baseline.yaml --resume runs/ct_screening-baseline-20261123-101500
+    """,
+    "evaluate": """
+        examples:
+          lepton-vision evaluate runs/ct_screening-baseline-20261123-101500
+          lepton-vision evaluate runs/RUN --policy min_specificity:0.9 --out metrics_spec90.json
+    """,
+    "export": """
+        examples:
+          lepton-vision export runs/ct_screening-baseline-20261123-101500
+    """,
+    "predict": """
+        examples:
+          lepton-vision predict runs/RUN/export scans/ --out preds.csv
+          lepton-vision predict runs/RUN/export slice_001.dcm slice_002.png --threshold 0.3
+    """,
+    "data": """
+        examples:
+          lepton-vision data synth synthetic_ct
+          lepton-vision data check recipes/ct_screening/baseline.yaml
+    """,
+    "recipe": """
+        examples:
+          lepton-vision recipe validate recipes/ct_screening/*.yaml
+          lepton-vision recipe show recipes/ct_screening/baseline.yaml --set train.epochs=2
+          lepton-vision recipe schema > recipe.schema.json
+    """,
+    "check": """
+        examples:
+          lepton-vision check
+    """,
+}
+
+
+def _epilog(name: str) -> str:
+    return textwrap.dedent(EXAMPLES[name])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="lepton-vision",
+        description="From a YAML recipe to a cross-validated, exported vision model.",
+        epilog=textwrap.dedent(
+            """
+            typical session:
+              lepton-vision train recipes/ct_screening/baseline.yaml     # data -> folds -> CV -> export -> report
+              lepton-vision predict runs/<run>/export image.png --out preds.csv
+            run `lepton-vision COMMAND --help` for each command's options and examples.
+            """
+        ),
+        formatter_class=fmt,
+    )
+    p.add_argument("--version", action="version", version=f"lepton-vision {__version__}")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="cross-validate, refit, export and report a recipe",
+                       epilog=_epilog("train"), formatter_class=fmt)
+    t.add_argument("recipe", help="recipe YAML file")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field (YAML value), repeatable")
+    t.add_argument("--out", type=Path, help="run directory (default runs/<recipe name>-<timestamp>)")
+    t.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue an interrupted run: finished folds are not recomputed")
+    t.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
+
+    e = sub.add_parser("evaluate", help="rescore a run from oof_predictions.csv (no TensorFlow)",
+                       epilog=_epilog("evaluate"), formatter_class=fmt)
+    e.add_argument("run_dir", type=Path)
+    e.add_argument("--policy", help="threshold policy, e.g. max_f1, youden, min_sensitivity:0.95, fixed:0.5")
+    e.add_argument("--out", type=Path, help="write the metrics here instead of RUN_DIR/metrics.json")
+    e.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
+
+    x = sub.add_parser("export", help="re-export a finished run without retraining",
+                       epilog=_epilog("export"), formatter_class=fmt)
+    x.add_argument("run_dir", type=Path)
+    x.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
+
+    pr = sub.add_parser("predict", help="score images (PNG/JPEG/DICOM files or folders) with an export",
+                        epilog=_epilog("predict"), formatter_class=fmt)
+    pr.add_argument("export_dir", type=Path)
+    pr.add_argument("inputs", nargs="+", type=Path)
+    pr.add_argument("--out", type=Path, required=True, help="CSV to write (path,score,decision)")
+    pr.add_argument("--threshold", type=float, help="override the exported threshold")
+    pr.add_argument("--backend", choices=["auto", "saved_model", "tflite"], default="saved_model")
+    pr.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
+
+    d = sub.add_parser("data", help="generate the embedded data or check a recipe's data",
+                       epilog=_epilog("data"), formatter_class=fmt)
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION")
+    ds = dsub.add_parser("synth", help="generate a synthetic dataset from its card")
+    ds.add_argument("dataset", help="dataset card name (e.g. synthetic_ct) or path to dataset.yaml")
+    ds.add_argument("--force", action="store_true", help="regenerate even if it exists")
+    ds.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
+    dc = dsub.add_parser("check", help="read every file of a recipe's dataset and report problems")
+    dc.add_argument("recipe")
+    dc.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    dc.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
+
+    r = sub.add_parser("recipe", help="validate, show or describe recipes (no TensorFlow)",
+                       epilog=_epilog("recipe"), formatter_class=fmt)
+    rsub = r.add_subparsers(dest="recipe_command", metavar="ACTION")
+    rv = rsub.add_parser("validate", help="validate recipes and their cards")
+    rv.add_argument("recipes", nargs="+")
+    rv.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    rv.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
+    rs = rsub.add_parser("show", help="print the resolved recipe (defaults filled in)")
+    rs.add_argument("recipe")
+    rs.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    rs.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
+    rsub.add_parser("schema", help="print the recipe JSON Schema")
+
+    c = sub.add_parser("check", help="versions, devices and data root",
+                       epilog=_epilog("check"), formatter_class=fmt)
+    c.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lepton_vision.crossval import run_train
+
+    run_dir = run_train(args.recipe, overrides=args.overrides, out=args.out, resume=args.resume)
+    print(f"\nrun directory: {run_dir}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from lepton_vision.metrics import parse_policy, rescore
+    from lepton_vision.report import print_summary
+    from lepton_vision.runio import RunDir, atomic_write_json
+
+    policy = parse_policy(args.policy) if args.policy else None
+    metrics = rescore(RunDir(args.run_dir), policy)
+    out = args.out or RunDir(args.run_dir).metrics
+    atomic_write_json(out, metrics)
+    print_summary(metrics)
+    print(f"metrics written to {out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from lepton_vision.crossval import export_run
+
+    out = export_run(args.run_dir)
+    print(f"export written to {out}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from lepton_vision.predictor import Predictor, write_predictions_csv
+
+    p = Predictor.from_bundle(args.export_dir, backend=args.backend, threshold=args.threshold)
+    paths: list[Path] = []
+    for item in args.inputs:
+        if item.is_dir():
+            paths.extend(p.iter_folder(item))
+        elif item.exists():
+            paths.append(item)
+        else:
+            raise LeptonError(f"{item}: no such file or folder")
+    if not paths:
+        raise LeptonError("no images found in " + ", ".join(map(str, args.inputs)),
+                          hint="Supported: .png .jpg .jpeg .bmp .tif .tiff .dcm")
+    preds = p.predict_many(paths)
+    write_predictions_csv(preds, args.out)
+    n_pos = sum(1 for x in preds if x.decision)
+    print(f"{len(preds)} images scored, {n_pos} at or above threshold {p.threshold:.4g}; wrote {args.out}")
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "synth":
+        from lepton_vision.crossval import ensure_generated
+        from lepton_vision.cards import _find_card, load_dataset_card, project_root
+
+        path = _find_card(args.dataset, "datasets", "dataset.yaml", project_root(), "data synth")
+        card = load_dataset_card(path)
+        out = ensure_generated(card, path, force=args.force)
+        print(f"{card.name}: {out}")
+        return 0
+    if args.data_command == "check":
+        from lepton_vision.cards import load_resolved
+        from lepton_vision.crossval import load_samples
+
+        resolved = load_resolved(args.recipe, args.overrides)
+        sample_set = load_samples(resolved, progress=True)
+        t = sample_set.table
+        print(f"{len(t)} samples, {int(t['label'].sum())} positive, "
+              f"{t['group'].replace('', None).nunique()} groups, {len(sample_set.excluded)} excluded")
+        for row in sample_set.excluded:
+            print(f"  excluded {row['path']}: {row['reason']}")
+        return 0
+    build_parser().parse_args(["data", "--help"])
+    return 2
+
+
+def _cmd_recipe(args: argparse.Namespace) -> int:
+    if args.recipe_command == "schema":
+        import json
+
+        from lepton_vision.recipe import recipe_schema
+
+        print(json.dumps(recipe_schema(), indent=2))
+        return 0
+    from lepton_vision.cards import load_resolved
+
+    if args.recipe_command == "validate":
+        failed = 0
+        for path in args.recipes:
+            try:
+                resolved = load_resolved(path, args.overrides)
+            except LeptonError as e:
+                failed += 1
+                print(str(e), file=sys.stderr)
+            else:
+                print(f"{path}: ok (task {resolved.task.name}, dataset {resolved.dataset.name})")
+        return 1 if failed else 0
+    if args.recipe_command == "show":
+        from lepton_vision.recipe import dump_recipe
+
+        resolved = load_resolved(args.recipe, args.overrides)
+        print(dump_recipe(resolved.recipe), end="")
+        return 0
+    build_parser().parse_args(["recipe", "--help"])
+    return 2
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from lepton_vision.crossval import environment_report
+
+    for key, value in environment_report().items():
+        print(f"{key:>22}: {value}")
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "export": _cmd_export,
+    "predict": _cmd_predict,
+    "data": _cmd_data,
+    "recipe": _cmd_recipe,
+    "check": _cmd_check,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lepton-vision`` console script.
+
+    Returns:
+        The exit code: 0 on success, 1 for a user error (bad recipe, bad data), 130 when
+        interrupted.
+    """
+    for key, value in _OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    debug = bool(getattr(args, "debug", False))
+    try:
+        return COMMANDS[args.command](args)
+    except LeptonError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        print("(run with --debug for the full traceback)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished folds are kept; continue with --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

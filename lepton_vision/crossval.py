@@ -1,0 +1,492 @@
+"""``lepton-vision train``: the whole job, one stage after the other, a file between stages.
+
+recipe → resolved cards → sample table → folds.csv → per fold: fit + out-of-fold scores →
+oof_predictions.csv → metrics.json (no TensorFlow) → final model → export/ → report.html.
+
+Every stage writes its result atomically. A fold is finished when ``folds/<k>/result.json``
+exists (written last); ``--resume`` skips those folds and recomputes nothing that is done.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lepton_vision import __version__
+from lepton_vision.cards import DatasetCard, Resolved, card_dict, dataset_dir, load_resolved
+from lepton_vision.errors import DataError, LeptonError, RecipeError
+from lepton_vision.recipe import dump_recipe, recipe_from_text
+from lepton_vision.runio import RunDir, atomic_write_csv, atomic_write_json, atomic_write_text
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+def ensure_generated(card: DatasetCard, card_path: Path, force: bool = False, progress: bool = True) -> Path:
+    """Generate a synthetic dataset if it is missing (its labels.csv is written last).
+
+    Returns:
+        The dataset folder.
+    """
+    out = dataset_dir(card, card_path)
+    if card.synthetic is None:
+        raise RecipeError(
+            f"dataset '{card.name}' is not generated (no synthetic: section in {card_path})",
+            hint="Only generated datasets can be made with `data synth`; point LEPTON_DATA_ROOT at real data instead.",
+        )
+    done = out / (card.manifest or "labels.csv")
+    if done.is_file() and not force:
+        return out
+    from lepton_vision.synthetic import generate_ct_dataset
+
+    if force and out.exists():
+        shutil.rmtree(out)
+    _console().print(f"generating {card.name} into {out} (seed {card.synthetic.seed}) ...")
+    summary = generate_ct_dataset(out, card.synthetic, progress=progress)
+    _console().print(
+        f"  {summary['n_slices']} slices, {summary['n_abnormal_slices']} abnormal, "
+        f"{summary['n_patients']} patients in {summary['seconds']:.1f} s"
+    )
+    return out
+
+
+def load_samples(resolved: Resolved, progress: bool = True):
+    """Read the dataset of a resolved recipe into a SampleSet (generating embedded data first)."""
+    from lepton_vision.samples import read_samples
+
+    if resolved.dataset.root == "generated":
+        ensure_generated(resolved.dataset, resolved.dataset_path, progress=progress)
+    return read_samples(
+        resolved.dataset,
+        resolved.dataset_dir,
+        resolved.task,
+        resolved.dataset_path,
+        on_bad_file=resolved.recipe.data.on_bad_file,
+        max_pixels=resolved.recipe.data.max_image_pixels,
+        progress=progress,
+    )
+
+
+def data_fingerprint(table: pd.DataFrame) -> str:
+    """SHA-256 over (sample id, label, group, file content hash) of every sample, in id order."""
+    from lepton_vision.preprocess import content_hash
+
+    h = hashlib.sha256()
+    for row in table.sort_values("sample_id").itertuples(index=False):
+        h.update(f"{row.sample_id}\t{row.label}\t{row.group}\t{content_hash(row.path)}\n".encode())
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the libraries that change results."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "lepton_vision": __version__}
+    for dist in ("tensorflow-cpu", "tensorflow", "keras", "albumentations", "opencv-python-headless",
+                 "scikit-learn", "numpy", "pydicom", "scikit-image"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def environment_report() -> dict[str, Any]:
+    """What `lepton-vision check` prints: versions, devices, data roots."""
+    import os
+
+    from lepton_vision.cards import data_root, generated_root
+
+    rep: dict[str, Any] = dict(versions())
+    rep["LEPTON_DATA_ROOT"] = str(data_root()) if data_root() else "(not set)"
+    if data_root() is not None and not data_root().is_dir():
+        rep["LEPTON_DATA_ROOT"] += "  <- does not exist"
+    rep["generated data"] = str(generated_root())
+    rep["KERAS_BACKEND"] = os.environ.get("KERAS_BACKEND", "tensorflow (default)")
+    try:
+        from lepton_vision._keras import import_keras
+
+        tf, _ = import_keras()
+        gpus = tf.config.list_physical_devices("GPU")
+        rep["devices"] = f"{len(gpus)} GPU(s): {[g.name for g in gpus]}" if gpus else "CPU only (no GPU visible)"
+        rep["mixed precision"] = "on (GPU)" if gpus else "off (CPU: float32 is faster here)"
+    except ImportError as e:  # pragma: no cover - depends on the install
+        rep["devices"] = f"TensorFlow not importable: {e}"
+    return rep
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+def _new_run_dir(name: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{name}-{stamp}"
+    out, i = base, 1
+    while out.exists():
+        i += 1
+        out = Path(f"{base}-{i}")
+    return out
+
+
+def _start_or_resume(resolved: Resolved, out: Path | None, resume: Path | None) -> RunDir:
+    if resume is not None:
+        run = RunDir(Path(resume))
+        if not run.recipe.is_file():
+            raise LeptonError(
+                f"{resume}: not a run directory (no recipe.resolved.yaml)",
+                hint="Pass the directory printed at the end (or start) of the interrupted train.",
+            )
+        previous = recipe_from_text(run.recipe.read_text(), file=str(run.recipe))
+        if previous.sha256() != resolved.recipe.sha256():
+            a, b = previous.model_dump(mode="json"), resolved.recipe.model_dump(mode="json")
+            changed = sorted(_diff_keys(a, b))
+            raise RecipeError(
+                f"--resume {resume}: the recipe differs from the one this run started with",
+                problems=[],
+                hint="Changed: " + ", ".join(changed[:10]) + ". Resume with the same recipe and --set "
+                "values, or start a new run.",
+            )
+        return run
+    run = RunDir(out or _new_run_dir(resolved.recipe.name))
+    if run.root.exists() and any(run.root.iterdir()):
+        raise LeptonError(
+            f"{run.root}: the run directory exists and is not empty",
+            hint=f"Use --resume {run.root} to continue it, or choose another --out.",
+        )
+    run.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.recipe, dump_recipe(resolved.recipe))
+    return run
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [prefix]
+
+
+def run_train(
+    recipe_path: str | Path,
+    overrides: list[str] | None = None,
+    out: Path | None = None,
+    resume: Path | None = None,
+) -> Path:
+    """Run the whole job for a recipe and return the run directory.
+
+    Raises:
+        LeptonError: For every user-facing problem (recipe, data, folds, NaN loss, export parity).
+    """
+    console = _console()
+    t_start = time.time()
+    resolved = load_resolved(recipe_path, overrides)
+    recipe = resolved.recipe
+    run = _start_or_resume(resolved, out, resume)
+    console.print(f"[bold]lepton-vision train[/bold] {recipe.name} → {run.root}")
+
+    # ---- data ------------------------------------------------------------------------------
+    sample_set = load_samples(resolved, progress=recipe.train.verbose)
+    table = sample_set.table
+    atomic_write_csv(run.samples, table)
+    fingerprint = data_fingerprint(table)
+    data_report = {
+        "n_samples": int(len(table)),
+        "n_positive": int(table["label"].sum()),
+        "n_groups": int(table["group"].replace("", np.nan).nunique()),
+        "excluded": list(sample_set.excluded),
+        "counts": dict(sample_set.counts),
+        "fingerprint": fingerprint,
+    }
+    atomic_write_json(run.data_report, data_report)
+    console.print(
+        f"data: {data_report['n_samples']} images ({data_report['n_positive']} {resolved.task.positive_class}), "
+        f"{data_report['n_groups']} groups, {len(sample_set.excluded)} excluded"
+    )
+
+    # ---- folds -----------------------------------------------------------------------------
+    from lepton_vision.folds import fold_summary, make_folds, read_folds, write_folds
+
+    folds = make_folds(table, recipe.cv.n_splits, recipe.cv.strategy, recipe.seed)
+    if run.folds.is_file():
+        saved = read_folds(run.folds)
+        if not saved[["sample_id", "fold"]].reset_index(drop=True).equals(
+            folds[["sample_id", "fold"]].reset_index(drop=True)
+        ):
+            raise DataError(
+                f"{run.folds}: the data changed since this run started (the folds differ)",
+                hint="Start a new run; resuming would mix folds of different data.",
+            )
+    else:
+        write_folds(run.folds, folds)
+    info = _run_info(resolved, fingerprint, t_start)
+    atomic_write_json(run.run_info, info)
+
+    # ---- decode once, reuse in every fold ---------------------------------------------------
+    from lepton_vision.pipeline import load_images
+
+    fold_of = dict(zip(folds["sample_id"], folds["fold"]))
+    table = table.assign(fold=table["sample_id"].map(fold_of).astype(int))
+    window = recipe.input.window.level_width()
+    images = load_images(
+        list(table["path"]), tuple(recipe.input.image_size), recipe.input.channels, window,
+        recipe.data.max_image_pixels, progress=recipe.train.verbose,
+    )
+    labels = table["label"].to_numpy(dtype=np.int64)
+
+    # ---- folds -----------------------------------------------------------------------------
+    from lepton_vision._keras import configure_devices
+    from lepton_vision.train import fit_fold, predict_scores
+
+    k_total = recipe.cv.n_splits
+    oof_parts: list[pd.DataFrame] = []
+    histories: dict[int, pd.DataFrame] = {}
+    results: dict[int, dict[str, Any]] = {}
+    for k in range(k_total):
+        fdir = run.fold_dir(k)
+        if run.fold_done(k).is_file():
+            results[k] = json.loads(run.fold_done(k).read_text())
+            oof_parts.append(pd.read_csv(fdir / "oof.csv", dtype={"group": str}, keep_default_na=False))
+            histories[k] = _read_history(fdir)
+            console.print(f"fold {k + 1}/{k_total}: finished earlier (val AUC {results[k]['best_val_auc']:.3f}), skipped")
+            continue
+        if fdir.exists():
+            shutil.rmtree(fdir)  # a half-finished fold is redone from scratch
+        fdir.mkdir(parents=True)
+        tr = np.flatnonzero(table["fold"].to_numpy() != k)
+        va = np.flatnonzero(table["fold"].to_numpy() == k)
+        configure_devices(recipe.seed + k)
+        t0 = time.time()
+        result = fit_fold(
+            _model_builder(resolved), images[tr], labels[tr], images[va], labels[va], recipe, fdir,
+            fold_label=f"fold {k + 1}/{k_total}",
+        )
+        scores = predict_scores(result.model, images[va], recipe.train.batch_size)
+        part = table.iloc[va][["sample_id", "path", "group", "label", "fold"]].assign(score=scores)
+        atomic_write_csv(fdir / "oof.csv", part)
+        results[k] = {
+            "fold": k,
+            "best_epoch": int(result.best_epoch),
+            "best_val_auc": float(result.best_val_auc),
+            "epochs_run": int(result.epochs_run),
+            "n_train": int(len(tr)),
+            "n_val": int(len(va)),
+            "seconds": round(time.time() - t0, 2),
+        }
+        atomic_write_json(run.fold_done(k), results[k])  # last: marks the fold finished
+        oof_parts.append(part)
+        histories[k] = result.history
+        console.print(
+            f"fold {k + 1}/{k_total}: best epoch {result.best_epoch}, val AUC {result.best_val_auc:.3f} "
+            f"({results[k]['seconds']:.0f} s)"
+        )
+        del result
+
+    oof = pd.concat(oof_parts).sort_values("sample_id").reset_index(drop=True)
+    atomic_write_csv(run.oof, oof)
+
+    # ---- metrics (no TensorFlow) -------------------------------------------------------------
+    from lepton_vision.metrics import score_oof
+
+    metrics = score_oof(oof, resolved.threshold, recipe.evaluate.n_bootstrap, recipe.evaluate.ci, recipe.seed)
+    metrics["folds"] = [results[k] for k in range(k_total)]
+    atomic_write_json(run.metrics, metrics)
+
+    # ---- final model and export --------------------------------------------------------------
+    final_model = _final_model(resolved, run, images, labels, results)
+    export_summary = _export(resolved, run, final_model, table, metrics, fingerprint)
+
+    # ---- report --------------------------------------------------------------------------------
+    from lepton_vision.report import print_summary, write_report
+
+    info = _run_info(resolved, fingerprint, t_start)
+    info["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
+    info["seconds"] = round(time.time() - t_start, 1)
+    info["export"] = export_summary
+    atomic_write_json(run.run_info, info)
+    write_report(run, metrics, oof, histories, _report_info(resolved, data_report, folds, info, run))
+    print_summary(metrics, console=console)
+    console.print(f"report: {run.report}   export: {run.export_dir}   ({info['seconds']:.0f} s)")
+    return run.root
+
+
+def _read_history(fdir: Path) -> pd.DataFrame:
+    path = fdir / "history.csv"
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+
+def _model_builder(resolved: Resolved):
+    from lepton_vision.backbones import build_classifier
+
+    r = resolved.recipe
+
+    def build():
+        weights = r.model.weights
+        if weights not in ("none", "imagenet"):
+            weights = str(_weights_path(resolved, weights))
+        return build_classifier(
+            r.model.backbone, tuple(r.input.image_size), r.input.channels, weights=weights,
+            dropout=r.model.dropout, width=r.model.width, seed=r.seed,
+        )
+
+    return build
+
+
+def _weights_path(resolved: Resolved, weights: str) -> Path:
+    p = Path(weights).expanduser()
+    if not p.is_absolute() and not p.exists():
+        p = resolved.recipe_path.parent / p
+    return p
+
+
+def _final_model(resolved: Resolved, run: RunDir, images: np.ndarray, labels: np.ndarray,
+                 results: dict[int, dict[str, Any]]):
+    from lepton_vision._keras import configure_devices, import_keras
+    from lepton_vision.train import fit_final
+
+    _, keras = import_keras()
+    recipe = resolved.recipe
+    final_path = run.final_dir / "model.keras"
+    if final_path.is_file():
+        _console().print(f"final model: finished earlier, loading {final_path}")
+        return keras.models.load_model(final_path, compile=False)
+    if recipe.final.mode == "best_fold":
+        best = max(results.values(), key=lambda r: r["best_val_auc"])
+        src = run.fold_dir(best["fold"]) / "best.keras"
+        model = keras.models.load_model(src, compile=False)
+        info = {"mode": "best_fold", "fold": best["fold"], "source": str(src)}
+    else:
+        epochs = int(np.median([r["best_epoch"] for r in results.values()]))
+        epochs = max(1, epochs)
+        _console().print(f"final model: refit on all {len(labels)} images for {epochs} epochs (median best epoch)")
+        configure_devices(recipe.seed + 1000)
+        model = fit_final(_model_builder(resolved), images, labels, recipe, run.final_dir, epochs)
+        info = {"mode": "refit", "epochs": epochs, "n_images": int(len(labels))}
+    run.final_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run.final_dir / ".model.keras.tmp.keras"
+    model.save(tmp)
+    tmp.replace(final_path)
+    atomic_write_json(run.final_dir / "final.json", info)
+    return model
+
+
+def _parity_images(resolved: Resolved, table: pd.DataFrame) -> tuple[list[np.ndarray], list[str]]:
+    from lepton_vision.preprocess import read_image, to_uint8
+
+    r = resolved.recipe
+    n = min(r.export.parity_samples, len(table))
+    rows = table.sample(n=n, random_state=r.seed) if len(table) > n else table
+    imgs = [to_uint8(read_image(p, r.data.max_image_pixels), r.input.channels, r.input.window.level_width())
+            for p in rows["path"]]
+    return imgs, list(rows["path"])
+
+
+def _export(resolved: Resolved, run: RunDir, model, table: pd.DataFrame, metrics: dict[str, Any],
+            fingerprint: str) -> dict[str, Any]:
+    from lepton_vision.export import export_classifier
+
+    r = resolved.recipe
+    imgs, paths = _parity_images(resolved, table)
+    pol = resolved.threshold
+    bundle_info = {
+        "task": resolved.task.name,
+        "kind": resolved.task.kind,
+        "title": resolved.task.title,
+        "intended_use": resolved.task.intended_use,
+        "classes": list(resolved.task.classes),
+        "positive_class": resolved.task.positive_class,
+        "threshold_policy": pol.model_dump(mode="json"),
+        "metrics": {"pooled": metrics["pooled"], "mean_sd": metrics["mean_sd"], "ci": metrics["ci"],
+                    "bootstrap_unit": metrics["bootstrap_unit"]},
+        "recipe": {"name": r.name, "sha256": r.sha256(), "seed": r.seed},
+        "dataset": {"name": resolved.dataset.name, "fingerprint": fingerprint, "n_samples": int(len(table))},
+        "parity_paths": paths,
+        "versions": versions(),
+    }
+    window = r.input.window.level_width() if resolved.task.modality == "ct" else None
+    return export_classifier(
+        model, run.export_dir, image_size_hw=tuple(r.input.image_size), channels=r.input.channels,
+        window=window, threshold=float(metrics["final_threshold"]), bundle_info=bundle_info,
+        parity_images=imgs, reference_scores=None, formats=tuple(r.export.formats),
+        parity_atol=r.export.parity_atol,
+    )
+
+
+def export_run(run_dir: Path) -> Path:
+    """Re-export a finished run (final/model.keras + metrics.json) without retraining."""
+    from lepton_vision._keras import import_keras
+
+    run = RunDir(Path(run_dir))
+    for need in (run.recipe, run.metrics, run.samples, run.final_dir / "model.keras"):
+        if not need.is_file():
+            raise LeptonError(
+                f"{run_dir}: cannot export, {need.name} is missing",
+                hint="Finish the run first: lepton-vision train RECIPE --resume " + str(run_dir),
+            )
+    recipe = recipe_from_text(run.recipe.read_text(), file=str(run.recipe))
+    from lepton_vision.cards import resolve
+
+    resolved = resolve(recipe, _recipe_anchor(run))
+    table = pd.read_csv(run.samples, dtype={"group": str}, keep_default_na=False)
+    metrics = json.loads(run.metrics.read_text())
+    _, keras = import_keras()
+    model = keras.models.load_model(run.final_dir / "model.keras", compile=False)
+    fingerprint = json.loads(run.data_report.read_text())["fingerprint"]
+    _export(resolved, run, model, table, metrics, fingerprint)
+    return run.export_dir
+
+
+def _recipe_anchor(run: RunDir) -> Path:
+    """Where card names in a run's recipe are resolved from (the project that made the run)."""
+    info = json.loads(run.run_info.read_text()) if run.run_info.is_file() else {}
+    return Path(info.get("recipe_path", run.recipe))
+
+
+def _run_info(resolved: Resolved, fingerprint: str, t_start: float) -> dict[str, Any]:
+    return {
+        "recipe_path": str(resolved.recipe_path.resolve()),
+        "task_card": str(resolved.task_path.resolve()),
+        "dataset_card": str(resolved.dataset_path.resolve()),
+        "dataset_dir": str(resolved.dataset_dir),
+        "recipe_sha256": resolved.recipe.sha256(),
+        "seed": resolved.recipe.seed,
+        "data_fingerprint": fingerprint,
+        "started": _dt.datetime.fromtimestamp(t_start).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "task": card_dict(resolved.task),
+        "dataset": card_dict(resolved.dataset),
+    }
+
+
+def _report_info(resolved: Resolved, data_report: dict[str, Any], folds: pd.DataFrame,
+                 info: dict[str, Any], run: RunDir) -> dict[str, Any]:
+    from lepton_vision.folds import fold_summary
+
+    return {
+        "title": resolved.task.title,
+        "recipe_name": resolved.recipe.name,
+        "run_dir": str(run.root),
+        "data": data_report,
+        "folds": fold_summary(folds).to_dict(orient="records"),
+        "versions": info["versions"],
+        "recipe_yaml": dump_recipe(resolved.recipe),
+        "intended_use": resolved.task.intended_use,
+        "seconds": info.get("seconds"),
+    }

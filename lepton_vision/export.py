@@ -1,0 +1,488 @@
+"""Export a trained binary classifier: SavedModel with raw-image signatures, TFLite, bundle.json.
+
+The exported SavedModel is what products embed, so the preprocessing and the operating threshold
+live inside the graph: a caller hands over a raw uint8 image (any size), encoded PNG/JPEG bytes or
+a CT slice in Hounsfield units and gets ``{"score", "decision"}`` back, without lepton-vision.
+
+Layout of ``export_dir`` after a successful export::
+
+    saved_model/    tf.saved_model with endpoints serve_uint8 (= serving_default), serve,
+                    serve_bytes and (CT only) serve_hu
+    model.tflite    float32, builtin ops only, converted from serve_uint8
+    parity.json     Keras vs SavedModel vs TFLite scores on real samples, pass/fail
+    bundle.json     self-description (input contract, threshold, metrics, versions); written
+                    LAST, so its presence means "complete and parity-checked"
+
+Signatures (B = batch, C = channels, h x w = network input size):
+
+* ``serve_uint8`` (serving_default): ``image`` uint8 [H, W, C], one image of any size ->
+  resized in the graph (bilinear, antialias=False), scaled by 1/255 -> ``score`` float32 [1],
+  ``decision`` int32 [1] (1 when score >= threshold).
+* ``serve``: ``images`` float32 [B, h, w, C] already preprocessed to [0, 1] -> score/decision [B].
+* ``serve_bytes``: ``image_bytes`` tf.string [B], encoded PNG/JPEG/BMP/GIF -> decoded by
+  ``tf.io.decode_image`` -> as serve_uint8 -> score/decision [B]. Note that TF's JPEG decoder
+  differs from OpenCV's by a few grey levels; PNG is bit-exact.
+* ``serve_hu`` (only when the model was trained on windowed CT): ``hu`` float32 [H, W]
+  Hounsfield units -> ``uint8 = clip(floor((hu - (level - width/2)) / width * 255 + 0.5), 0, 255)``
+  -> as serve_uint8.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lepton_vision.errors import ExportError
+from lepton_vision.runio import atomic_write_bytes, atomic_write_json
+
+SCHEMA_VERSION = 1
+SAVED_MODEL_DIR = "saved_model"
+TFLITE_FILE = "model.tflite"
+PARITY_FILE = "parity.json"
+BUNDLE_FILE = "bundle.json"
+#: The endpoint registered first; Keras' ExportArchive also publishes it as "serving_default".
+DEFAULT_SIGNATURE = "serve_uint8"
+KNOWN_FORMATS = ("saved_model", "tflite")
+#: bundle_info keys the bundle cannot do without (the Predictor needs them to label results).
+REQUIRED_INFO = ("task", "classes", "positive_class")
+
+
+def export_classifier(
+    model: Any,
+    export_dir: str | Path,
+    *,
+    image_size_hw: tuple[int, int],
+    channels: int,
+    window: tuple[float, float] | None,
+    threshold: float,
+    bundle_info: dict[str, Any],
+    parity_images: Sequence[np.ndarray],
+    reference_scores: np.ndarray | None = None,
+    formats: Sequence[str] = ("saved_model", "tflite"),
+    parity_atol: float = 1e-4,
+) -> dict[str, Any]:
+    """Export a Keras binary classifier with preprocessing and threshold inside the graph.
+
+    Args:
+        model: Keras model: float32 [B, h, w, C] in [0, 1] -> sigmoid score [B, 1].
+        export_dir: Folder to write (created; files from an earlier export are replaced).
+        image_size_hw: Network input (height, width).
+        channels: 1 or 3.
+        window: CT window (level, width) in HU when the model takes windowed CT, else None.
+        threshold: Operating threshold; decision = score >= threshold.
+        bundle_info: Merged into bundle.json. Must hold ``task``, ``classes``
+            ([negative, positive]) and ``positive_class``; may hold ``kind``, ``threshold_policy``,
+            metrics with CIs, recipe hash, data fingerprint, versions, ...
+        parity_images: Real samples as uint8 HxWxC (or HxW when C is 1) after
+            ``preprocess.to_uint8``, i.e. what the training pipeline saw before resizing.
+        reference_scores: Optional scores for ``parity_images`` from elsewhere (e.g. the model
+            that produced the out-of-fold predictions); compared with the same tolerance.
+        formats: Subset of ("saved_model", "tflite"); saved_model is required.
+        parity_atol: Largest allowed absolute score difference between any two backends.
+
+    Returns:
+        ``{"export_dir", "files", "parity", "bundle", "timings_s"}``.
+
+    Raises:
+        ExportError: Bad arguments, a TFLite conversion that needs non-builtin ops, or a parity
+            failure (parity.json is written first, with ``"pass": false``).
+    """
+    t_total = time.perf_counter()
+    export_dir = Path(export_dir)
+    h, w = (int(v) for v in image_size_hw)
+    formats = tuple(formats)
+    images = _check_args(export_dir, channels, formats, threshold, bundle_info, parity_images,
+                         reference_scores)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    # bundle.json marks a complete, parity-checked export: drop a stale one before touching the
+    # models, so a failed re-export can never be loaded with the old description.
+    (export_dir / BUNDLE_FILE).unlink(missing_ok=True)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    sm_path = _write_saved_model(model, export_dir, (h, w), channels, window, float(threshold))
+    timings["saved_model"] = time.perf_counter() - t
+
+    tflite_path = None
+    if "tflite" in formats:
+        t = time.perf_counter()
+        tflite_path = _write_tflite(sm_path, export_dir / TFLITE_FILE, images[0])
+        timings["tflite"] = time.perf_counter() - t
+    else:
+        (export_dir / TFLITE_FILE).unlink(missing_ok=True)
+
+    t = time.perf_counter()
+    parity = _parity(model, sm_path, tflite_path, images, (h, w), reference_scores, parity_atol)
+    timings["parity"] = time.perf_counter() - t
+    atomic_write_json(export_dir / PARITY_FILE, parity)
+    if not parity["pass"]:
+        worst = parity["worst"]
+        raise ExportError(
+            f"{export_dir / PARITY_FILE}: parity check failed: sample {worst['sample']} differs by "
+            f"{worst['diff']:.3g} ({worst['pair']}), more than parity_atol={parity_atol:g}. "
+            "Got scores " + ", ".join(f"{k}={v:.6f}" for k, v in worst["scores"].items()) + ". "
+            "A TFLite-only gap points at the converter; a reference gap means the exported model "
+            "is not the one that was evaluated."
+        )
+
+    t = time.perf_counter()
+    bundle = _bundle(sm_path, tflite_path, (h, w), channels, window, float(threshold), bundle_info)
+    atomic_write_json(export_dir / BUNDLE_FILE, bundle)
+    timings["bundle"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_total
+    return {
+        "export_dir": str(export_dir),
+        "files": bundle["files"],
+        "parity": {k: parity[k] for k in ("pass", "max_abs_diff", "tolerance", "n_samples")},
+        "bundle": bundle,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# argument checks
+
+
+def _check_args(
+    export_dir: Path,
+    channels: int,
+    formats: tuple[str, ...],
+    threshold: float,
+    bundle_info: dict[str, Any],
+    parity_images: Sequence[np.ndarray],
+    reference_scores: np.ndarray | None,
+) -> list[np.ndarray]:
+    where = str(export_dir)
+    unknown = [f for f in formats if f not in KNOWN_FORMATS]
+    if unknown or "saved_model" not in formats:
+        raise ExportError(
+            f"{where}: export formats must include 'saved_model' and only use "
+            f"{list(KNOWN_FORMATS)}. Got {list(formats)}. TFLite is converted from the SavedModel."
+        )
+    if channels not in (1, 3):
+        raise ExportError(f"{where}: channels must be 1 or 3. Got {channels}.")
+    if not (0.0 <= float(threshold) <= 1.0) or math.isnan(float(threshold)):
+        raise ExportError(f"{where}: threshold must be in [0, 1]. Got {threshold}.")
+    missing = [k for k in REQUIRED_INFO if k not in bundle_info]
+    if missing:
+        raise ExportError(
+            f"{where}: bundle_info lacks {missing}. Got keys {sorted(bundle_info)}. "
+            "Pass the task card's name, classes ([negative, positive]) and positive_class."
+        )
+    if len(bundle_info["classes"]) != 2 or bundle_info["classes"][1] != bundle_info["positive_class"]:
+        raise ExportError(
+            f"{where}: bundle_info classes must be [negative, positive] with positive_class second. "
+            f"Got classes={list(bundle_info['classes'])}, positive_class={bundle_info['positive_class']!r}."
+        )
+    if len(parity_images) == 0:
+        raise ExportError(f"{where}: the parity check needs at least one image. Got none.")
+    images = []
+    for i, img in enumerate(parity_images):
+        img = np.asarray(img)
+        if img.ndim == 2 and channels == 1:
+            img = img[..., None]
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != channels:
+            raise ExportError(
+                f"{where}: parity image {i} must be uint8 HxWx{channels} (preprocess.to_uint8 output). "
+                f"Got dtype {img.dtype}, shape {img.shape}."
+            )
+        images.append(img)
+    if reference_scores is not None and np.asarray(reference_scores).reshape(-1).shape[0] != len(images):
+        raise ExportError(
+            f"{where}: reference_scores must have one score per parity image ({len(images)}). "
+            f"Got {np.asarray(reference_scores).size}."
+        )
+    return images
+
+
+# --------------------------------------------------------------------------------------------
+# SavedModel
+
+
+def _build_endpoints(model: Any, size_hw: tuple[int, int], channels: int,
+                     window: tuple[float, float] | None, threshold: float) -> dict[str, Any]:
+    """The serving functions, in registration order (the first becomes serving_default)."""
+    import tensorflow as tf
+
+    h, w = size_hw
+    thr = tf.constant(threshold, tf.float32)
+
+    def prep(img_u8: tf.Tensor) -> tf.Tensor:
+        # Same as preprocess.to_model_input: bilinear, no antialias, then scale.
+        x = tf.image.resize(tf.cast(img_u8, tf.float32), (h, w), method="bilinear", antialias=False)
+        return x / 255.0
+
+    def head(x: tf.Tensor) -> dict[str, tf.Tensor]:
+        score = tf.reshape(model(x, training=False), [-1])
+        return {"score": score, "decision": tf.cast(score >= thr, tf.int32)}
+
+    endpoints: dict[str, Any] = {}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, channels], tf.uint8, name="image")])
+    def serve_uint8(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        return head(prep(image)[None])
+
+    endpoints["serve_uint8"] = serve_uint8
+
+    @tf.function(input_signature=[tf.TensorSpec([None, h, w, channels], tf.float32, name="images")])
+    def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return head(images)
+
+    endpoints["serve"] = serve
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        x = tf.map_fn(
+            lambda s: prep(tf.io.decode_image(s, channels=channels, expand_animations=False)),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec((h, w, channels), tf.float32),
+        )
+        return head(x)
+
+    endpoints["serve_bytes"] = serve_bytes
+
+    if window is not None:
+        level, width = float(window[0]), float(window[1])
+        low = level - width / 2.0
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="hu")])
+        def serve_hu(hu: tf.Tensor) -> dict[str, tf.Tensor]:
+            # float64 like numpy's default, so floor(.+0.5) rounds the same way as preprocess.
+            v = tf.floor((tf.cast(hu, tf.float64) - low) / width * 255.0 + 0.5)
+            u8 = tf.cast(tf.clip_by_value(v, 0.0, 255.0), tf.uint8)[..., None]
+            if channels == 3:
+                u8 = tf.tile(u8, [1, 1, 3])
+            return head(prep(u8)[None])
+
+        endpoints["serve_hu"] = serve_hu
+    return endpoints
+
+
+def _write_saved_model(model: Any, export_dir: Path, size_hw: tuple[int, int], channels: int,
+                       window: tuple[float, float] | None, threshold: float) -> Path:
+    """Write the SavedModel into a temp folder beside export_dir, then rename it into place."""
+    import keras
+
+    final = export_dir / SAVED_MODEL_DIR
+    staging = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.saved_model.", dir=export_dir.parent))
+    try:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        for name, fn in _build_endpoints(model, size_hw, channels, window, threshold).items():
+            archive.add_endpoint(name, fn)
+        archive.write_out(str(staging / SAVED_MODEL_DIR), verbose=False)
+        old = None
+        if final.exists():
+            old = staging / "old"
+            final.rename(old)
+        (staging / SAVED_MODEL_DIR).rename(final)
+    except Exception as exc:
+        raise ExportError(
+            f"{final}: writing the SavedModel failed: {type(exc).__name__}: {exc}. "
+            "Check that the model maps float32 [B,h,w,C] to a score [B,1]."
+        ) from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+# --------------------------------------------------------------------------------------------
+# TFLite
+
+
+def _write_tflite(sm_path: Path, out: Path, probe_image: np.ndarray) -> Path:
+    """Convert serve_uint8 to float32 TFLite (builtins only) and check LiteRT can run it."""
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(sm_path), signature_keys=[DEFAULT_SIGNATURE])
+    # Builtins only: the Python LiteRT interpreter (and most edge runtimes) cannot run Flex ops.
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    try:
+        flat = conv.convert()
+    except Exception as exc:
+        raise ExportError(
+            f"{out}: TFLite conversion of '{DEFAULT_SIGNATURE}' with builtin ops failed: "
+            f"{type(exc).__name__}: {str(exc)[:500]}. Drop 'tflite' from export.formats or use a "
+            "backbone made of TFLite builtin ops."
+        ) from exc
+    try:
+        _tflite_score(flat, probe_image)
+    except Exception as exc:
+        raise ExportError(
+            f"{out}: the converted TFLite model does not run in ai_edge_litert: "
+            f"{type(exc).__name__}: {exc}."
+        ) from exc
+    atomic_write_bytes(out, flat)
+    return out
+
+
+def _tflite_runner(model_content: bytes) -> Any:
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_content=model_content).get_signature_runner(DEFAULT_SIGNATURE)
+
+
+def _tflite_score(model_content: bytes | Any, image: np.ndarray) -> float:
+    runner = _tflite_runner(model_content) if isinstance(model_content, bytes) else model_content
+    return float(np.asarray(runner(image=image)["score"]).reshape(-1)[0])
+
+
+# --------------------------------------------------------------------------------------------
+# parity
+
+
+def _parity(model: Any, sm_path: Path, tflite_path: Path | None, images: list[np.ndarray],
+            size_hw: tuple[int, int], reference_scores: np.ndarray | None,
+            atol: float) -> dict[str, Any]:
+    import tensorflow as tf
+
+    from lepton_vision import preprocess
+
+    batch = np.stack([preprocess.to_model_input(img, size_hw) for img in images]).astype(np.float32)
+    scores: dict[str, np.ndarray] = {
+        "keras": np.asarray(model(batch, training=False), dtype=np.float64).reshape(-1)
+    }
+    serve = tf.saved_model.load(str(sm_path)).signatures[DEFAULT_SIGNATURE]
+    scores["saved_model"] = np.array(
+        [float(serve(image=tf.constant(img))["score"][0]) for img in images]
+    )
+    if tflite_path is not None:
+        runner = _tflite_runner(tflite_path.read_bytes())
+        scores["tflite"] = np.array([_tflite_score(runner, img) for img in images])
+    if reference_scores is not None:
+        scores["reference"] = np.asarray(reference_scores, dtype=np.float64).reshape(-1)
+
+    names = list(scores)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    max_abs = {f"{a}_vs_{b}": float(np.max(np.abs(scores[a] - scores[b]))) for a, b in pairs}
+    # Worst single (sample, pair): what the error message names.
+    worst_pair, worst_i, worst_d = "", 0, -1.0
+    for a, b in pairs:
+        d = np.abs(scores[a] - scores[b])
+        if float(d.max()) > worst_d:
+            worst_pair, worst_i, worst_d = f"{a} vs {b}", int(d.argmax()), float(d.max())
+    samples = [
+        {"index": i, "shape": list(img.shape), **{k: float(v[i]) for k, v in scores.items()}}
+        for i, img in enumerate(images)
+    ]
+    return {
+        "pass": bool(worst_d <= atol),
+        "tolerance": atol,
+        "n_samples": len(images),
+        "backends": names,
+        "max_abs_diff": max_abs,
+        "worst": {
+            "sample": worst_i,
+            "pair": worst_pair,
+            "diff": worst_d,
+            "scores": {k: float(v[worst_i]) for k, v in scores.items()},
+        },
+        "samples": samples,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# bundle
+
+
+def _spec_json(spec: Any) -> dict[str, Any]:
+    shape = None if spec.shape.rank is None else [d for d in spec.shape.as_list()]
+    return {"dtype": spec.dtype.name, "shape": shape}
+
+
+def _signatures_json(sm_path: Path) -> dict[str, Any]:
+    """Describe the signatures as TensorFlow sees them after reloading (not as we meant them)."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(sm_path))
+    out: dict[str, Any] = {}
+    for name, fn in sorted(loaded.signatures.items()):
+        _, kwargs = fn.structured_input_signature
+        out[name] = {
+            "inputs": {k: _spec_json(v) for k, v in sorted(kwargs.items())},
+            "outputs": {k: _spec_json(v) for k, v in sorted(fn.structured_outputs.items())},
+        }
+    return out
+
+
+def _versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    import lepton_vision
+
+    versions = {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "lepton_vision": lepton_vision.__version__,
+        "numpy": np.__version__,
+    }
+    try:
+        from importlib.metadata import version
+
+        versions["ai_edge_litert"] = version("ai-edge-litert")
+    except Exception:  # optional runtime: its absence is recorded by leaving it out
+        pass
+    return versions
+
+
+def _bundle(sm_path: Path, tflite_path: Path | None, size_hw: tuple[int, int], channels: int,
+            window: tuple[float, float] | None, threshold: float,
+            info: dict[str, Any]) -> dict[str, Any]:
+    info = dict(info)
+    policy = info.pop("threshold_policy", None)
+    files: dict[str, Any] = {
+        "saved_model": {"path": SAVED_MODEL_DIR, "default_signature": DEFAULT_SIGNATURE},
+        "parity": {"path": PARITY_FILE},
+    }
+    if tflite_path is not None:
+        files["tflite"] = {
+            "path": TFLITE_FILE,
+            "signature": DEFAULT_SIGNATURE,
+            "dtype": "float32",
+            "bytes": tflite_path.stat().st_size,
+        }
+    versions = {**_versions(), **info.pop("versions", {})}
+    bundle: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "task": info.pop("task"),
+        "kind": info.pop("kind", "binary_classification"),
+        "classes": list(info.pop("classes")),
+        "positive_class": info.pop("positive_class"),
+        "threshold": {"value": threshold, "policy": policy},
+        "input": {
+            "image_size": list(size_hw),
+            "channels": channels,
+            "dtype": "uint8",
+            "window": None if window is None else {
+                "level": float(window[0]),
+                "width": float(window[1]),
+                "formula": "uint8 = clip(floor((hu - (level - width/2)) / width * 255 + 0.5), 0, 255)",
+            },
+            "resize": "bilinear, antialias=False",
+            "scale": "1/255",
+        },
+        "outputs": {
+            "score": "sigmoid probability of the positive class",
+            "decision": "1 when score >= threshold.value, else 0",
+        },
+        "default_signature": DEFAULT_SIGNATURE,
+        "signatures": _signatures_json(sm_path),
+        "files": files,
+        "versions": versions,
+    }
+    for key, value in info.items():
+        if key in bundle:
+            raise ExportError(
+                f"bundle_info: key '{key}' would overwrite a field export_classifier writes itself. "
+                f"Got {key}={value!r}. Remove it from bundle_info."
+            )
+        bundle[key] = value
+    return bundle

@@ -1,0 +1,54 @@
+"""Layout rules and the heavy-import discipline (DESIGN.md §2, §5.4)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("tensorflow", "keras", "keras_cv", "gradio")
+
+
+def test_declarative_folders_hold_no_python():
+    for folder in ("tasks", "datasets", "recipes"):
+        found = list((REPO / folder).rglob("*.py"))
+        assert not found, f"{folder}/ must hold YAML and Markdown only: {found}"
+    for folder in ("apps", "tests"):
+        assert not list((REPO / folder).rglob("__init__.py")) if (REPO / folder).exists() else True
+
+
+def test_light_modules_do_not_import_tensorflow():
+    code = (
+        "import sys\n"
+        "import lepton_vision, lepton_vision.cli, lepton_vision.recipe, lepton_vision.cards\n"
+        "import lepton_vision.metrics, lepton_vision.report, lepton_vision.folds, lepton_vision.samples\n"
+        "import lepton_vision.augment, lepton_vision.preprocess, lepton_vision.backbones, lepton_vision.synthetic\n"
+        "import lepton_vision.predictor\n"
+        f"bad = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"heavy modules imported: {out.stdout}"
+
+
+def test_help_is_fast_and_light():
+    code = (
+        "import sys\n"
+        "from lepton_vision.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    elapsed = time.perf_counter() - t0
+    assert out.stdout.strip().splitlines()[-1] == ""
+    assert "lepton-vision train" in out.stdout
+    assert elapsed < 5.0, f"--help took {elapsed:.1f} s"
+
+
+def test_only_lepton_vision_is_packaged():
+    text = (REPO / "pyproject.toml").read_text()
+    assert 'include = ["lepton_vision*"]' in text
+    assert 'lepton-vision = "lepton_vision.cli:main"' in text
