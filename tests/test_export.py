@@ -1,0 +1,219 @@
+"""Export: signatures, parity Keras vs SavedModel vs TFLite, bundle.json, forced parity failure."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from lepton_vision import preprocess
+from lepton_vision.errors import ExportError
+
+pytestmark = pytest.mark.tf
+
+SIZE = (32, 40)  # (h, w): not square, so a swapped h/w would show
+WINDOW = (-600.0, 1500.0)
+THRESHOLD = 0.5
+INFO = {
+    "task": "ct_screening",
+    "kind": "binary_classification",
+    "classes": ["normal", "nodule"],
+    "positive_class": "nodule",
+    "threshold_policy": "max_f1",
+    "metrics": {"auc": {"value": 0.9, "ci": [0.8, 0.95]}},
+    "recipe_hash": "abc123",
+}
+
+
+def tiny_model(channels: int, seed: int = 0):
+    """Input float32 [h,w,C] in [0,1] -> conv -> GAP -> Dense(1, sigmoid), fitted a few steps."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((*SIZE, channels), name="image", dtype="float32")
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(1, activation="sigmoid", name="score")(x)
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(seed)
+    xs = rng.random((32, *SIZE, channels), dtype=np.float32)
+    ys = (xs.mean(axis=(1, 2, 3)) > 0.5).astype(np.float32)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="binary_crossentropy")
+    model.fit(xs, ys, epochs=2, batch_size=16, verbose=0)
+    return model
+
+
+def sample_images(channels: int, n: int = 4, seed: int = 1) -> list[np.ndarray]:
+    """uint8 HxWxC images of varied sizes (smaller and larger than the network input)."""
+    rng = np.random.default_rng(seed)
+    shapes = [(50, 70), (20, 25), (32, 40), (97, 61)]
+    return [rng.integers(0, 256, (*shapes[i % 4], channels), dtype=np.uint8) for i in range(n)]
+
+
+def keras_scores(model, images) -> np.ndarray:
+    batch = np.stack([preprocess.to_model_input(im, SIZE) for im in images])
+    return np.asarray(model(batch, training=False)).reshape(-1)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model = tiny_model(3)
+    images = sample_images(3)
+    export_dir = tmp_path_factory.mktemp("run") / "export"
+    from lepton_vision.export import export_classifier
+
+    result = export_classifier(
+        model, export_dir, image_size_hw=SIZE, channels=3, window=WINDOW, threshold=THRESHOLD,
+        bundle_info=INFO, parity_images=images, reference_scores=keras_scores(model, images),
+    )
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(export_dir / "saved_model"))
+    return {"model": model, "images": images, "dir": export_dir, "result": result, "loaded": loaded}
+
+
+def test_files_and_timings(exported):
+    d = exported["dir"]
+    assert (d / "saved_model" / "saved_model.pb").is_file()
+    assert (d / "model.tflite").stat().st_size > 0
+    # No staging folders left beside or inside the export.
+    assert not [p for p in d.parent.iterdir() if p.name.startswith(".")]
+    assert not [p for p in d.iterdir() if p.name.startswith(".")]
+    t = exported["result"]["timings_s"]
+    assert set(t) == {"saved_model", "tflite", "parity", "bundle", "total"}
+    assert t["total"] >= t["saved_model"] > 0
+
+
+def test_signatures_match_keras(exported):
+    import tensorflow as tf
+
+    sigs = exported["loaded"].signatures
+    assert {"serve", "serve_uint8", "serve_bytes", "serve_hu", "serving_default"} <= set(sigs)
+    model, images = exported["model"], exported["images"]
+    ref = keras_scores(model, images)
+    assert np.ptp(ref) > 1e-4, "scores must vary across images for the comparison to mean anything"
+    u8 = np.array([float(sigs["serve_uint8"](image=tf.constant(im))["score"][0]) for im in images])
+    default = np.array([float(sigs["serving_default"](image=tf.constant(im))["score"][0]) for im in images])
+    batch = np.stack([preprocess.to_model_input(im, SIZE) for im in images])
+    out = sigs["serve"](images=tf.constant(batch))
+    np.testing.assert_allclose(u8, ref, atol=1e-5)
+    np.testing.assert_allclose(default, u8, atol=0)  # serving_default is serve_uint8
+    np.testing.assert_allclose(out["score"].numpy(), ref, atol=1e-5)
+    assert out["score"].shape == (len(images),)
+    assert out["decision"].dtype == tf.int32
+    np.testing.assert_array_equal(out["decision"].numpy(), (out["score"].numpy() >= THRESHOLD).astype(int))
+
+
+def test_serve_bytes_png_equals_serve_uint8(exported):
+    import tensorflow as tf
+
+    sigs = exported["loaded"].signatures
+    images = exported["images"]
+    pngs = [cv2.imencode(".png", cv2.cvtColor(im, cv2.COLOR_RGB2BGR))[1].tobytes() for im in images]
+    out = sigs["serve_bytes"](image_bytes=tf.constant(pngs))
+    u8 = [float(sigs["serve_uint8"](image=tf.constant(im))["score"][0]) for im in images]
+    np.testing.assert_allclose(out["score"].numpy(), u8, atol=1e-6)
+
+
+def test_serve_hu_equals_numpy_window(exported):
+    import tensorflow as tf
+
+    sigs = exported["loaded"].signatures
+    rng = np.random.default_rng(3)
+    for shape in [(48, 56), (30, 30)]:
+        hu = rng.integers(-1100, 600, shape).astype(np.float32)
+        hu[0, :4] = [-1350.0, 150.0, -1349.5, -600.0]  # window edges and the centre
+        u8 = preprocess.to_uint8(hu, 3, WINDOW)
+        a = float(sigs["serve_hu"](hu=tf.constant(hu))["score"][0])
+        b = float(sigs["serve_uint8"](image=tf.constant(u8))["score"][0])
+        assert abs(a - b) <= 1e-6
+
+
+def test_tflite_equals_saved_model(exported):
+    from ai_edge_litert.interpreter import Interpreter
+
+    import tensorflow as tf
+
+    runner = Interpreter(model_path=str(exported["dir"] / "model.tflite")).get_signature_runner("serve_uint8")
+    sig = exported["loaded"].signatures["serve_uint8"]
+    for im in exported["images"]:
+        lite = runner(image=im)
+        tfo = sig(image=tf.constant(im))
+        assert abs(float(lite["score"][0]) - float(tfo["score"][0])) <= 1e-4
+        assert int(lite["decision"][0]) == int(tfo["decision"][0])
+
+
+def test_parity_and_bundle_json(exported):
+    d = exported["dir"]
+    parity = json.loads((d / "parity.json").read_text())
+    assert parity["pass"] is True and parity["n_samples"] == 4
+    assert set(parity["backends"]) == {"keras", "saved_model", "tflite", "reference"}
+    assert max(parity["max_abs_diff"].values()) <= 1e-4
+    bundle = json.loads((d / "bundle.json").read_text())
+    assert bundle["schema_version"] == 1
+    for key in ("task", "kind", "classes", "positive_class", "threshold", "input", "signatures",
+                "files", "versions", "metrics", "recipe_hash", "default_signature"):
+        assert key in bundle, key
+    assert bundle["threshold"] == {"value": THRESHOLD, "policy": "max_f1"}
+    assert bundle["input"]["image_size"] == list(SIZE)
+    assert bundle["input"]["channels"] == 3 and bundle["input"]["dtype"] == "uint8"
+    assert bundle["input"]["window"]["level"] == WINDOW[0]
+    assert bundle["input"]["resize"] == "bilinear, antialias=False"
+    assert {"tensorflow", "keras", "lepton_vision"} <= set(bundle["versions"])
+    sig = bundle["signatures"]["serve_uint8"]
+    assert sig["inputs"]["image"] == {"dtype": "uint8", "shape": [None, None, 3]}
+    assert set(sig["outputs"]) == {"score", "decision"}
+    assert bundle["signatures"]["serve_hu"]["inputs"]["hu"]["dtype"] == "float32"
+    assert bundle["files"]["tflite"]["path"] == "model.tflite"
+
+
+def test_forced_parity_failure_raises_and_records(exported, tmp_path):
+    from lepton_vision.export import export_classifier
+
+    model, images = exported["model"], exported["images"]
+    off = keras_scores(model, images)
+    off[2] += 0.5
+    export_dir = tmp_path / "export"
+    with pytest.raises(ExportError, match=r"sample 2 differs by 0\.5"):
+        export_classifier(model, export_dir, image_size_hw=SIZE, channels=3, window=None,
+                          threshold=THRESHOLD, bundle_info=INFO, parity_images=images,
+                          reference_scores=off, formats=("saved_model",))
+    parity = json.loads((export_dir / "parity.json").read_text())
+    assert parity["pass"] is False
+    assert parity["worst"]["sample"] == 2 and "reference" in parity["worst"]["pair"]
+    assert not (export_dir / "bundle.json").exists()  # a failed export is not loadable
+    assert not (export_dir / "model.tflite").exists()
+
+
+def test_grayscale_export_without_window(tmp_path):
+    """C=1 model: no serve_hu, HxW parity images accepted, TFLite runs on HxWx1."""
+    from lepton_vision.export import export_classifier
+
+    model = tiny_model(1, seed=2)
+    images = [im[:, :, 0] for im in sample_images(1, n=2)]
+    res = export_classifier(model, tmp_path / "export", image_size_hw=SIZE, channels=1, window=None,
+                            threshold=0.3, bundle_info={**INFO, "threshold_policy": "fixed"},
+                            parity_images=images)
+    assert res["parity"]["pass"]
+    bundle = res["bundle"]
+    assert "serve_hu" not in bundle["signatures"] and bundle["input"]["window"] is None
+    assert bundle["signatures"]["serve_uint8"]["inputs"]["image"]["shape"] == [None, None, 1]
+
+
+def test_bad_arguments_are_export_errors(exported, tmp_path):
+    from lepton_vision.export import export_classifier
+
+    kw = dict(image_size_hw=SIZE, channels=3, window=None, threshold=0.5,
+              parity_images=exported["images"])
+    with pytest.raises(ExportError, match="bundle_info lacks"):
+        export_classifier(exported["model"], tmp_path / "e", bundle_info={"task": "x"}, **kw)
+    with pytest.raises(ExportError, match="must include 'saved_model'"):
+        export_classifier(exported["model"], tmp_path / "e", bundle_info=INFO, formats=("tflite",), **kw)
+    with pytest.raises(ExportError, match="parity image 0 must be uint8"):
+        export_classifier(exported["model"], tmp_path / "e", bundle_info=INFO,
+                          **{**kw, "parity_images": [np.zeros((8, 8, 3), np.float32)]})
+    assert not os.path.exists(tmp_path / "e" / "saved_model")
