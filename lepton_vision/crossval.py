@@ -303,9 +303,9 @@ def run_train(
     atomic_write_csv(run.oof, oof)
 
     # ---- metrics (no TensorFlow) -------------------------------------------------------------
-    from lepton_vision.metrics import score_oof
+    from lepton_vision.kinds import KINDS
 
-    metrics = score_oof(oof, resolved.threshold, recipe.evaluate.n_bootstrap, recipe.evaluate.ci, recipe.seed)
+    metrics = KINDS[resolved.task.kind].score_oof(oof, resolved.threshold, recipe.evaluate.n_bootstrap, recipe.evaluate.ci, recipe.seed)
     metrics["folds"] = [results[k] for k in range(k_total)]
     atomic_write_json(run.metrics, metrics)
 
@@ -333,18 +333,16 @@ def _read_history(fdir: Path) -> pd.DataFrame:
 
 
 def _model_builder(resolved: Resolved):
-    from lepton_vision.backbones import build_classifier
+    from lepton_vision.kinds import KINDS
 
     r = resolved.recipe
+    kind = KINDS[resolved.task.kind]
+    weights = r.model.weights
+    if weights not in ("none", "imagenet"):
+        weights = str(_weights_path(resolved, weights))
 
     def build():
-        weights = r.model.weights
-        if weights not in ("none", "imagenet"):
-            weights = str(_weights_path(resolved, weights))
-        return build_classifier(
-            r.model.backbone, tuple(r.input.image_size), r.input.channels, weights=weights,
-            dropout=r.model.dropout, width=r.model.width, seed=r.seed,
-        )
+        return kind.build_model(r, weights=weights)
 
     return build
 

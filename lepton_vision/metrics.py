@@ -15,7 +15,6 @@ Conventions used everywhere in this module:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -610,32 +609,40 @@ def read_oof(path: str | Path) -> pd.DataFrame:
             f"{path}: no out-of-fold predictions. Got a run directory without oof_predictions.csv. "
             "Finish training first: lepton-vision train RECIPE (it resumes unfinished folds)."
         )
-    oof = pd.read_csv(path, dtype={"sample_id": str, "path": str, "group": str}, keep_default_na=False, na_values={"label": [""], "fold": [""], "score": ["", "nan", "NaN"]})
+    # keep_default_na=False: an empty group must stay "" (no groups), not become NaN
+    oof = pd.read_csv(
+        path,
+        dtype={"sample_id": str, "path": str, "group": str},
+        keep_default_na=False,
+        na_values={"label": [""], "fold": [""], "score": ["", "nan", "NaN"]},
+    )
     _check_oof(oof, str(path))
     return oof
 
 
 def _policy_from_run(run: RunDir) -> Threshold | None:
-    """The policy recorded in run.json (``threshold`` = the task card's or recipe's), if any."""
+    """The policy recorded in run.json: ``threshold``, else the task card's ``task.threshold``."""
     import json
 
     if not run.run_info.is_file():
         return None
     info = json.loads(run.run_info.read_text(encoding="utf-8"))
-    raw = info.get("threshold") if isinstance(info, dict) else None
-    if isinstance(raw, dict) and raw.get("policy"):
-        return Threshold(**raw)
+    if not isinstance(info, dict):
+        return None
+    for raw in (info.get("threshold"), (info.get("task") or {}).get("threshold")):
+        if isinstance(raw, dict) and raw.get("policy"):
+            return Threshold(**raw)
     return None
 
 
-def rescore(run_dir: str | Path, policy: Threshold | str | None = None) -> dict[str, Any]:
+def rescore(run_dir: str | Path | RunDir, policy: Threshold | str | None = None) -> dict[str, Any]:
     """Re-score a finished run from its files (what ``lepton-vision evaluate RUN`` calls).
 
     Args:
         run_dir: The run directory.
         policy: A :class:`Threshold`, a string for :func:`parse_policy`, or None for the run's
-            own policy: ``evaluate.threshold`` of ``recipe.resolved.yaml``, else the ``threshold``
-            recorded in ``run.json`` (the task card's policy at training time).
+            own policy: ``evaluate.threshold`` of ``recipe.resolved.yaml``, else ``threshold`` or
+            ``task.threshold`` recorded in ``run.json`` (the task card's policy at training time).
 
     Returns:
         :func:`score_oof`'s dict, with ``n_bootstrap``, ``ci`` and ``seed`` from the recipe.
@@ -646,7 +653,7 @@ def rescore(run_dir: str | Path, policy: Threshold | str | None = None) -> dict[
     """
     from lepton_vision.recipe import load_recipe
 
-    run = RunDir(Path(run_dir))
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
     oof = read_oof(run.oof)
     if not run.recipe.is_file():
         raise RecipeError(
@@ -666,7 +673,7 @@ def rescore(run_dir: str | Path, policy: Threshold | str | None = None) -> dict[
     return score_oof(oof, policy, recipe.evaluate.n_bootstrap, recipe.evaluate.ci, recipe.seed)
 
 
-__all__: Sequence[str] = (
+__all__ = [
     "SCALAR_METRICS",
     "METRIC_LABELS",
     "POLICIES",
@@ -681,4 +688,4 @@ __all__: Sequence[str] = (
     "summary_rows",
     "read_oof",
     "rescore",
-)
+]

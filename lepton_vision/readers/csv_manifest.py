@@ -143,6 +143,6 @@ def list_csv(
             f"{len(problems)} problem(s) in the manifest",
             file=str(csv_path),
             problems=shown,
-            hint=f"{more}Fix these rows (line 1 is the header) or the dataset card's classes:.",
+            hint=f"{more}Fix these rows (line 1 is the header), or the classes: list in the dataset card.",
         )
     return Listing(records, str(csv_path), [], own_group, [renamed[c] for c in extras])

@@ -84,7 +84,8 @@ def read_dicom_hu(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError as e:
-        raise _unreadable(path, f"no DICOM header: {e}") from e
+        # pydicom's message suggests force=True, which is no advice for a user of this tool
+        raise _unreadable(path, "no DICOM header: the 'DICM' marker at byte 128 is missing") from e
     except Exception as e:  # pydicom raises many types for damaged files; all mean "unreadable"
         raise _unreadable(path, f"{type(e).__name__}: {e}") from e
 

@@ -1,0 +1,175 @@
+"""tf.data builders: the only place numpy arrays meet tf.data.
+
+Images are decoded once (:func:`load_images`) into one float32 array that every fold reuses.
+:func:`make_dataset` streams *indices* through tf.data and gathers (and augments) each batch in
+``tf.numpy_function``, so the image array is never copied into the graph.
+
+Reproducibility: the order of samples comes from ``shuffle(seed=...)`` and every sample gets its
+own augmentation seed from ``Dataset.random(seed=..., rerandomize_each_iteration=True)``; both
+are deterministic for a given seed and change from one epoch (iteration) to the next. Because an
+albumentations ``Compose`` keeps its random state on the object, reseeding and applying it is
+done under a lock, so parallel map calls cannot interleave and the result does not depend on
+thread timing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lepton_vision._keras import import_keras
+from lepton_vision.errors import DataError
+
+
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    batch_size: int,
+    *,
+    training: bool,
+    augment: Any = None,
+    seed: int = 0,
+    sample_weights: np.ndarray | None = None,
+) -> Any:
+    """Build a batched, prefetched ``tf.data.Dataset`` over in-memory images.
+
+    Args:
+        images: float32 ``[N, h, w, C]`` in ``[0, 1]``.
+        labels: ``[N]`` 0/1 labels, or None for prediction (the dataset then yields images only).
+        batch_size: Images per batch (the last batch may be smaller).
+        training: Shuffle every epoch and apply ``augment``.
+        augment: An albumentations ``Compose`` (from ``augment.build_augment``) or None. Used only
+            when ``training``.
+        seed: Seed of the shuffle order and of the per-sample augmentation seeds.
+        sample_weights: Optional ``[N]`` per-sample loss weights (e.g. balanced class weights);
+            only with labels.
+
+    Returns:
+        A dataset of ``x`` / ``(x, y)`` / ``(x, y, w)`` batches with static shapes
+        (``y`` float32 ``[B, 1]``).
+
+    Raises:
+        DataError: Mismatched lengths or a wrong image array.
+    """
+    tf, _ = import_keras()
+    images = np.asarray(images)
+    if images.ndim != 4 or images.dtype != np.float32:
+        raise DataError(
+            f"make_dataset: images must be float32 [N, h, w, C]. Got {images.dtype} {images.shape}. "
+            "Load them with pipeline.load_images."
+        )
+    n = len(images)
+    if n == 0:
+        raise DataError("make_dataset: no images. Got 0. Check the sample table and folds.")
+    y_all = None
+    if labels is not None:
+        y_all = np.asarray(labels, dtype=np.float32).reshape(-1, 1)
+        if len(y_all) != n:
+            raise DataError(f"make_dataset: {n} images but {len(y_all)} labels. Got mismatched lengths.")
+    w_all = None
+    if sample_weights is not None:
+        if labels is None:
+            raise DataError("make_dataset: sample_weights need labels. Got labels=None.")
+        w_all = np.asarray(sample_weights, dtype=np.float32).reshape(-1)
+        if len(w_all) != n:
+            raise DataError(f"make_dataset: {n} images but {len(w_all)} sample weights.")
+
+    use_aug = bool(training and augment is not None)
+    lock = threading.Lock()
+    img_shape = images.shape[1:]
+
+    def gather(idx: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, ...]:
+        batch = images[idx]
+        if use_aug:
+            from lepton_vision.augment import apply_augment
+
+            batch = batch.copy()
+            with lock:  # Compose's RNG lives on the object: reseed + apply must not interleave
+                for j in range(len(idx)):
+                    augment.set_random_seed(int(seeds[j]) % 2**32)
+                    batch[j] = apply_augment(augment, batch[j])
+        out: list[np.ndarray] = [np.ascontiguousarray(batch, dtype=np.float32)]
+        if y_all is not None:
+            out.append(y_all[idx])
+        if w_all is not None:
+            out.append(w_all[idx])
+        return tuple(out)
+
+    out_types = [tf.float32] + ([tf.float32] if y_all is not None else []) + (
+        [tf.float32] if w_all is not None else []
+    )
+
+    def tf_gather(idx: Any, seeds: Any) -> Any:
+        parts = tf.numpy_function(gather, [idx, seeds], out_types, stateful=False)
+        parts[0].set_shape((None, *img_shape))
+        if y_all is not None:
+            parts[1].set_shape((None, 1))
+        if w_all is not None:
+            parts[2].set_shape((None,))
+        return parts[0] if len(parts) == 1 else tuple(parts)
+
+    ds = tf.data.Dataset.range(n)
+    if training:
+        ds = ds.shuffle(n, seed=int(seed), reshuffle_each_iteration=True)
+    if use_aug:
+        seeds = tf.data.Dataset.random(seed=int(seed) + 1, rerandomize_each_iteration=True)
+    else:
+        seeds = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).repeat()
+    ds = tf.data.Dataset.zip(ds, seeds).batch(int(batch_size))
+    ds = ds.map(tf_gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def load_images(
+    paths: Sequence[str | Path],
+    size_hw: tuple[int, int],
+    channels: int,
+    window: tuple[float, float] | None,
+    max_pixels: int,
+    progress: bool = True,
+) -> np.ndarray:
+    """Decode and resize every image once, into one float32 array reused by all folds.
+
+    Args:
+        paths: Image files (PNG/JPEG/DICOM ...), in sample-table order.
+        size_hw: Network input (height, width).
+        channels: 1 or 3.
+        window: CT window (level, width) in HU for DICOM, or None.
+        max_pixels: Refuse images larger than this (see ``preprocess.read_image``).
+        progress: Show a rich progress bar.
+
+    Returns:
+        float32 ``[N, h, w, C]`` in ``[0, 1]``.
+
+    Raises:
+        DataError: A file cannot be read (the message names it).
+    """
+    from lepton_vision.preprocess import load_for_model
+
+    h, w = int(size_hw[0]), int(size_hw[1])
+    out = np.empty((len(paths), h, w, int(channels)), dtype=np.float32)
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(
+            TextColumn("decoding images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            transient=True,
+        )
+    else:
+        bar = None
+    if bar is not None:
+        bar.start()
+        task = bar.add_task("decode", total=len(paths))
+    try:
+        for i, p in enumerate(paths):
+            out[i] = load_for_model(p, (h, w), int(channels), window, max_pixels)
+            if bar is not None:
+                bar.advance(task)
+    finally:
+        if bar is not None:
+            bar.stop()
+    return out

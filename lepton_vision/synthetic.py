@@ -1,0 +1,680 @@
+"""Embedded default data: synthetic chest CT slices with lung nodules, written as real DICOM.
+
+Each patient is a 3-D chest phantom in millimetres (body with a fat layer, ribs, spine, lungs
+whose outline changes along the body axis, trachea and main bronchi, a 3-D pulmonary vessel tree,
+heart, aorta and mediastinal fat). An axial slab of consecutive slices is cut from it; every slice
+is projected with :func:`skimage.transform.radon`, photon (Poisson) noise is added to the
+sinogram and the slice is reconstructed with filtered back-projection
+(:func:`skimage.transform.iradon`), so the images carry CT noise texture and streaks.
+
+Abnormal patients get 2-4 lung nodules (spheres with a lobulated outline spanning a few slices);
+a slice is labelled ``abnormal`` exactly when a nodule is drawn on it. Vessels cut across are
+bright round blobs too, so a model has to tell a nodule from a vessel.
+
+The difficulty knobs are the module constants below (``NODULE_*``, ``NOISE_I0_RANGE``,
+``VESSEL_*``). Everything random comes from ``spec.seed``: patient ``i`` uses its own
+:class:`numpy.random.SeedSequence` child, so it is the same whatever ``n_patients`` is.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lepton_vision.cards import SyntheticSpec
+from lepton_vision.runio import atomic_write_bytes, atomic_write_csv, atomic_write_text
+
+# --- geometry -----------------------------------------------------------------------------
+FOV_MM = 360.0  # reconstruction field of view; pixel spacing = FOV_MM / image_size
+CHEST_LENGTH_MM = 300.0  # apex (z=0) to lung base (z=CHEST_LENGTH_MM)
+SLICE_SPACING_MM = 5.0  # slice spacing = thickness (shrunk if the slab would not fit)
+
+# --- acquisition / reconstruction ----------------------------------------------------------
+N_ANGLES = 96  # projection angles over 180 degrees
+RECON_FILTER = "shepp-logan"
+MU_WATER_PER_MM = 0.0192  # linear attenuation of water at ~70 keV
+NOISE_I0_RANGE = (1.5e4, 1.5e5)  # photons per ray (log-uniform per patient); lower = noisier
+
+# --- tissues (HU) ---------------------------------------------------------------------------
+AIR_HU = -1000.0
+FAT_HU = -100.0
+MUSCLE_HU = 45.0
+BLOOD_HU = 40.0
+LUNG_HU_RANGE = (-880.0, -820.0)  # per patient
+LUNG_TEXTURE_HU = 18.0  # std of the smooth parenchyma texture
+BONE_CORTEX_HU = 900.0
+BONE_MARROW_HU = 450.0
+
+# --- vessels (distractors) ------------------------------------------------------------------
+VESSEL_GENERATIONS_RANGE = (6, 8)  # branching depth per patient: vessel density
+VESSEL_ROOT_RADIUS_MM = (3.5, 5.0)
+VESSEL_TAPER = 0.8
+VESSEL_ROOTS_PER_LUNG = (8, 14)  # lobar/segmental trunks spread along z: vessel density  # radius ratio child / parent
+VESSEL_HU = BLOOD_HU
+
+# --- nodules (the signal) -------------------------------------------------------------------
+NODULES_PER_PATIENT = (2, 4)  # inclusive
+NODULE_RADIUS_MM = (2.0 * FOV_MM / 128, 8.0 * FOV_MM / 128)  # 2-8 px at 128 px, log-uniform
+NODULE_HU_RANGE = (-100.0, 100.0)
+NODULE_LOBULATION = 0.10  # relative radius wobble of the outline
+NODULE_MIN_VISIBLE_MM = 2.5  # a cross-section smaller than this is not drawn (nor labelled)
+NODULE_MIN_VISIBLE_FRACTION = 0.35  # ... nor one smaller than this fraction of the radius
+NODULE_PLACEMENT = {"free": 0.45, "vessel": 0.3, "pleura": 0.25}
+
+# --- DICOM ----------------------------------------------------------------------------------
+RESCALE_INTERCEPT = -1024
+WINDOW_CENTER = -600
+WINDOW_WIDTH = 1500
+LABEL_COLUMNS = ["path", "label", "patient_id", "slice_index", "nodule_count"]
+
+_PLACEMENT_GRID = 128  # nodule positions are chosen on this grid whatever the image size
+
+
+@dataclass
+class _Nodule:
+    x: float
+    y: float
+    z: float
+    r: float
+    hu: float
+    harmonics: np.ndarray  # (k, amplitude, phase) rows for the lobulated outline
+
+    def section_radius(self, z: float) -> float:
+        """Radius of the cross-section drawn at ``z`` (0 when too small to be drawn)."""
+        dz = z - self.z
+        if abs(dz) >= self.r:
+            return 0.0
+        rs = float(np.sqrt(self.r**2 - dz**2))
+        if rs < max(NODULE_MIN_VISIBLE_MM, NODULE_MIN_VISIBLE_FRACTION * self.r):
+            return 0.0
+        return rs
+
+
+@dataclass
+class _Patient:
+    index: int
+    patient_id: str
+    abnormal: bool
+    A: float  # body half-width (lateral), mm
+    B: float  # body half-depth (antero-posterior), mm
+    fat: float  # subcutaneous fat thickness, mm
+    angle: float  # in-plane rotation, radians
+    lung_scale: float
+    lung_hu: float
+    lung_harmonics: np.ndarray  # (side, k, [amp, phase, dphase/dz])
+    rib_phase: np.ndarray
+    heart_shift: float
+    i0: float
+    z_slices: np.ndarray  # mm
+    spacing: float
+    vessels: np.ndarray  # (S, 7): x0 y0 z0 x1 y1 z1 r
+    nodules: list[_Nodule] = field(default_factory=list)
+    seed_seq: np.random.SeedSequence | None = None
+
+
+# ------------------------------------------------------------------------------------------
+# shape helpers (all distances in mm; negative inside)
+# ------------------------------------------------------------------------------------------
+
+
+def _soft(d: np.ndarray, px: float) -> np.ndarray:
+    """Partial-volume coverage of a pixel by a shape, from its signed distance."""
+    return np.clip(0.5 - d / px, 0.0, 1.0)
+
+
+def _ellipse_sd(x: np.ndarray, y: np.ndarray, cx: float, cy: float, a: float, b: float) -> np.ndarray:
+    """Approximate signed distance to an axis-aligned ellipse (first-order, exact on the rim)."""
+    u = (x - cx) / a
+    v = (y - cy) / b
+    f = u * u + v * v - 1.0
+    g = 2.0 * np.sqrt((u / a) ** 2 + (v / b) ** 2) + 1e-9
+    return f / g
+
+
+def _paint(img: np.ndarray, cover: np.ndarray, value: float | np.ndarray) -> None:
+    img *= 1.0 - cover
+    img += cover * value
+
+
+def _chest_profile(z: float) -> float:
+    """Relative lung size along the body axis: small at the apex, largest low, cut by the diaphragm."""
+    t = np.clip(z / CHEST_LENGTH_MM, 0.0, 1.0)
+    grow = 0.45 + 0.55 * np.sin(0.5 * np.pi * min(t / 0.65, 1.0))
+    dome = np.clip((1.0 - t) / 0.22, 0.25, 1.0)
+    return float(grow * dome)
+
+
+def _lung_sd(p: _Patient, x: np.ndarray, y: np.ndarray, z: float) -> np.ndarray:
+    """Signed distance to the union of both lungs at height ``z`` (body coordinates)."""
+    s = _chest_profile(z) * p.lung_scale
+    t = z / CHEST_LENGTH_MM
+    heart = _heart_size(z)
+    out = None
+    for side, sign in enumerate((-1.0, 1.0)):
+        a = 0.36 * p.A * (0.7 + 0.3 * s)
+        b = 0.80 * p.B * s
+        cx = sign * (0.40 * p.A + 0.06 * p.A * (1 - s))
+        cy = 0.08 * p.B + 0.12 * p.B * (1.0 - s)
+        # outline wobble that drifts smoothly with z (lung shape changes from slice to slice)
+        u = (x - cx) / a
+        v = (y - cy) / b
+        theta = np.arctan2(v, u)
+        rho = np.sqrt(u * u + v * v)
+        wob = np.ones_like(rho)
+        for k, (amp, ph, dph) in enumerate(p.lung_harmonics[side], start=2):
+            wob += amp * np.cos(k * theta + ph + dph * t)
+        # the medial side is flattened by the mediastinum
+        flat = 1.0 - 0.22 * np.clip(-sign * np.cos(theta), 0, None) ** 3
+        d = (rho / (wob * flat) - 1.0) * min(a, b)
+        # heart bed: the left lung (image right, sign +1) is indented more
+        hx = 0.10 * p.A + p.heart_shift
+        hd = _ellipse_sd(x, y, hx, -0.12 * p.B, (0.30 + 0.05 * sign) * p.A * heart + 1e-3, 0.42 * p.B * heart + 1e-3)
+        d = np.maximum(d, -hd + 4.0) if heart > 0.05 else d
+        out = d if out is None else np.minimum(out, d)
+    assert out is not None
+    # the lungs stay inside the rib cage and off the mediastinum and the spine
+    ra, rb = _rib_axes(p)
+    out = np.maximum(out, _ellipse_sd(x, y, 0.0, -0.02 * p.B, ra - 6.0, rb - 6.0))
+    out = np.maximum(out, -_ellipse_sd(x, y, 0.0, -0.1 * p.B, 0.09 * p.A, 0.62 * p.B))
+    out = np.maximum(out, -_ellipse_sd(x, y, 0.0, 0.66 * p.B, 26.0, 30.0))
+    return out
+
+
+def _rib_axes(p: _Patient) -> tuple[float, float]:
+    return 0.88 * (p.A - p.fat), 0.86 * (p.B - 0.7 * p.fat)
+
+
+def _heart_size(z: float) -> float:
+    t = z / CHEST_LENGTH_MM
+    return float(np.clip((t - 0.38) / 0.3, 0.0, 1.0) ** 0.7)
+
+
+# ------------------------------------------------------------------------------------------
+# patient generation
+# ------------------------------------------------------------------------------------------
+
+
+def _patient_seed(seed: int, index: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence(entropy=seed, spawn_key=(index,))
+
+
+def _grow_vessels(p: _Patient, rng: np.random.Generator, generations: int) -> np.ndarray:
+    """A 3-D branching pulmonary vessel tree per lung, from the hilum outwards."""
+    segs: list[tuple[float, ...]] = []
+    r0 = rng.uniform(*VESSEL_ROOT_RADIUS_MM)
+    for sign in (-1.0, 1.0):
+        hilum = np.array([sign * 0.17 * p.A, -0.02 * p.B, 0.52 * CHEST_LENGTH_MM])
+        stack = []
+        for _ in range(int(rng.integers(VESSEL_ROOTS_PER_LUNG[0], VESSEL_ROOTS_PER_LUNG[1] + 1))):
+            # trunks leave the hilum region at different heights and fan out in all directions
+            zr = rng.uniform(0.25, 0.8) * CHEST_LENGTH_MM
+            root = np.array([sign * 0.2 * p.A, rng.uniform(-0.2, 0.2) * p.B, zr])
+            d = np.array([sign * rng.uniform(0.5, 1.0), rng.normal(0, 0.6), (zr - hilum[2]) / 60.0 + rng.normal(0, 0.5)])
+            stack.append((root, d / np.linalg.norm(d), r0 * rng.uniform(0.6, 1.0), 0, 35.0))
+        while stack:
+            start, direction, radius, gen, length = stack.pop()
+            length *= rng.uniform(0.7, 1.2)
+            end = start + direction * length
+            segs.append((*start, *end, radius))
+            if gen + 1 >= generations:
+                continue
+            inside = _lung_sd(p, np.array([end[0]]), np.array([end[1]]), float(end[2]))[0] < -radius
+            if not inside:
+                continue
+            for _ in range(2):
+                nd = direction + rng.normal(0.0, 0.55, 3)
+                # keep growing away from the hilum
+                out = end - hilum
+                nd += 0.35 * out / (np.linalg.norm(out) + 1e-6)
+                nd /= np.linalg.norm(nd)
+                stack.append((end, nd, radius * VESSEL_TAPER * rng.uniform(0.9, 1.1), gen + 1, length * 0.8))
+    return np.array(segs, dtype=np.float64)
+
+
+def _make_patient(spec: SyntheticSpec, index: int, abnormal: bool) -> _Patient:
+    ss = _patient_seed(spec.seed, index)
+    rng = np.random.default_rng(ss.spawn(1)[0])
+    n = spec.slices_per_patient
+    spacing = min(SLICE_SPACING_MM, 0.8 * CHEST_LENGTH_MM / n)
+    slab = spacing * (n - 1)
+    z0 = rng.uniform(0.12 * CHEST_LENGTH_MM, 0.9 * CHEST_LENGTH_MM - slab) if slab < 0.78 * CHEST_LENGTH_MM else 0.1 * CHEST_LENGTH_MM
+    A = rng.uniform(128.0, 158.0)
+    p = _Patient(
+        index=index,
+        patient_id=f"SYN{index:04d}",
+        abnormal=abnormal,
+        A=A,
+        B=A * rng.uniform(0.64, 0.76),
+        fat=rng.uniform(5.0, 22.0),
+        angle=float(np.deg2rad(rng.uniform(-7.0, 7.0))),
+        lung_scale=rng.uniform(0.85, 1.05),
+        lung_hu=rng.uniform(*LUNG_HU_RANGE),
+        lung_harmonics=np.stack(
+            [
+                np.stack([rng.uniform(0.0, 0.06, 3), rng.uniform(0, 2 * np.pi, 3), rng.uniform(-3, 3, 3)], axis=1)
+                for _ in range(2)
+            ]
+        ),
+        rib_phase=rng.uniform(0, 2 * np.pi, 24),
+        heart_shift=rng.uniform(-8.0, 8.0),
+        i0=float(np.exp(rng.uniform(np.log(NOISE_I0_RANGE[0]), np.log(NOISE_I0_RANGE[1])))),
+        z_slices=z0 + spacing * np.arange(n),
+        spacing=spacing,
+        vessels=np.zeros((0, 7)),
+        seed_seq=ss,
+    )
+    p.vessels = _grow_vessels(p, rng, int(rng.integers(VESSEL_GENERATIONS_RANGE[0], VESSEL_GENERATIONS_RANGE[1] + 1)))
+    if abnormal:
+        p.nodules = _place_nodules(p, rng)
+    return p
+
+
+def _vessel_cover(p: _Patient, x: np.ndarray, y: np.ndarray, z: float, thickness: float) -> np.ndarray:
+    """Partial-volume coverage (0..1) of each pixel by the vessel tubes near plane ``z``.
+
+    The slice has a ``thickness``: a tube within half of it counts, so vessels running
+    obliquely show as short streaks, and tubes thinner than a pixel show as faint dots with
+    the right integrated density (partial-volume averaging).
+
+    ``x`` and ``y`` are the pixel-centre grids of one image. Each tube is evaluated only on the
+    pixel box around where it meets the plane, which keeps a tree of thousands of segments cheap.
+    """
+    size = x.shape[1]
+    px = FOV_MM / size
+    half = 0.5 * thickness
+    v = p.vessels
+    zlo = np.minimum(v[:, 2], v[:, 5]) - v[:, 6] - half
+    zhi = np.maximum(v[:, 2], v[:, 5]) + v[:, 6] + half
+    v = v[(zlo <= z) & (zhi >= z)]
+    out = np.zeros(x.shape)
+    if len(v) == 0:
+        return out
+    # pixel grid before rotation is regular; map tube end points into pixel index space via the
+    # inverse of the grid (x, y are rotated, so use a box large enough for any rotation)
+    x0, y0 = x[0, 0], y[0, 0]
+    ex = np.array([x[0, 1] - x0, y[0, 1] - y0]) / px  # unit step along columns
+    ey = np.array([x[1, 0] - x0, y[1, 0] - y0]) / px  # unit step along rows
+    for seg in v:
+        a, b, r = seg[:3], seg[3:6], seg[6]
+        ab = b - a
+        # thin tubes are drawn at least half a pixel wide with their density scaled down
+        r_draw = max(r, 0.5 * px)
+        weight = min(1.0, (r / r_draw) ** 2 * 1.5)
+        # part of the segment within r of the plane
+        if abs(ab[2]) > 1e-9:
+            t0, t1 = sorted(((z - r - half - a[2]) / ab[2], (z + r + half - a[2]) / ab[2]))
+            t0, t1 = max(t0, 0.0), min(t1, 1.0)
+        else:
+            t0, t1 = 0.0, 1.0
+        pts = np.array([a[:2] + t0 * ab[:2], a[:2] + t1 * ab[:2]])
+        rel = pts - np.array([x0, y0])
+        cols = (rel @ ex) / px
+        rows = (rel @ ey) / px
+        m = r_draw / px + 2
+        c0, c1 = int(np.floor(cols.min() - m)), int(np.ceil(cols.max() + m)) + 1
+        r0, r1 = int(np.floor(rows.min() - m)), int(np.ceil(rows.max() + m)) + 1
+        c0, r0 = max(c0, 0), max(r0, 0)
+        c1, r1 = min(c1, size), min(r1, size)
+        if c0 >= c1 or r0 >= r1:
+            continue
+        X = x[r0:r1, c0:c1] - a[0]
+        Y = y[r0:r1, c0:c1] - a[1]
+        Z = z - a[2]
+        L2 = float(ab @ ab) + 1e-9
+        t = np.clip((X * ab[0] + Y * ab[1] + Z * ab[2]) / L2, 0.0, 1.0)
+        dz = np.maximum(np.abs(Z - t * ab[2]) - half, 0.0)
+        d = np.sqrt((X - t * ab[0]) ** 2 + (Y - t * ab[1]) ** 2 + dz**2) - r_draw
+        np.maximum(out[r0:r1, c0:c1], _soft(d, px) * weight, out=out[r0:r1, c0:c1])
+    return out
+
+
+def _place_nodules(p: _Patient, rng: np.random.Generator) -> list[_Nodule]:
+    from scipy import ndimage
+
+    g = _PLACEMENT_GRID
+    px = FOV_MM / g
+    c = (np.arange(g) + 0.5 - g / 2) * px
+    X, Y = np.meshgrid(c, c)
+    count = int(rng.integers(NODULES_PER_PATIENT[0], NODULES_PER_PATIENT[1] + 1))
+    lo, hi = NODULE_RADIUS_MM
+    kinds = list(NODULE_PLACEMENT)
+    probs = np.array([NODULE_PLACEMENT[k] for k in kinds])
+    nodules = []
+    for _ in range(count):
+        r = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        # centre the nodule near a slice of the slab so that at least that slice shows it
+        j = int(rng.integers(len(p.z_slices)))
+        z = float(p.z_slices[j] + rng.uniform(-0.3, 0.3) * min(r, p.spacing))
+        lung = _lung_sd(p, X, Y, z) < 0
+        inside = ndimage.distance_transform_edt(lung) * px
+        kind = kinds[int(rng.choice(len(kinds), p=probs / probs.sum()))]
+        if kind == "pleura":
+            ok = (inside > 0.7 * r) & (inside < 1.2 * r + px)
+        elif kind == "vessel":
+            cover = _vessel_cover(p, X, Y, z, p.spacing)
+            vd = ndimage.distance_transform_edt(cover < 0.3) * px
+            ok = (inside > r) & (vd < r + 2 * px) & (vd > 0.6 * r)
+        else:
+            ok = inside > r + px
+        if not ok.any():
+            ok = inside >= inside.max() * 0.8
+        if not lung.any():  # lung too small at this height: put it where the lung is biggest
+            z = float(p.z_slices[int(np.argmax([_chest_profile(zz) for zz in p.z_slices]))])
+            lung = _lung_sd(p, X, Y, z) < 0
+            ok = lung
+        idx = np.flatnonzero(ok.ravel())
+        k = int(idx[rng.integers(len(idx))])
+        harmonics = np.stack([np.arange(2, 6), rng.uniform(0, NODULE_LOBULATION, 4) / 2, rng.uniform(0, 2 * np.pi, 4)], axis=1)
+        nodules.append(
+            _Nodule(x=float(X.ravel()[k]), y=float(Y.ravel()[k]), z=z, r=r, hu=float(rng.uniform(*NODULE_HU_RANGE)), harmonics=harmonics)
+        )
+    return nodules
+
+
+# ------------------------------------------------------------------------------------------
+# rendering
+# ------------------------------------------------------------------------------------------
+
+
+def render_phantom(p: _Patient, z: float, size: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """The noise-free phantom slice at height ``z`` in HU, and how many nodules it shows."""
+    from scipy import ndimage
+
+    px = FOV_MM / size
+    c = (np.arange(size) + 0.5 - size / 2) * px
+    X0, Y0 = np.meshgrid(c, c)  # image x to patient's left, y posterior (radiological view)
+    ca, sa = np.cos(p.angle), np.sin(p.angle)
+    X = ca * X0 + sa * Y0
+    Y = -sa * X0 + ca * Y0 - 0.04 * p.B  # slightly below centre, like a patient on the table
+    t = z / CHEST_LENGTH_MM
+
+    img = np.full((size, size), AIR_HU)
+    body = _ellipse_sd(X, Y, 0.0, 0.0, p.A, p.B)
+    body = np.maximum(body, Y - 0.93 * p.B)  # flat back on the table
+    _paint(img, _soft(body, px), FAT_HU)
+    muscle = _ellipse_sd(X, Y, 0.0, 0.0, p.A - p.fat, p.B - 0.7 * p.fat)
+    _paint(img, _soft(np.maximum(muscle, Y - 0.93 * p.B + 0.7 * p.fat), px), MUSCLE_HU)
+
+    # ribs: short arcs on an ellipse inside the muscle; which part of each rib the plane cuts
+    # drifts with z because ribs run obliquely
+    ra, rb = _rib_axes(p)
+    u, v = X / ra, (Y + 0.02 * p.B) / rb
+    rho = np.sqrt(u * u + v * v)
+    theta = np.arctan2(v, u)
+    radial = (rho - 1.0) * min(ra, rb)
+    rib_cover = np.zeros_like(img)
+    marrow = np.zeros_like(img)
+    n_ribs = 12
+    for k in range(n_ribs):
+        centre = -np.pi + (k + 0.5) * 2 * np.pi / n_ribs + 0.18 * np.sin(p.rib_phase[k] + 9.0 * t)
+        # skip the sternum/spine directions: no ribs right in front or behind
+        if abs(np.cos(centre)) < 0.25:
+            continue
+        half = 0.05 + 0.08 * (0.5 + 0.5 * np.sin(p.rib_phase[k + 12] + 14.0 * t))
+        dth = np.angle(np.exp(1j * (theta - centre)))
+        d = np.maximum(np.abs(radial) - 3.5, (np.abs(dth) - half) * ra)
+        rib_cover = np.maximum(rib_cover, _soft(d, px))
+        marrow = np.maximum(marrow, _soft(d + 1.5, px))
+    _paint(img, rib_cover, BONE_CORTEX_HU)
+    _paint(img, marrow, BONE_MARROW_HU - 150)
+
+    # lungs with a smooth parenchyma texture
+    lung_sd = _lung_sd(p, X, Y, z)
+    lung = _soft(lung_sd, px)
+    texture = ndimage.gaussian_filter(rng.normal(0.0, 1.0, img.shape), 1.2 * 128 / size)
+    texture *= LUNG_TEXTURE_HU / (texture.std() + 1e-9)
+    _paint(img, lung, p.lung_hu + texture)
+
+    # vessels: tubes of the 3-D tree cut by the plane (round when cut across, long when along)
+    _paint(img, _vessel_cover(p, X, Y, z, p.spacing) * np.clip(lung * 1.5, 0, 1), VESSEL_HU)
+
+    # mediastinum: fat, heart, aorta, trachea / main bronchi
+    heart = _heart_size(z)
+    med = _ellipse_sd(X, Y, 0.0, -0.05 * p.B, 0.16 * p.A + 0.1 * p.A * heart, 0.62 * p.B)
+    _paint(img, _soft(np.maximum(med, lung_sd * -1 - 2.0), px) * (1 - lung), FAT_HU + 20)
+    if heart > 0.05:
+        hx = 0.10 * p.A + p.heart_shift
+        hsd = _ellipse_sd(X, Y, hx, -0.12 * p.B, 0.27 * p.A * heart + 1e-3, 0.36 * p.B * heart + 1e-3)
+        _paint(img, _soft(hsd, px), BLOOD_HU)
+    if 0.15 < t < 0.62:  # ascending aorta / arch
+        _paint(img, _soft(_ellipse_sd(X, Y, 0.03 * p.A, -0.22 * p.B, 15.0, 15.0), px), BLOOD_HU)
+    if t > 0.15:  # descending aorta, left of the spine
+        _paint(img, _soft(_ellipse_sd(X, Y, 0.11 * p.A, 0.38 * p.B, 12.0, 12.0), px), BLOOD_HU)
+    if t < 0.45:
+        tr = _ellipse_sd(X, Y, 0.0, -0.18 * p.B, 9.0, 8.0)
+        _paint(img, _soft(tr - 2.0, px), MUSCLE_HU)
+        _paint(img, _soft(tr, px), AIR_HU)
+    elif t < 0.62:
+        spread = (t - 0.45) / 0.17
+        for sign in (-1.0, 1.0):
+            br = _ellipse_sd(X, Y, sign * (0.06 + 0.14 * spread) * p.A, -0.12 * p.B, 6.0, 6.0)
+            _paint(img, _soft(br - 1.5, px), MUSCLE_HU)
+            _paint(img, _soft(br, px), AIR_HU)
+
+    # spine: vertebral body with a cortical rim, canal, posterior arch
+    vy = 0.60 * p.B
+    vb = _ellipse_sd(X, Y, 0.0, vy, 17.0, 14.0)
+    _paint(img, _soft(vb, px), BONE_CORTEX_HU)
+    _paint(img, _soft(vb + 2.5, px), BONE_MARROW_HU)
+    canal = _ellipse_sd(X, Y, 0.0, vy + 22.0, 8.0, 7.0)
+    arch = _ellipse_sd(X, Y, 0.0, vy + 23.0, 17.0, 13.0)
+    _paint(img, _soft(arch, px) * (1 - _soft(canal, px)), BONE_CORTEX_HU * 0.85)
+    _paint(img, _soft(canal, px), MUSCLE_HU - 15)
+    spinous = _ellipse_sd(X, Y, 0.0, vy + 40.0, 4.0, 12.0)
+    _paint(img, _soft(spinous, px), BONE_CORTEX_HU * 0.85)
+
+    # nodules
+    shown = 0
+    for n in p.nodules:
+        rs = n.section_radius(z)
+        if rs <= 0:
+            continue
+        shown += 1
+        dx, dy = X - n.x, Y - n.y
+        ang = np.arctan2(dy, dx)
+        wob = np.ones_like(ang)
+        for k, amp, ph in n.harmonics:
+            wob += amp * np.cos(k * ang + ph + 0.05 * (z - n.z))
+        d = np.sqrt(dx * dx + dy * dy) - rs * wob
+        # the soft edge is wider than a pixel: real nodules fade into the parenchyma
+        _paint(img, np.clip(0.5 - d / (1.6 * px), 0, 1) * np.clip(lung * 2.0, 0, 1), n.hu)
+    return img, shown
+
+
+def _acquire(hu: np.ndarray, i0: float, rng: np.random.Generator) -> np.ndarray:
+    """Simulate a CT scan of an HU image: radon, photon noise, filtered back-projection."""
+    from skimage.transform import iradon, radon
+
+    size = hu.shape[0]
+    px = FOV_MM / size
+    mu = np.clip((hu + 1000.0) / 1000.0, 0.0, None) * MU_WATER_PER_MM * px  # per pixel
+    yy, xx = np.mgrid[:size, :size]
+    outside = (xx - (size - 1) / 2) ** 2 + (yy - (size - 1) / 2) ** 2 > ((size - 1) / 2) ** 2
+    mu[outside] = 0.0  # radon(circle=True) needs zero outside the inscribed circle
+    angles = np.linspace(0.0, 180.0, N_ANGLES, endpoint=False)
+    sino = radon(mu, theta=angles, circle=True)
+    counts = rng.poisson(i0 * np.exp(-sino))
+    sino_noisy = -np.log(np.maximum(counts, 1) / i0)
+    rec = iradon(sino_noisy, theta=angles, filter_name=RECON_FILTER, circle=True, output_size=size)
+    return rec / (MU_WATER_PER_MM * px) * 1000.0 - 1000.0
+
+
+def _to_dicom_bytes(p: _Patient, spec: SyntheticSpec, j: int, hu: np.ndarray) -> bytes:
+    from pydicom import dcmwrite
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    def uid(*parts: object) -> str:
+        return generate_uid(entropy_srcs=["lepton-vision-synthetic-ct", str(spec.seed), *map(str, parts)])
+
+    size = hu.shape[0]
+    px = FOV_MM / size
+    stored = np.clip(np.round(hu) - RESCALE_INTERCEPT, 0, 4095).astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = uid(p.patient_id, "slice", j, spec.image_size)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = uid(p.patient_id, "study")
+    ds.SeriesInstanceUID = uid(p.patient_id, "series", spec.image_size)
+    ds.FrameOfReferenceUID = uid(p.patient_id, "frame")
+    ds.Modality = "CT"
+    ds.Manufacturer = "lepton-vision synthetic phantom"
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20000101"
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = "000000"
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.SeriesDescription = "Synthetic chest CT (not a patient)"
+    ds.PatientName = f"Synthetic^{p.patient_id}"
+    ds.PatientID = p.patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.BodyPartExamined = "CHEST"
+    ds.InstanceNumber = j + 1
+    z = -float(p.z_slices[j])  # DICOM z grows towards the head; the slab runs head to feet
+    ds.ImagePositionPatient = [round(-FOV_MM / 2 + px / 2, 4), round(-FOV_MM / 2 + px / 2, 4), round(z, 4)]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.SliceLocation = round(z, 4)
+    ds.SliceThickness = round(p.spacing, 4)
+    ds.PixelSpacing = [round(px, 6), round(px, 6)]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = hu.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept = RESCALE_INTERCEPT
+    ds.RescaleSlope = 1
+    ds.RescaleType = "HU"
+    ds.WindowCenter = WINDOW_CENTER
+    ds.WindowWidth = WINDOW_WIDTH
+    ds.PixelData = stored.tobytes()
+    buf = io.BytesIO()
+    dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _abnormal_flags(spec: SyntheticSpec) -> list[bool]:
+    """Which patients have nodules: the ones with the lowest per-patient draw (exact fraction)."""
+    n = spec.n_patients
+    k = int(np.clip(round(spec.abnormal_patient_fraction * n), 1, n - 1))
+    draws = [np.random.default_rng(_patient_seed(spec.seed, i).spawn(2)[1]).random() for i in range(n)]
+    order = np.argsort(draws, kind="stable")
+    flags = [False] * n
+    for i in order[:k]:
+        flags[int(i)] = True
+    return flags
+
+
+def simulate_patient_slices(spec: SyntheticSpec, index: int, abnormal: bool) -> list[tuple[np.ndarray, int]]:
+    """Generate one patient's slab without writing files.
+
+    Args:
+        spec: Generator settings.
+        index: Patient index (0-based); the patient is the same whatever ``spec.n_patients``.
+        abnormal: Whether the patient has nodules.
+
+    Returns:
+        One ``(hu, nodule_count)`` per slice; ``hu`` is float64 HxW after simulated acquisition.
+    """
+    p = _make_patient(spec, index, abnormal)
+    return [_slice(p, spec, j) for j in range(spec.slices_per_patient)]
+
+
+def _slice(p: _Patient, spec: SyntheticSpec, j: int) -> tuple[np.ndarray, int]:
+    assert p.seed_seq is not None
+    rng = np.random.default_rng(np.random.SeedSequence(entropy=spec.seed, spawn_key=(p.index, 1000 + j)))
+    phantom, shown = render_phantom(p, float(p.z_slices[j]), spec.image_size, rng)
+    return _acquire(phantom, p.i0, rng), shown
+
+
+_README = """Synthetic chest CT (lepton-vision embedded default data)
+
+NOT PATIENT DATA. Every image here was generated by lepton_vision.synthetic from a mathematical
+chest phantom (body, fat, ribs, spine, lungs, airways, a 3-D vessel tree, heart, aorta), projected
+with a Radon transform, given photon noise and reconstructed by filtered back-projection.
+
+Layout:
+  <PatientID>/<slice:03d>.dcm   one axial slice per file (CT Image Storage, HU = stored - 1024)
+  labels.csv                    path,label,patient_id,slice_index,nodule_count
+                                label is 'abnormal' exactly when nodule_count > 0
+
+Abnormal patients have 2-4 lung nodules spanning a few slices; their other slices are 'normal'.
+Group cross-validation by patient_id: slices of one patient are strongly correlated.
+labels.csv is written last: if it exists, the dataset is complete.
+
+Generator settings: {settings}
+"""
+
+
+def generate_ct_dataset(out_dir: str | Path, spec: SyntheticSpec, progress: bool = True) -> dict[str, Any]:
+    """Generate the synthetic chest CT dataset as DICOM files plus ``labels.csv``.
+
+    Args:
+        out_dir: Output folder (created). ``labels.csv`` is written last and atomically, so its
+            presence means the dataset is complete.
+        spec: Generator settings (patients, slices per patient, image size, abnormal fraction,
+            seed).
+        progress: Show a progress bar.
+
+    Returns:
+        Summary: ``n_patients``, ``n_slices``, ``n_abnormal_slices``, ``n_abnormal_patients``,
+        ``seconds``.
+    """
+    import pandas as pd
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    started = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = out / "labels.csv"
+    if labels.exists():  # regenerating: drop the completeness marker first
+        labels.unlink()
+    flags = _abnormal_flags(spec)
+    rows = []
+    total = spec.n_patients * spec.slices_per_patient
+    bar = Progress(
+        TextColumn("[bold]synthetic CT"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not progress,
+        transient=False,
+    )
+    with bar:
+        task = bar.add_task("slices", total=total)
+        for i in range(spec.n_patients):
+            p = _make_patient(spec, i, flags[i])
+            for j in range(spec.slices_per_patient):
+                hu, shown = _slice(p, spec, j)
+                rel = f"{p.patient_id}/{j:03d}.dcm"
+                atomic_write_bytes(out / rel, _to_dicom_bytes(p, spec, j, hu))
+                rows.append(
+                    {
+                        "path": rel,
+                        "label": "abnormal" if shown else "normal",
+                        "patient_id": p.patient_id,
+                        "slice_index": j,
+                        "nodule_count": shown,
+                    }
+                )
+                bar.advance(task)
+    frame = pd.DataFrame(rows, columns=LABEL_COLUMNS)
+    atomic_write_text(out / "README.txt", _README.format(settings=spec.model_dump_json()))
+    atomic_write_csv(labels, frame)
+    return {
+        "n_patients": spec.n_patients,
+        "n_abnormal_patients": int(sum(flags)),
+        "n_slices": len(frame),
+        "n_abnormal_slices": int((frame["label"] == "abnormal").sum()),
+        "seconds": round(time.perf_counter() - started, 3),
+    }

@@ -1,0 +1,134 @@
+"""Backbones: every name builds flat at 32 px, Grad-CAM's layer is reachable, weights files load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lepton_vision.backbones import BACKBONE_NAMES, BACKBONES, build_classifier, load_weights_file
+from lepton_vision.errors import RecipeError
+
+pytestmark = pytest.mark.tf
+
+
+def _keras():
+    from lepton_vision._keras import import_keras
+
+    return import_keras()[1]
+
+
+def _images(n: int, channels: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 1, (n, size, size, channels)).astype(np.float32)
+
+
+def test_table_matches_names():
+    assert tuple(BACKBONES) == BACKBONE_NAMES
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
+def test_builds_flat_with_gradcam_layer(name, channels):
+    keras = _keras()
+    model = build_classifier(name, (32, 32), channels, seed=0)
+    assert model.input_shape == (None, 32, 32, channels)
+    assert model.inputs[0].name.startswith("image")
+    out = np.asarray(model(_images(3, channels), training=False))
+    assert out.shape == (3, 1)
+    assert np.all((out > 0) & (out < 1))
+    assert model.get_layer("score").dtype_policy.compute_dtype == "float32"
+    # Flat graph: the feature map and the score come from the same inputs (stack.md section 7).
+    grad_model = keras.Model(model.inputs, [model.get_layer("last_conv").output, model.output])
+    feats, score = grad_model(_images(2, channels))
+    assert feats.shape[0] == 2 and len(feats.shape) == 4
+    np.testing.assert_allclose(np.asarray(score), np.asarray(model(_images(2, channels))), atol=1e-6)
+    # No nested Model layer: keras.applications was built on our input tensor.
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers)
+
+
+def test_input_mapping_per_backbone():
+    scale = {
+        "mobilenet_v3_small": (2.0, -1.0),
+        "mobilenet_v2": (2.0, -1.0),
+        "efficientnet_b0": (255.0, 0.0),
+    }
+    for name, (s, o) in scale.items():
+        layer = build_classifier(name, (32, 32), 3).get_layer("to_backbone_range")
+        assert (float(layer.scale), float(layer.offset)) == (s, o)
+    small = build_classifier("small_cnn", (32, 32), 1)
+    assert "to_backbone_range" not in [la.name for la in small.layers]
+
+
+def test_same_seed_same_weights_and_width():
+    a = build_classifier("small_cnn", (32, 32), 1, seed=3)
+    b = build_classifier("small_cnn", (32, 32), 1, seed=3)
+    c = build_classifier("small_cnn", (32, 32), 1, seed=4)
+    x = _images(4, 1)
+    np.testing.assert_array_equal(np.asarray(a(x)), np.asarray(b(x)))
+    assert not np.allclose(np.asarray(a(x)), np.asarray(c(x)))
+    half = build_classifier("small_cnn", (32, 32), 1, width=0.5)
+    assert half.get_layer("block4_conv").filters == 64
+    assert half.count_params() < a.count_params()
+
+
+def test_whole_model_weights_round_trip(tmp_path):
+    src = build_classifier("small_cnn", (32, 32), 1, seed=1)
+    path = tmp_path / "m.weights.h5"
+    src.save_weights(str(path))
+    loaded = build_classifier("small_cnn", (32, 32), 1, weights=str(path), seed=2)
+    x = _images(5, 1)
+    np.testing.assert_array_equal(np.asarray(src(x)), np.asarray(loaded(x)))
+
+
+def test_partial_load_other_channel_count(tmp_path):
+    src = build_classifier("small_cnn", (32, 32), 1, seed=1)
+    path = tmp_path / "gray.weights.h5"
+    src.save_weights(str(path))
+    rgb = build_classifier("small_cnn", (32, 32), 3, seed=2)
+    assert load_weights_file(rgb, path).startswith("backbone")
+    # Everything after the first convolution fits and is loaded; the first conv cannot be.
+    for name in ("block2_conv", "block4_bn", "score"):
+        for a, b in zip(src.get_layer(name).get_weights(), rgb.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    assert rgb.get_layer("block1_conv").get_weights()[0].shape[2] == 3
+
+
+def test_bare_keras_applications_backbone_file(tmp_path):
+    keras = _keras()
+    keras.utils.set_random_seed(7)
+    bare = keras.applications.MobileNetV3Small(
+        include_top=False, weights=None, input_shape=(32, 32, 3), include_preprocessing=False
+    )
+    path = tmp_path / "bare.weights.h5"
+    bare.save_weights(str(path))
+    model = build_classifier("mobilenet_v3_small", (32, 32), 3, weights=str(path), seed=0)
+    with_weights = [la for la in bare.layers if la.weights]
+    assert len(with_weights) > 30
+    for layer in with_weights:
+        for a, b in zip(layer.get_weights(), model.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_weights_that_fit_nothing(tmp_path):
+    keras = _keras()
+    other = keras.Sequential([keras.Input((7,)), keras.layers.Dense(5), keras.layers.Dense(9)])
+    path = tmp_path / "other.weights.h5"
+    other.save_weights(str(path))
+    with pytest.raises(RecipeError, match="no layer .*other.weights.h5"):
+        build_classifier("small_cnn", (32, 32), 1, weights=str(path))
+
+
+def test_missing_weights_file(tmp_path):
+    missing = tmp_path / "nope.weights.h5"
+    with pytest.raises(RecipeError, match="model.weights: weights file not found.*nope.weights.h5"):
+        build_classifier("small_cnn", (32, 32), 1, weights=str(missing))
+
+
+def test_bad_settings_are_recipe_errors():
+    with pytest.raises(RecipeError, match="Did you mean 'mobilenet_v2'"):
+        build_classifier("mobilenet_v22", (32, 32), 3)
+    with pytest.raises(RecipeError, match="model.width"):
+        build_classifier("efficientnet_b0", (32, 32), 3, width=0.5)
+    with pytest.raises(RecipeError, match="no ImageNet weights"):
+        build_classifier("small_cnn", (32, 32), 3, weights="imagenet")
+    with pytest.raises(RecipeError, match="input.channels"):
+        build_classifier("small_cnn", (32, 32), 2)

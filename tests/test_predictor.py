@@ -1,0 +1,242 @@
+"""Predictor on an exported bundle: PNG and DICOM files, both backends, plain-TensorFlow use."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from lepton_vision import preprocess
+from lepton_vision.errors import DataError, ExportError
+
+pytestmark = pytest.mark.tf
+
+SIZE = (32, 32)
+WINDOW = (-600.0, 1500.0)
+THRESHOLD = 0.5
+INFO = {
+    "task": "ct_screening",
+    "classes": ["normal", "nodule"],
+    "positive_class": "nodule",
+    "threshold_policy": "max_f1",
+}
+
+#: Using an export with nothing but TensorFlow, NumPy and OpenCV (README example).
+#: Usage: python plain_tf.py EXPORT_DIR IMAGE.png  -> prints "score decision".
+PLAIN_TF_SCRIPT = '''\
+import sys
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+export_dir, image_path = sys.argv[1], sys.argv[2]
+serve = tf.saved_model.load(f"{export_dir}/saved_model").signatures["serve_uint8"]
+channels = serve.structured_input_signature[1]["image"].shape[-1]
+
+# The model takes uint8 H x W x C in RGB order (any size; it resizes and thresholds itself).
+if channels == 1:
+    image = cv2.imread(image_path, cv2.IMREAD_GRAYSCALE)[:, :, None]
+else:
+    image = cv2.cvtColor(cv2.imread(image_path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+out = serve(image=tf.constant(image, dtype=tf.uint8))
+print(float(out["score"][0]), int(out["decision"][0]))
+assert "lepton_vision" not in sys.modules
+'''
+
+
+def tiny_model(channels: int = 3, seed: int = 0):
+    """Input float32 [h,w,C] in [0,1] -> conv -> GAP -> Dense(1, sigmoid), fitted a few steps."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((*SIZE, channels), name="image", dtype="float32")
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(1, activation="sigmoid", name="score")(x)
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(seed)
+    xs = rng.random((32, *SIZE, channels), dtype=np.float32)
+    ys = (xs.mean(axis=(1, 2, 3)) > 0.5).astype(np.float32)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="binary_crossentropy")
+    model.fit(xs, ys, epochs=2, batch_size=16, verbose=0)
+    return model
+
+
+def write_ct_dicom(path: Path, stored: np.ndarray) -> None:
+    """A minimal CT Image Storage file: int16 stored values, HU = stored - 1024."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.PatientID = "P001"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleIntercept = -1024
+    ds.RescaleSlope = 1
+    ds.PixelData = stored.astype(np.int16).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    from lepton_vision.export import export_classifier
+
+    root = tmp_path_factory.mktemp("pred")
+    rng = np.random.default_rng(5)
+    model = tiny_model()
+    pngs = []
+    for i, shape in enumerate([(40, 52), (25, 30), (64, 48)]):
+        rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+        p = root / "imgs" / f"img{i}.png"
+        p.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(p), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        pngs.append(p)
+    dcm = root / "imgs" / "slice.dcm"
+    write_ct_dicom(dcm, rng.integers(0, 1700, (36, 44)))
+    (root / "imgs" / "notes.txt").write_text("not an image")  # must be ignored by iter_folder
+    parity = [preprocess.to_uint8(preprocess.read_image(p), 3, WINDOW) for p in [*pngs, dcm]]
+    export_dir = root / "export"
+    export_classifier(model, export_dir, image_size_hw=SIZE, channels=3, window=WINDOW,
+                      threshold=THRESHOLD, bundle_info=INFO, parity_images=parity)
+    return {"model": model, "dir": export_dir, "pngs": pngs, "dcm": dcm, "root": root}
+
+
+def keras_score(model, path: Path) -> float:
+    x = preprocess.load_for_model(path, SIZE, 3, WINDOW)
+    return float(np.asarray(model(x[None], training=False)).reshape(-1)[0])
+
+
+@pytest.mark.parametrize("backend", ["saved_model", "tflite"])
+def test_predictor_equals_keras(bundle, backend):
+    from lepton_vision.predictor import Prediction, Predictor
+
+    pred = Predictor.from_bundle(bundle["dir"], backend=backend)
+    assert pred.backend == backend
+    paths = [*bundle["pngs"], bundle["dcm"]]
+    results = pred.predict_many(paths)
+    scores = [r.score for r in results]
+    ref = [keras_score(bundle["model"], p) for p in paths]
+    assert np.ptp(ref) > 1e-4
+    np.testing.assert_allclose(scores, ref, atol=1e-4)
+    for r, p in zip(results, paths):
+        assert isinstance(r, Prediction) and r.path == str(p) and r.threshold == THRESHOLD
+        assert r.decision == (r.score >= THRESHOLD)
+        assert r.label == ("nodule" if r.decision else "normal")
+    # Arrays: uint8 HxW / HxWx3 and float HU (the bundle has a window) go the same way.
+    gray = preprocess.read_image(bundle["pngs"][0])[:, :, 0]
+    assert pred.predict(gray).score == pytest.approx(
+        pred.predict(np.repeat(gray[:, :, None], 3, axis=2)).score, abs=1e-6)
+    hu = preprocess.read_image(bundle["dcm"])
+    assert pred.predict(hu).score == pytest.approx(results[-1].score, abs=1e-6)
+    assert pred.predict(hu).path is None
+
+
+def test_auto_backend_prefers_tflite(bundle):
+    from lepton_vision.predictor import Predictor
+
+    assert Predictor.from_bundle(bundle["dir"]).backend == "tflite"
+
+
+def test_threshold_override_changes_decisions(bundle):
+    from lepton_vision.predictor import Predictor
+
+    paths = [*bundle["pngs"], bundle["dcm"]]
+    low = Predictor.from_bundle(bundle["dir"], threshold=0.0).predict_many(paths)
+    high = Predictor.from_bundle(bundle["dir"], threshold=1.0).predict_many(paths)
+    assert all(r.decision and r.label == "nodule" and r.threshold == 0.0 for r in low)
+    assert not any(r.decision for r in high)
+    with pytest.raises(ExportError, match="threshold override"):
+        Predictor.from_bundle(bundle["dir"], threshold=1.5)
+
+
+def test_iter_folder_and_csv(bundle, tmp_path):
+    from lepton_vision.predictor import Predictor, write_predictions_csv
+
+    pred = Predictor.from_bundle(bundle["dir"], backend="tflite")
+    results = list(pred.iter_folder(bundle["root"] / "imgs"))
+    names = [Path(r.path).name for r in results]
+    assert names == ["img0.png", "img1.png", "img2.png", "slice.dcm"]
+    out = tmp_path / "preds.csv"
+    write_predictions_csv(results, out)
+    rows = list(csv.DictReader(out.open()))
+    assert [r["path"] for r in rows] == [r.path for r in results]
+    assert [float(r["score"]) for r in rows] == [r.score for r in results]
+    assert [int(r["decision"]) for r in rows] == [int(r.decision) for r in results]
+    with pytest.raises(DataError, match="folder not found"):
+        list(pred.iter_folder(tmp_path / "nope"))
+
+
+def test_bad_inputs_give_clear_errors(bundle, tmp_path):
+    from lepton_vision.predictor import Predictor
+
+    pred = Predictor.from_bundle(bundle["dir"], backend="saved_model")
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    with pytest.raises(DataError, match="broken.png"):
+        pred.predict(bad)
+    with pytest.raises(DataError, match="image array"):
+        pred.predict(np.zeros((4, 4, 5), np.uint8))
+
+    with pytest.raises(ExportError, match="no bundle.json"):
+        Predictor.from_bundle(tmp_path)
+    copy = tmp_path / "export_v9"
+    copy.mkdir()
+    b = json.loads((bundle["dir"] / "bundle.json").read_text())
+    (copy / "bundle.json").write_text(json.dumps({**b, "schema_version": 9}))
+    with pytest.raises(ExportError, match="schema_version. Got 9"):
+        Predictor.from_bundle(copy)
+    (copy / "bundle.json").write_text(json.dumps(b))
+    with pytest.raises(ExportError, match="model.tflite, which is missing"):
+        Predictor.from_bundle(copy, backend="tflite")
+
+
+def test_float_array_without_window_is_refused(tmp_path):
+    from lepton_vision.export import export_classifier
+    from lepton_vision.predictor import Predictor
+
+    imgs = [np.full((20, 20, 3), 100, np.uint8)]
+    export_classifier(tiny_model(seed=1), tmp_path / "e", image_size_hw=SIZE, channels=3,
+                      window=None, threshold=0.5, bundle_info=INFO, parity_images=imgs,
+                      formats=("saved_model",))
+    pred = Predictor.from_bundle(tmp_path / "e")
+    assert pred.backend == "saved_model"  # no model.tflite -> auto falls back
+    with pytest.raises(DataError, match="no CT window"):
+        pred.predict(np.zeros((20, 20), np.float32))
+
+
+def test_plain_tensorflow_script_matches_predictor(bundle, tmp_path):
+    from lepton_vision.predictor import Predictor
+
+    script = tmp_path / "plain_tf.py"
+    script.write_text(PLAIN_TF_SCRIPT)
+    png = bundle["pngs"][2]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # Run outside the repo so nothing can import lepton_vision from the working directory.
+    proc = subprocess.run([sys.executable, str(script), str(bundle["dir"]), str(png)],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    score, decision = proc.stdout.split()[-2:]
+    expected = Predictor.from_bundle(bundle["dir"], backend="saved_model").predict(png)
+    assert abs(float(score) - expected.score) <= 1e-4
+    assert bool(int(decision)) == expected.decision

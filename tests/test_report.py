@@ -1,0 +1,135 @@
+"""report.html and plots from a synthetic run."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from lepton_vision import metrics as M
+from lepton_vision.report import PLOT_NAMES, print_summary, write_report
+from lepton_vision.runio import RunDir, atomic_write_json
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PREVIEW = Path("/work/report_roc_preview.png")
+
+
+def synthetic_oof(seed: int = 0) -> pd.DataFrame:
+    """5 folds, 300 samples, 60 groups (patients nested in folds), scores from labels + noise."""
+    rng = np.random.default_rng(seed)
+    group = np.arange(300) % 60
+    label = (rng.random(300) < 0.4).astype(int)
+    score = 1 / (1 + np.exp(-(2.2 * label - 1.1 + rng.normal(0, 1, 300))))
+    return pd.DataFrame(
+        {
+            "sample_id": [f"scan{i:03d}.dcm" for i in range(300)],
+            "path": [f"/data/scan{i:03d}.dcm" for i in range(300)],
+            "group": [f"patient<{g:02d}>" for g in group],  # '<' checks HTML escaping
+            "label": label,
+            "fold": group % 5,
+            "score": score,
+        }
+    )
+
+
+def histories() -> dict[int, pd.DataFrame]:
+    out = {}
+    for k in range(5):
+        e = np.arange(6)
+        h = pd.DataFrame({"epoch": e, "loss": 0.7 - 0.05 * e, "val_loss": 0.72 - 0.04 * e + 0.01 * k,
+                          "auc": 0.6 + 0.05 * e, "val_auc": 0.58 + 0.04 * e, "lr": 1e-3})
+        if k == 4:  # a log with missing columns must still plot
+            h = h[["epoch", "loss"]]
+        out[k] = h
+    return out
+
+
+@pytest.fixture()
+def report(tmp_path: Path) -> tuple[RunDir, dict, str]:
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    oof = synthetic_oof()
+    metrics = M.score_oof(oof, M.parse_policy("min_sensitivity:0.9"), n_bootstrap=300, ci=0.95, seed=1)
+    # the shape crossval passes (data = data_report.json; classes come from run.json's task card)
+    atomic_write_json(run.run_info, {"task": {"classes": ["no_nodule", "nodule"]}})
+    info = {
+        "title": "CT screening <nodule> & co",
+        "recipe_name": "baseline",
+        "run_dir": str(run.root),
+        "intended_use": "Research only; not a diagnostic device.",
+        "seconds": 12.5,
+        "folds": [{"fold": 0, "n": 60}],
+        "data": {"n_samples": 300, "n_positive": int(oof.label.sum()), "n_groups": 60,
+                 "counts": {"per_class": {"no_nodule": 198, "nodule": 102}, "n_excluded": 1},
+                 "excluded": [{"sample_id": "bad/scan_999.dcm", "path": "/d/bad/scan_999.dcm",
+                               "reason": "not a DICOM file <truncated>"}],
+                 "fingerprint": "abc123"},
+        "versions": {"lepton_vision": "0.1.0", "numpy": np.__version__},
+        "recipe_yaml": "name: baseline\nevaluate:\n  threshold: {policy: min_sensitivity, value: 0.9}\n",
+    }
+    path = write_report(run, metrics, oof, histories(), info)
+    assert path == run.report
+    return run, metrics, path.read_text(encoding="utf-8")
+
+
+def test_report_html_is_self_contained(report: tuple[RunDir, dict, str]) -> None:
+    run, metrics, html_text = report
+    auc = metrics["pooled"]["roc_auc"]
+    assert f"{auc['value']:.3f} [{auc['lo']:.3f}, {auc['hi']:.3f}]" in html_text
+    imgs = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html_text)
+    assert len(imgs) == len(PLOT_NAMES)
+    assert all(base64.b64decode(b).startswith(PNG_MAGIC) for b in imgs)
+    # no external resources
+    assert not re.search(r'(src|href)="(https?:|//|/)', html_text)
+    assert "<link" not in html_text and "<script" not in html_text
+    # escaped text, never raw
+    assert "CT screening &lt;nodule&gt; &amp; co" in html_text and "<nodule>" not in html_text
+    assert "not a DICOM file &lt;truncated&gt;" in html_text and "Excluded files (1)" in html_text
+    assert "counts.per_class" in html_text and "no_nodule: 198, nodule: 102" in html_text
+    assert "not a diagnostic device" in html_text
+    assert "min_sensitivity:0.9" in html_text
+    assert "mean ± SD" in html_text and "baseline" in html_text
+    assert "<pre>name: baseline" in html_text
+    assert "lepton_vision" in html_text and np.__version__ in html_text
+    # operating point: pooled sensitivity at the honest thresholds
+    assert M.format_value(metrics["pooled"]["sensitivity"]) in html_text
+
+
+def test_plot_files_exist_and_are_pngs(report: tuple[RunDir, dict, str]) -> None:
+    run, _, _ = report
+    for name in PLOT_NAMES:
+        p = run.plots_dir / f"{name}.png"
+        data = p.read_bytes()
+        assert data.startswith(PNG_MAGIC), name
+        assert len(data) > 10_000, (name, len(data))  # a real plot, not an empty canvas
+    try:
+        shutil.copyfile(run.plots_dir / "roc.png", PREVIEW)
+    except OSError:
+        pass  # the preview copy is a convenience for looking at the plot, not part of the test
+
+
+def test_report_without_histories_or_bootstrap(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    oof = synthetic_oof(1).drop(columns=["group"])
+    metrics = M.score_oof(oof, M.parse_policy("youden"), n_bootstrap=0)
+    html_text = write_report(run, metrics, oof, {}, {}).read_text(encoding="utf-8")
+    assert f"{metrics['pooled']['roc_auc']['value']:.3f}" in html_text
+    assert "No bootstrap CIs" in html_text
+    assert "None: every listed file was used" in html_text
+    assert (run.plots_dir / "training_curves.png").stat().st_size > 5_000
+
+
+def test_print_summary(report: tuple[RunDir, dict, str]) -> None:
+    _, metrics, _ = report
+    console = Console(record=True, width=140)
+    print_summary(metrics, console)
+    text = console.export_text()
+    assert "ROC AUC" in text and M.format_value(metrics["pooled"]["roc_auc"]) in text
+    ms = metrics["mean_sd"]["f1"]
+    assert f"{ms['mean']:.3f} ± {ms['sd']:.3f}" in text
