@@ -12,6 +12,7 @@ convolutional feature map is the layer ``last_conv``, so Grad-CAM can use
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -212,11 +213,15 @@ def load_weights_file(model: Any, path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"model.weights: weights file not found. Got {str(path)!r}.")
+    initial = model.get_weights()
     try:
-        model.load_weights(str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras warns per missing group; we report ourselves
+            model.load_weights(str(path))
         return "model"
     except Exception:  # noqa: BLE001 - any failure means "not this model's file"; try by layer
-        pass
+        # Keras loads what it can before raising: start the by-layer match from a clean model.
+        model.set_weights(initial)
     try:
         stored = _read_weight_groups(h5py, path)
     except OSError as e:

@@ -390,7 +390,7 @@ def _augment_problems(recipe: Recipe, doc: YamlDoc) -> list[Problem]:
     ops = [op.model_dump() for op in recipe.augment]
     return [
         Problem(render_path(loc), msg, line=doc.line_of(loc))
-        for loc, msg in augment_problems(ops, channels=recipe.input.channels)
+        for loc, msg in augment_problems(ops, channels=recipe.input.channels, image_size=recipe.input.image_size)
     ]
 
 

@@ -437,10 +437,6 @@ def render_phantom(p: _Patient, z: float, size: int, rng: np.random.Generator) -
     heart = _heart_size(z)
     med = _ellipse_sd(X, Y, 0.0, -0.05 * p.B, 0.16 * p.A + 0.1 * p.A * heart, 0.62 * p.B)
     _paint(img, _soft(np.maximum(med, lung_sd * -1 - 2.0), px) * (1 - lung), FAT_HU + 20)
-    if heart > 0.05:
-        hx = 0.10 * p.A + p.heart_shift
-        hsd = _ellipse_sd(X, Y, hx, -0.12 * p.B, 0.27 * p.A * heart + 1e-3, 0.36 * p.B * heart + 1e-3)
-        _paint(img, _soft(hsd, px), BLOOD_HU)
     if 0.15 < t < 0.62:  # ascending aorta / arch
         _paint(img, _soft(_ellipse_sd(X, Y, 0.03 * p.A, -0.22 * p.B, 15.0, 15.0), px), BLOOD_HU)
     if t > 0.15:  # descending aorta, left of the spine
@@ -456,6 +452,11 @@ def render_phantom(p: _Patient, z: float, size: int, rng: np.random.Generator) -
             _paint(img, _soft(br - 1.5, px), MUSCLE_HU)
             _paint(img, _soft(br, px), AIR_HU)
 
+    # the heart comes last so that it hides the lower ends of the airways
+    if heart > 0.05:
+        hx = 0.10 * p.A + p.heart_shift
+        hsd = _ellipse_sd(X, Y, hx, -0.12 * p.B, 0.27 * p.A * heart + 1e-3, 0.36 * p.B * heart + 1e-3)
+        _paint(img, _soft(hsd, px), BLOOD_HU)
     # spine: vertebral body with a cortical rim, canal, posterior arch
     vy = 0.60 * p.B
     vb = _ellipse_sd(X, Y, 0.0, vy, 17.0, 14.0)
