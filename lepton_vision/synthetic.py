@@ -53,8 +53,8 @@ BONE_MARROW_HU = 450.0
 # --- vessels (distractors) ------------------------------------------------------------------
 VESSEL_GENERATIONS_RANGE = (6, 8)  # branching depth per patient: vessel density
 VESSEL_ROOT_RADIUS_MM = (3.5, 5.0)
-VESSEL_TAPER = 0.8
-VESSEL_ROOTS_PER_LUNG = (8, 14)  # lobar/segmental trunks spread along z: vessel density  # radius ratio child / parent
+VESSEL_TAPER = 0.8  # radius ratio child / parent
+VESSEL_ROOTS_PER_LUNG = (8, 14)  # lobar/segmental trunks spread along z: vessel density
 VESSEL_HU = BLOOD_HU
 
 # --- nodules (the signal) -------------------------------------------------------------------
@@ -173,7 +173,8 @@ def _lung_sd(p: _Patient, x: np.ndarray, y: np.ndarray, z: float) -> np.ndarray:
         d = (rho / (wob * flat) - 1.0) * min(a, b)
         # heart bed: the left lung (image right, sign +1) is indented more
         hx = 0.10 * p.A + p.heart_shift
-        hd = _ellipse_sd(x, y, hx, -0.12 * p.B, (0.30 + 0.05 * sign) * p.A * heart + 1e-3, 0.42 * p.B * heart + 1e-3)
+        ha = (0.30 + 0.05 * sign) * p.A * heart + 1e-3
+        hd = _ellipse_sd(x, y, hx, -0.12 * p.B, ha, 0.42 * p.B * heart + 1e-3)
         d = np.maximum(d, -hd + 4.0) if heart > 0.05 else d
         out = d if out is None else np.minimum(out, d)
     assert out is not None
@@ -214,7 +215,9 @@ def _grow_vessels(p: _Patient, rng: np.random.Generator, generations: int) -> np
             # trunks leave the hilum region at different heights and fan out in all directions
             zr = rng.uniform(0.25, 0.8) * CHEST_LENGTH_MM
             root = np.array([sign * 0.2 * p.A, rng.uniform(-0.2, 0.2) * p.B, zr])
-            d = np.array([sign * rng.uniform(0.5, 1.0), rng.normal(0, 0.6), (zr - hilum[2]) / 60.0 + rng.normal(0, 0.5)])
+            dx = sign * rng.uniform(0.5, 1.0)
+            dy = rng.normal(0, 0.6)
+            d = np.array([dx, dy, (zr - hilum[2]) / 60.0 + rng.normal(0, 0.5)])
             stack.append((root, d / np.linalg.norm(d), r0 * rng.uniform(0.6, 1.0), 0, 35.0))
         while stack:
             start, direction, radius, gen, length = stack.pop()
@@ -242,7 +245,10 @@ def _make_patient(spec: SyntheticSpec, index: int, abnormal: bool) -> _Patient:
     n = spec.slices_per_patient
     spacing = min(SLICE_SPACING_MM, 0.8 * CHEST_LENGTH_MM / n)
     slab = spacing * (n - 1)
-    z0 = rng.uniform(0.12 * CHEST_LENGTH_MM, 0.9 * CHEST_LENGTH_MM - slab) if slab < 0.78 * CHEST_LENGTH_MM else 0.1 * CHEST_LENGTH_MM
+    if slab < 0.78 * CHEST_LENGTH_MM:
+        z0 = rng.uniform(0.12 * CHEST_LENGTH_MM, 0.9 * CHEST_LENGTH_MM - slab)
+    else:
+        z0 = 0.1 * CHEST_LENGTH_MM
     A = rng.uniform(128.0, 158.0)
     p = _Patient(
         index=index,
@@ -256,7 +262,9 @@ def _make_patient(spec: SyntheticSpec, index: int, abnormal: bool) -> _Patient:
         lung_hu=rng.uniform(*LUNG_HU_RANGE),
         lung_harmonics=np.stack(
             [
-                np.stack([rng.uniform(0.0, 0.06, 3), rng.uniform(0, 2 * np.pi, 3), rng.uniform(-3, 3, 3)], axis=1)
+                np.stack(
+                    [rng.uniform(0.0, 0.06, 3), rng.uniform(0, 2 * np.pi, 3), rng.uniform(-3, 3, 3)], axis=1
+                )
                 for _ in range(2)
             ]
         ),
@@ -268,7 +276,8 @@ def _make_patient(spec: SyntheticSpec, index: int, abnormal: bool) -> _Patient:
         vessels=np.zeros((0, 7)),
         seed_seq=ss,
     )
-    p.vessels = _grow_vessels(p, rng, int(rng.integers(VESSEL_GENERATIONS_RANGE[0], VESSEL_GENERATIONS_RANGE[1] + 1)))
+    generations = int(rng.integers(VESSEL_GENERATIONS_RANGE[0], VESSEL_GENERATIONS_RANGE[1] + 1))
+    p.vessels = _grow_vessels(p, rng, generations)
     if abnormal:
         p.nodules = _place_nodules(p, rng)
     return p
@@ -369,9 +378,17 @@ def _place_nodules(p: _Patient, rng: np.random.Generator) -> list[_Nodule]:
             ok = lung
         idx = np.flatnonzero(ok.ravel())
         k = int(idx[rng.integers(len(idx))])
-        harmonics = np.stack([np.arange(2, 6), rng.uniform(0, NODULE_LOBULATION, 4) / 2, rng.uniform(0, 2 * np.pi, 4)], axis=1)
+        amps = rng.uniform(0, NODULE_LOBULATION, 4) / 2
+        harmonics = np.stack([np.arange(2, 6), amps, rng.uniform(0, 2 * np.pi, 4)], axis=1)
         nodules.append(
-            _Nodule(x=float(X.ravel()[k]), y=float(Y.ravel()[k]), z=z, r=r, hu=float(rng.uniform(*NODULE_HU_RANGE)), harmonics=harmonics)
+            _Nodule(
+                x=float(X.ravel()[k]),
+                y=float(Y.ravel()[k]),
+                z=z,
+                r=r,
+                hu=float(rng.uniform(*NODULE_HU_RANGE)),
+                harmonics=harmonics,
+            )
         )
     return nodules
 

@@ -284,6 +284,16 @@ def _keras_verbose(recipe: Recipe) -> int:
     return 1 if recipe.train.verbose and sys.stdout.isatty() else 0
 
 
+def _write_history(log: _EpochLog, out_dir: Path) -> pd.DataFrame:
+    """Replace CSVLogger's file (0-based epochs, kept while training in case of a crash) with
+    the final history: 1-based epochs, the same frame :class:`FoldResult` carries."""
+    from lepton_vision.runio import atomic_write_csv
+
+    history = pd.DataFrame(log.rows)
+    atomic_write_csv(out_dir / "history.csv", history)
+    return history
+
+
 def _save_model(model: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     model.save(tmp)
@@ -378,7 +388,7 @@ def fit_fold(
         )
     # best.keras must be exactly the returned model (ModelCheckpoint ignores min_delta).
     _save_model(model, out_dir / "best.keras")
-    history = pd.DataFrame(log.rows)
+    history = _write_history(log, out_dir)
     return FoldResult(
         best_epoch=best.best_epoch,
         best_val_auc=best.best,
@@ -431,7 +441,8 @@ def fit_final(
         seed=recipe.seed, sample_weights=_sample_weights(ty, recipe),
     )
     nan = _NanGuard()
-    callbacks: list[Any] = [_EpochLog(label, epochs, len(ty), recipe.train.verbose), nan]
+    log = _EpochLog(label, epochs, len(ty), recipe.train.verbose)
+    callbacks: list[Any] = [log, nan]
     if recipe.train.schedule.name == "reduce_on_plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor="loss", mode="min", factor=recipe.train.schedule.factor,
@@ -442,6 +453,7 @@ def fit_final(
               verbose=_keras_verbose(recipe))
     if nan.at is not None:
         raise _nan_error(label, nan.at, recipe)
+    _write_history(log, out_dir)
     return model
 
 

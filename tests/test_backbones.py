@@ -38,7 +38,7 @@ def test_builds_flat_with_gradcam_layer(name, channels):
     assert model.get_layer("score").dtype_policy.compute_dtype == "float32"
     # Flat graph: the feature map and the score come from the same inputs (stack.md section 7).
     grad_model = keras.Model(model.inputs, [model.get_layer("last_conv").output, model.output])
-    feats, score = grad_model(_images(2, channels))
+    feats, score = grad_model([_images(2, channels)])
     assert feats.shape[0] == 2 and len(feats.shape) == 4
     np.testing.assert_allclose(np.asarray(score), np.asarray(model(_images(2, channels))), atol=1e-6)
     # No nested Model layer: keras.applications was built on our input tensor.

@@ -1,0 +1,145 @@
+"""End to end through the real CLI on tiny generated CT data (tf tier).
+
+One module-scoped run (2 folds, 2 epochs, 32 px, 8 patients) is shared by the tests below:
+artefacts, predict parity with the final model, evaluate without TensorFlow, resume after an
+interruption, and re-export.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from lepton_vision.cli import main
+
+pytestmark = pytest.mark.tf
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "train.epochs=2",
+    "cv.n_splits=2",
+    "input.image_size=[32, 32]",
+    "evaluate.n_bootstrap=50",
+    "export.parity_samples=8",
+    "train.verbose=false",
+]
+
+
+def _tiny_project(root: Path) -> Path:
+    for d in ("tasks", "datasets", "recipes"):
+        shutil.copytree(REPO / d, root / d)
+    card = root / "datasets/synthetic_ct/dataset.yaml"
+    data = yaml.safe_load(card.read_text())
+    data["synthetic"].update(n_patients=8, slices_per_patient=4, image_size=64)
+    card.write_text(yaml.safe_dump(data, sort_keys=False))
+    return root / "recipes/ct_screening/baseline.yaml"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("proj")
+    recipe = _tiny_project(root)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LEPTON_GENERATED_ROOT", str(root / "generated"))
+    mp.setenv("LEPTON_HOME", str(root))
+    run = root / "run"
+    rc = main(["train", str(recipe), *sum((["--set", s] for s in TINY), []), "--out", str(run)])
+    assert rc == 0
+    yield root, recipe, run
+    mp.undo()
+
+
+def test_run_directory_holds_every_artefact(project):
+    _, _, run = project
+    for rel in [
+        "recipe.resolved.yaml", "run.json", "samples.csv", "data_report.json", "folds.csv",
+        "oof_predictions.csv", "metrics.json", "report.html", "final/model.keras",
+        "export/saved_model/saved_model.pb", "export/model.tflite", "export/bundle.json",
+        "export/parity.json", "folds/0/history.csv", "folds/0/best.keras", "folds/1/result.json",
+        "plots/roc.png",
+    ]:
+        assert (run / rel).exists(), rel
+    folds = pd.read_csv(run / "folds.csv", keep_default_na=False)
+    assert set(folds["fold"]) == {0, 1}
+    # no patient in two folds
+    assert folds.groupby("group")["fold"].nunique().max() == 1
+    metrics = json.loads((run / "metrics.json").read_text())
+    auc = metrics["pooled"]["roc_auc"]
+    assert 0.0 <= auc["lo"] <= auc["value"] <= auc["hi"] <= 1.0
+    parity = json.loads((run / "export/parity.json").read_text())
+    assert parity["pass"] is True
+    bundle = json.loads((run / "export/bundle.json").read_text())
+    assert bundle["threshold"]["value"] == pytest.approx(metrics["final_threshold"])
+    assert bundle["positive_class"] == "abnormal"
+    html = (run / "report.html").read_text()
+    assert "data:image/png;base64," in html and "AUC" in html
+
+
+def test_predict_reproduces_final_model_scores(project, tmp_path):
+    from lepton_vision._keras import import_keras
+    from lepton_vision.preprocess import load_for_model
+
+    _, _, run = project
+    samples = pd.read_csv(run / "samples.csv", keep_default_na=False)
+    paths = list(samples["path"][:10])
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(run / "export"), *paths, "--out", str(out)]) == 0
+    preds = pd.read_csv(out)
+    assert list(preds.columns) == ["path", "score", "decision"]
+    _, keras = import_keras()
+    model = keras.models.load_model(run / "final/model.keras", compile=False)
+    x = np.stack([load_for_model(p, (32, 32), 1, (-600.0, 1500.0)) for p in paths])
+    expected = model.predict(x, verbose=0)[:, 0]
+    np.testing.assert_allclose(preds["score"].to_numpy(), expected, atol=1e-4)
+
+
+def test_evaluate_rescores_with_another_policy(project, tmp_path):
+    _, _, run = project
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(run), "--policy", "min_specificity:0.9", "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["policy"] == {"policy": "min_specificity", "value": 0.9}
+    original = json.loads((run / "metrics.json").read_text())
+    assert m["pooled"]["roc_auc"]["value"] == pytest.approx(original["pooled"]["roc_auc"]["value"])
+
+
+def test_resume_skips_finished_folds_and_gives_the_same_result(project):
+    _, recipe, run = project
+    fold0 = run / "folds/0/best.keras"
+    mtime0 = fold0.stat().st_mtime_ns
+    before = pd.read_csv(run / "oof_predictions.csv", keep_default_na=False)
+    # simulate a run killed during fold 2: fold 1's marker and everything after it are gone
+    (run / "folds/1/result.json").unlink()
+    for rel in ("oof_predictions.csv", "metrics.json", "report.html"):
+        (run / rel).unlink()
+    shutil.rmtree(run / "final")
+    shutil.rmtree(run / "export")
+    rc = main(["train", str(recipe), *sum((["--set", s] for s in TINY), []), "--resume", str(run)])
+    assert rc == 0
+    assert fold0.stat().st_mtime_ns == mtime0, "fold 1 was recomputed"
+    after = pd.read_csv(run / "oof_predictions.csv", keep_default_na=False)
+    assert list(after["sample_id"]) == list(before["sample_id"])
+    np.testing.assert_allclose(after["score"], before["score"], atol=1e-6)
+
+
+def test_resume_with_a_different_recipe_is_refused(project, capsys):
+    _, recipe, run = project
+    rc = main(["train", str(recipe), *sum((["--set", s] for s in TINY), []), "--set", "seed=9", "--resume", str(run)])
+    assert rc == 1
+    assert "seed" in capsys.readouterr().err
+
+
+def test_export_command_re_exports(project):
+    _, _, run = project
+    before = json.loads((run / "export/bundle.json").read_text())
+    shutil.rmtree(run / "export")
+    assert main(["export", str(run)]) == 0
+    after = json.loads((run / "export/bundle.json").read_text())
+    assert after["threshold"] == before["threshold"]
+    assert (run / "export/model.tflite").is_file()
