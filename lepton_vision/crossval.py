@@ -272,12 +272,13 @@ def run_train(
         fdir.mkdir(parents=True)
         tr = np.flatnonzero(table["fold"].to_numpy() != k)
         va = np.flatnonzero(table["fold"].to_numpy() == k)
-        configure_devices(recipe.seed + k)
+        _, strategy = configure_devices(recipe.seed + k)
         t0 = time.time()
-        result = fit_fold(
-            _model_builder(resolved), images[tr], labels[tr], images[va], labels[va], recipe, fdir,
-            fold_label=f"fold {k + 1}/{k_total}",
-        )
+        with strategy.scope():
+            result = fit_fold(
+                _model_builder(resolved, recipe.seed + k), images[tr], labels[tr], images[va], labels[va],
+                recipe, fdir, fold_label=f"fold {k + 1}/{k_total}",
+            )
         scores = predict_scores(result.model, images[va], recipe.train.batch_size)
         part = table.iloc[va][["sample_id", "path", "group", "label", "fold"]].assign(score=scores)
         atomic_write_csv(fdir / "oof.csv", part)
@@ -332,7 +333,8 @@ def _read_history(fdir: Path) -> pd.DataFrame:
     return pd.read_csv(path) if path.is_file() else pd.DataFrame()
 
 
-def _model_builder(resolved: Resolved):
+def _model_builder(resolved: Resolved, seed: int):
+    """A zero-argument model factory for one fold (each fold starts from its own seed)."""
     from lepton_vision.kinds import KINDS
 
     r = resolved.recipe
@@ -342,7 +344,7 @@ def _model_builder(resolved: Resolved):
         weights = str(_weights_path(resolved, weights))
 
     def build():
-        return kind.build_model(r, weights=weights)
+        return kind.build_model(r, weights=weights, seed=seed)
 
     return build
 
@@ -374,8 +376,10 @@ def _final_model(resolved: Resolved, run: RunDir, images: np.ndarray, labels: np
         epochs = int(np.median([r["best_epoch"] for r in results.values()]))
         epochs = max(1, epochs)
         _console().print(f"final model: refit on all {len(labels)} images for {epochs} epochs (median best epoch)")
-        configure_devices(recipe.seed + 1000)
-        model = fit_final(_model_builder(resolved), images, labels, recipe, run.final_dir, epochs)
+        _, strategy = configure_devices(recipe.seed + 1000)
+        with strategy.scope():
+            model = fit_final(_model_builder(resolved, recipe.seed + 1000), images, labels, recipe,
+                              run.final_dir, epochs)
         info = {"mode": "refit", "epochs": epochs, "n_images": int(len(labels))}
     run.final_dir.mkdir(parents=True, exist_ok=True)
     tmp = run.final_dir / ".model.keras.tmp.keras"

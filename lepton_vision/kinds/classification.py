@@ -14,13 +14,14 @@ import pandas as pd
 OOF_COLUMNS: tuple[str, ...] = ("score",)
 
 
-def build_model(recipe: Any, weights: str | None = None) -> Any:
+def build_model(recipe: Any, weights: str | None = None, seed: int | None = None) -> Any:
     """An uncompiled Keras classifier for ``recipe`` (input float32 in [0,1], output sigmoid).
 
     Args:
         recipe: The validated :class:`lepton_vision.recipe.Recipe`.
         weights: Resolved weights argument ('none', 'imagenet' or an absolute file path);
             defaults to ``recipe.model.weights``.
+        seed: Weight-initialisation seed; defaults to ``recipe.seed``.
     """
     from lepton_vision.backbones import build_classifier
 
@@ -32,7 +33,7 @@ def build_model(recipe: Any, weights: str | None = None) -> Any:
         weights=weights or m.weights,
         dropout=m.dropout,
         width=m.width,
-        seed=recipe.seed,
+        seed=recipe.seed if seed is None else seed,
     )
 
 
