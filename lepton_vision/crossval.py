@@ -419,7 +419,6 @@ def _export(resolved: Resolved, run: RunDir, model, table: pd.DataFrame, metrics
                     "bootstrap_unit": metrics["bootstrap_unit"]},
         "recipe": {"name": r.name, "sha256": r.sha256(), "seed": r.seed},
         "dataset": {"name": resolved.dataset.name, "fingerprint": fingerprint, "n_samples": int(len(table))},
-        "parity_paths": paths,
         "versions": versions(),
     }
     window = r.input.window.level_width() if resolved.task.modality == "ct" else None

@@ -30,27 +30,14 @@ INFO = {
 
 #: Using an export with nothing but TensorFlow, NumPy and OpenCV (README example).
 #: Usage: python plain_tf.py EXPORT_DIR IMAGE.png  -> prints "score decision".
-PLAIN_TF_SCRIPT = '''\
-import sys
+def _readme_plain_tf_script() -> str:
+    """The plain-TensorFlow example from README.md (so the README's code is what is tested)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    after = readme.split("<!-- plain-tf-example", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
 
-import cv2
-import numpy as np
-import tensorflow as tf
 
-export_dir, image_path = sys.argv[1], sys.argv[2]
-serve = tf.saved_model.load(f"{export_dir}/saved_model").signatures["serve_uint8"]
-channels = serve.structured_input_signature[1]["image"].shape[-1]
-
-# The model takes uint8 H x W x C in RGB order (any size; it resizes and thresholds itself).
-if channels == 1:
-    image = cv2.imread(image_path, cv2.IMREAD_GRAYSCALE)[:, :, None]
-else:
-    image = cv2.cvtColor(cv2.imread(image_path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-
-out = serve(image=tf.constant(image, dtype=tf.uint8))
-print(float(out["score"][0]), int(out["decision"][0]))
-assert "lepton_vision" not in sys.modules
-'''
+PLAIN_TF_SCRIPT = _readme_plain_tf_script()
 
 
 def tiny_model(channels: int = 3, seed: int = 0):
