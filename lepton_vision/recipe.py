@@ -389,7 +389,8 @@ def _augment_problems(recipe: Recipe, doc: YamlDoc) -> list[Problem]:
 
     ops = [op.model_dump() for op in recipe.augment]
     return [
-        Problem(render_path(loc), msg, line=doc.line_of(loc))
+        Problem(render_path(loc) + (" (from --set)" if doc.from_override(loc) else ""), msg,
+                line=doc.line_of(loc))
         for loc, msg in augment_problems(ops, channels=recipe.input.channels, image_size=recipe.input.image_size)
     ]
 
