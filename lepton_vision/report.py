@@ -134,7 +134,8 @@ def plot_training_curves(histories: dict[int, pd.DataFrame], path: Path) -> byte
         if h is None or len(h) == 0:
             continue
         color = colors[i % len(colors)]
-        x = h["epoch"].to_numpy() + 1 if "epoch" in h.columns else np.arange(1, len(h) + 1)
+        # train.py writes 1-based epochs to history.csv (the same numbers as best_epoch)
+        x = h["epoch"].to_numpy() if "epoch" in h.columns else np.arange(1, len(h) + 1)
         for ax, key in ((ax_loss, "loss"), (ax_auc, "auc")):
             if f"val_{key}" in h.columns:
                 ax.plot(x, h[f"val_{key}"], color=color, lw=1.6, label=f"fold {fold} val")
@@ -331,7 +332,7 @@ def write_report(
         run_dir: The run directory.
         metrics: :func:`lepton_vision.metrics.score_oof`'s dict.
         oof: The out-of-fold table (``label``, ``fold``, ``score``, optional ``group``).
-        histories: Fold -> Keras CSV log with some of ``epoch, loss, val_loss, auc, val_auc, lr``.
+        histories: Fold -> history with some of ``epoch`` (1-based), ``loss, val_loss, auc, val_auc, lr``.
         info: Optional keys: ``title``, ``recipe_name`` (or ``recipe``), ``run_dir``, ``date``
             (default: now), ``classes`` ([negative, positive]; default: the task card in
             run.json), ``intended_use``, ``seconds``, ``data`` (data_report.json: counts, nested

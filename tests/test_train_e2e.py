@@ -143,3 +143,9 @@ def test_export_command_re_exports(project):
     after = json.loads((run / "export/bundle.json").read_text())
     assert after["threshold"] == before["threshold"]
     assert (run / "export/model.tflite").is_file()
+
+
+def test_check_reports_versions_and_devices(capsys):
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "tensorflow" in out and "devices" in out and "LEPTON_DATA_ROOT" in out
