@@ -222,7 +222,7 @@ def run_train(
     )
 
     # ---- folds -----------------------------------------------------------------------------
-    from lepton_vision.folds import fold_summary, make_folds, read_folds, write_folds
+    from lepton_vision.folds import make_folds, read_folds, write_folds
 
     folds = make_folds(table, recipe.cv.n_splits, recipe.cv.strategy, recipe.seed)
     if run.folds.is_file():

@@ -28,24 +28,6 @@ INFO = {
 }
 
 
-def tiny_model(channels: int, seed: int = 0):
-    """Input float32 [h,w,C] in [0,1] -> conv -> GAP -> Dense(1, sigmoid), fitted a few steps."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    inp = keras.Input((*SIZE, channels), name="image", dtype="float32")
-    x = keras.layers.Conv2D(4, 3, activation="relu")(inp)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    out = keras.layers.Dense(1, activation="sigmoid", name="score")(x)
-    model = keras.Model(inp, out)
-    rng = np.random.default_rng(seed)
-    xs = rng.random((32, *SIZE, channels), dtype=np.float32)
-    ys = (xs.mean(axis=(1, 2, 3)) > 0.5).astype(np.float32)
-    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="binary_crossentropy")
-    model.fit(xs, ys, epochs=2, batch_size=16, verbose=0)
-    return model
-
-
 def sample_images(channels: int, n: int = 4, seed: int = 1) -> list[np.ndarray]:
     """uint8 HxWxC images of varied sizes (smaller and larger than the network input)."""
     rng = np.random.default_rng(seed)
@@ -59,8 +41,8 @@ def keras_scores(model, images) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    model = tiny_model(3)
+def exported(tmp_path_factory, tiny_model_factory):
+    model = tiny_model_factory(SIZE, 3)
     images = sample_images(3)
     export_dir = tmp_path_factory.mktemp("run") / "export"
     from lepton_vision.export import export_classifier
@@ -195,11 +177,11 @@ def test_forced_parity_failure_raises_and_records(exported, tmp_path):
     assert not (export_dir / "model.tflite").exists()
 
 
-def test_grayscale_export_without_window(tmp_path):
+def test_grayscale_export_without_window(tmp_path, tiny_model_factory):
     """C=1 model: no serve_hu, HxW parity images accepted, TFLite runs on HxWx1."""
     from lepton_vision.export import export_classifier
 
-    model = tiny_model(1, seed=2)
+    model = tiny_model_factory(SIZE, 1, seed=2)
     images = [im[:, :, 0] for im in sample_images(1, n=2)]
     res = export_classifier(model, tmp_path / "export", image_size_hw=SIZE, channels=1, window=None,
                             threshold=0.3, bundle_info={**INFO, "threshold_policy": "fixed"},

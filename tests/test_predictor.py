@@ -40,58 +40,13 @@ def _readme_plain_tf_script() -> str:
 PLAIN_TF_SCRIPT = _readme_plain_tf_script()
 
 
-def tiny_model(channels: int = 3, seed: int = 0):
-    """Input float32 [h,w,C] in [0,1] -> conv -> GAP -> Dense(1, sigmoid), fitted a few steps."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    inp = keras.Input((*SIZE, channels), name="image", dtype="float32")
-    x = keras.layers.Conv2D(4, 3, activation="relu")(inp)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    out = keras.layers.Dense(1, activation="sigmoid", name="score")(x)
-    model = keras.Model(inp, out)
-    rng = np.random.default_rng(seed)
-    xs = rng.random((32, *SIZE, channels), dtype=np.float32)
-    ys = (xs.mean(axis=(1, 2, 3)) > 0.5).astype(np.float32)
-    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="binary_crossentropy")
-    model.fit(xs, ys, epochs=2, batch_size=16, verbose=0)
-    return model
-
-
-def write_ct_dicom(path: Path, stored: np.ndarray) -> None:
-    """A minimal CT Image Storage file: int16 stored values, HU = stored - 1024."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    ds.PatientID = "P001"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1
-    ds.RescaleIntercept = -1024
-    ds.RescaleSlope = 1
-    ds.PixelData = stored.astype(np.int16).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
-
-
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
+def bundle(tmp_path_factory, tiny_model_factory, write_ct_dicom):
     from lepton_vision.export import export_classifier
 
     root = tmp_path_factory.mktemp("pred")
     rng = np.random.default_rng(5)
-    model = tiny_model()
+    model = tiny_model_factory(SIZE)
     pngs = []
     for i, shape in enumerate([(40, 52), (25, 30), (64, 48)]):
         rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
@@ -198,12 +153,12 @@ def test_bad_inputs_give_clear_errors(bundle, tmp_path):
         Predictor.from_bundle(copy, backend="tflite")
 
 
-def test_float_array_without_window_is_refused(tmp_path):
+def test_float_array_without_window_is_refused(tmp_path, tiny_model_factory):
     from lepton_vision.export import export_classifier
     from lepton_vision.predictor import Predictor
 
     imgs = [np.full((20, 20, 3), 100, np.uint8)]
-    export_classifier(tiny_model(seed=1), tmp_path / "e", image_size_hw=SIZE, channels=3,
+    export_classifier(tiny_model_factory(SIZE, seed=1), tmp_path / "e", image_size_hw=SIZE, channels=3,
                       window=None, threshold=0.5, bundle_info=INFO, parity_images=imgs,
                       formats=("saved_model",))
     pred = Predictor.from_bundle(tmp_path / "e")

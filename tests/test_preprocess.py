@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,35 +18,6 @@ from lepton_vision.preprocess import (
     to_uint8,
     window_hu,
 )
-
-
-def write_ct_dicom(path: Path, stored: np.ndarray, patient_id: str = "P1", intercept: float = -1024.0) -> Path:
-    """Write a minimal single-frame CT DICOM with pydicom (int16 stored values)."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    ds.PatientID = patient_id
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1
-    ds.RescaleSlope = 1
-    ds.RescaleIntercept = intercept
-    ds.PixelData = stored.astype("<i2").tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(str(path), enforce_file_format=True)
-    return path
 
 
 # ------------------------------------------------------------------ read_image
@@ -112,7 +82,7 @@ def test_too_many_pixels(tmp_path):
     assert read_image(tmp_path / "big.png", max_pixels=100).shape == (10, 10)
 
 
-def test_read_dicom_gives_hu(tmp_path):
+def test_read_dicom_gives_hu(tmp_path, write_ct_dicom):
     stored = np.array([[0, 1024], [1064, 2024]], np.int16)
     p = write_ct_dicom(tmp_path / "ct.dcm", stored)
     hu = read_image(p)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +13,6 @@ from lepton_vision.cards import DatasetCard, TaskCard
 from lepton_vision.errors import DataError
 from lepton_vision.samples import TABLE_COLUMNS, read_samples
 
-_spec = importlib.util.spec_from_file_location("_tp", Path(__file__).with_name("test_preprocess.py"))
-_tp = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_tp)
-write_ct_dicom = _tp.write_ct_dicom
 
 TASK = TaskCard.model_validate(
     {
@@ -241,7 +236,7 @@ def test_csv_without_group_column(tmp_path):
 # ------------------------------------------------------------------ DICOM
 
 
-def test_dicom_folder_groups_by_patient(tmp_path):
+def test_dicom_folder_groups_by_patient(tmp_path, write_ct_dicom):
     d = tmp_path / "ds"
     stored = np.full((8, 8), 1024, np.int16)
     for c, pids in (("normal", ["A", "B"]), ("abnormal", ["C"])):
