@@ -42,7 +42,8 @@ def histories() -> dict[int, pd.DataFrame]:
     out = {}
     for k in range(5):
         e = np.arange(6)
-        h = pd.DataFrame({"epoch": e + 1,  # 1-based, as train.py writes history.csv "loss": 0.7 - 0.05 * e, "val_loss": 0.72 - 0.04 * e + 0.01 * k,
+        # epochs are 1-based, as train.py writes history.csv
+        h = pd.DataFrame({"epoch": e + 1, "loss": 0.7 - 0.05 * e, "val_loss": 0.72 - 0.04 * e + 0.01 * k,
                           "auc": 0.6 + 0.05 * e, "val_auc": 0.58 + 0.04 * e, "lr": 1e-3})
         if k == 4:  # a log with missing columns must still plot
             h = h[["epoch", "loss"]]
