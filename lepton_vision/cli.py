@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_epilog("evaluate"), formatter_class=fmt)
     e.add_argument("run_dir", type=Path)
     e.add_argument("--policy", help="threshold policy, e.g. max_f1, youden, min_sensitivity:0.95, fixed:0.5")
-    e.add_argument("--out", type=Path, help="write the metrics here instead of RUN_DIR/metrics.json")
+    e.add_argument("--out", type=Path, help="where to write the metrics (default RUN_DIR/metrics.json, "
+                   "or RUN_DIR/metrics_<policy>.json with --policy)")
     e.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
 
     x = sub.add_parser("export", help="re-export a finished run without retraining",
@@ -170,7 +171,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     policy = parse_policy(args.policy) if args.policy else None
     metrics = rescore(RunDir(args.run_dir), policy)
-    out = args.out or RunDir(args.run_dir).metrics
+    # Another policy must not overwrite the metrics the exported threshold came from.
+    default = RunDir(args.run_dir).metrics
+    if args.policy:
+        default = default.with_name(f"metrics_{args.policy.replace(':', '_')}.json")
+    out = args.out or default
     atomic_write_json(out, metrics)
     print_summary(metrics)
     print(f"metrics written to {out}")
@@ -186,13 +191,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from lepton_vision.predictor import Predictor, write_predictions_csv
+    from lepton_vision.predictor import Predictor, list_images, write_predictions_csv
 
     p = Predictor.from_bundle(args.export_dir, backend=args.backend, threshold=args.threshold)
     paths: list[Path] = []
     for item in args.inputs:
         if item.is_dir():
-            paths.extend(p.iter_folder(item))
+            paths.extend(list_images(item, recursive=True))
         elif item.exists():
             paths.append(item)
         else:

@@ -184,14 +184,21 @@ class Predictor:
         Raises:
             DataError: The folder does not exist.
         """
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise DataError("folder not found; expected a folder of images", file=str(folder))
-        pattern = "**/*" if recursive else "*"
-        paths = sorted(p for p in folder.glob(pattern)
-                       if p.is_file() and p.suffix.lower() in PREDICT_EXTENSIONS)
-        for p in paths:
+        for p in list_images(folder, recursive=recursive):
             yield self.predict(p)
+
+
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Supported image files (PNG/JPEG/BMP/TIFF/DICOM) in a folder, sorted.
+
+    Raises:
+        DataError: The folder does not exist.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError("folder not found; expected a folder of images", file=str(folder))
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in PREDICT_EXTENSIONS)
 
 
 def write_predictions_csv(preds: Iterable[Prediction], out_path: str | Path) -> None:

@@ -149,3 +149,17 @@ def test_check_reports_versions_and_devices(capsys):
     assert main(["check"]) == 0
     out = capsys.readouterr().out
     assert "tensorflow" in out and "devices" in out and "LEPTON_DATA_ROOT" in out
+
+
+def test_predict_on_a_folder_of_dicoms_and_evaluate_keeps_metrics_json(project, tmp_path):
+    _, _, run = project
+    samples = pd.read_csv(run / "samples.csv", keep_default_na=False)
+    folder = Path(samples["path"][0]).parent  # one patient's DICOM slices
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run / "export"), str(folder), "--out", str(out)]) == 0
+    preds = pd.read_csv(out)
+    assert len(preds) == len(list(folder.glob("*.dcm"))) and preds["score"].between(0, 1).all()
+    before = (run / "metrics.json").read_text()
+    assert main(["evaluate", str(run), "--policy", "youden"]) == 0
+    assert (run / "metrics_youden.json").is_file()
+    assert (run / "metrics.json").read_text() == before
