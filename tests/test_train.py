@@ -240,3 +240,25 @@ def test_load_images_decodes_once_like_preprocess(tmp_path):
         np.testing.assert_array_equal(out[i], load_for_model(p, (24, 20), 1, None, 10_000_000))
     with pytest.raises(DataError):
         load_images([str(tmp_path / "missing.png")], (24, 20), 1, None, 10_000_000, progress=False)
+
+
+def test_recompute_bn_statistics_sets_moving_stats_to_the_data():
+    """Precise BN: after the call the moving mean/variance are the training data's statistics,
+    whatever they were, and the layer's momentum is restored."""
+    import keras
+
+    from lepton_vision.train import recompute_bn_statistics
+
+    inp = keras.Input((4, 4, 2))
+    bn = keras.layers.BatchNormalization(momentum=0.9)
+    model = keras.Model(inp, bn(inp))
+    rng = np.random.default_rng(0)
+    x = (rng.normal(3.0, 2.0, (512, 4, 4, 2))).astype(np.float32)
+    assert recompute_bn_statistics(model, x, batch_size=128) == 1
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), x.mean(axis=(0, 1, 2)), atol=1e-4)
+    # equal-size batches: the mean of per-batch variances (the within-batch part of the variance)
+    per_batch = [x[i : i + 128].var(axis=(0, 1, 2)) for i in range(0, 512, 128)]
+    np.testing.assert_allclose(np.asarray(bn.moving_variance), np.mean(per_batch, axis=0), rtol=1e-4)
+    assert bn.momentum == 0.9
+    no_bn = keras.Model(inp, keras.layers.Dense(1)(inp))
+    assert recompute_bn_statistics(no_bn, x) == 0
