@@ -11,7 +11,7 @@ framework / baseline (target ≥ 0.95), plus peak RSS.
 
 Usage:
     python benchmarks/train_throughput.py [--recipe recipes/ct_screening/baseline.yaml]
-        [--n 512] [--epochs 3] [--repeats 2]
+        [--n 512] [--epochs 3] [--repeats 4]
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--n", type=int, default=512, help="training images")
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement")
-    ap.add_argument("--repeats", type=int, default=2, help="alternating measurements per side")
+    ap.add_argument("--repeats", type=int, default=4, help="measurements per side (order alternates)")
     args = ap.parse_args(argv)
 
     from lepton_vision._keras import configure_devices
@@ -127,9 +127,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(recipe.augment)} augmentations, {args.n} images, {args.epochs} timed epochs; "
           f"devices {info}")
     fw, base = [], []
-    for r in range(args.repeats):  # alternate so machine-load drift hits both sides alike
-        fw.append(args.n * args.epochs / framework_epochs(recipe, x, y, args.epochs))
-        base.append(args.n * args.epochs / baseline_epochs(recipe, x, y, args.epochs))
+    for r in range(args.repeats):
+        # Alternate which side goes first: in one process the second measurement was
+        # consistently faster (warm allocator / caches), which would bias a fixed order.
+        sides = [("framework", framework_epochs, fw), ("loop", baseline_epochs, base)]
+        for _, fn, out in (sides if r % 2 == 0 else sides[::-1]):
+            out.append(args.n * args.epochs / fn(recipe, x, y, args.epochs))
         print(f"  repeat {r + 1}: framework {fw[-1]:7.1f} img/s   hand-written loop {base[-1]:7.1f} img/s")
     f_med, b_med = float(np.median(fw)), float(np.median(base))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -4,6 +4,9 @@ Images are decoded once (:func:`load_images`) into one float32 array that every 
 :func:`make_dataset` streams *indices* through tf.data and gathers (and augments) each batch in
 ``tf.numpy_function``, so the image array is never copied into the graph.
 
+On a small CPU host (no GPU, at most 4 cores) the map runs inline without prefetching; with a
+GPU or more cores it runs in parallel and prefetches (see :func:`_parallel_input`).
+
 Reproducibility: the order of samples comes from ``shuffle(seed=...)`` and every sample gets its
 own augmentation seed from ``Dataset.random(seed=..., rerandomize_each_iteration=True)``; both
 are deterministic for a given seed and change from one epoch (iteration) to the next. Because an
@@ -120,8 +123,22 @@ def make_dataset(
     else:
         seeds = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).repeat()
     ds = tf.data.Dataset.zip(ds, seeds).batch(int(batch_size))
-    ds = ds.map(tf_gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    if _parallel_input():
+        ds = ds.map(tf_gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.prefetch(tf.data.AUTOTUNE)
+    # Few cores, no GPU: gather + augment inline, in step with the training step. Measured on 2
+    # cores (small_cnn 64 px, 3 augmentations): parallel map + prefetch 400-520 img/s, inline
+    # 830-880 img/s (no augmentation: 865). Running Python augmentation beside oneDNN's
+    # intra-op threads oversubscribes the cores and stalls both.
+    return ds.map(tf_gather)
+
+
+def _parallel_input() -> bool:
+    """Overlap input with training only where there is room: a GPU, or more than 4 CPU cores."""
+    import os
+
+    tf, _ = import_keras()
+    return bool(tf.config.list_physical_devices("GPU")) or (os.cpu_count() or 1) > 4
 
 
 def load_images(
