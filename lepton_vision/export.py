@@ -424,12 +424,12 @@ def _versions() -> dict[str, str]:
         "lepton_vision": lepton_vision.__version__,
         "numpy": np.__version__,
     }
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         versions["ai_edge_litert"] = version("ai-edge-litert")
-    except Exception:  # optional runtime: its absence is recorded by leaving it out
-        pass
+    except PackageNotFoundError:
+        versions["ai_edge_litert"] = None  # optional runtime: recorded as absent
     return versions
 
 

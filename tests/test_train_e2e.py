@@ -163,3 +163,16 @@ def test_predict_on_a_folder_of_dicoms_and_evaluate_keeps_metrics_json(project, 
     assert main(["evaluate", str(run), "--policy", "youden"]) == 0
     assert (run / "metrics_youden.json").is_file()
     assert (run / "metrics.json").read_text() == before
+
+
+def test_best_fold_final_model_is_the_best_fold(project, tmp_path):
+    root, recipe, _ = project
+    run = tmp_path / "bf"
+    args = ["train", str(recipe), *sum((["--set", s] for s in TINY), []),
+            "--set", "final.mode=best_fold", "--set", "train.epochs=1", "--out", str(run)]
+    assert main(args) == 0
+    final = json.loads((run / "final/final.json").read_text())
+    results = [json.loads((run / f"folds/{k}/result.json").read_text()) for k in (0, 1)]
+    best = max(results, key=lambda r: r["best_val_auc"])
+    assert final["mode"] == "best_fold" and final["fold"] == best["fold"]
+    assert json.loads((run / "export/parity.json").read_text())["pass"] is True
