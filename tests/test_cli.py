@@ -22,7 +22,8 @@ def test_recipe_validate_ok_and_bad(repo, tmp_path, capsys):
     good = repo / "recipes/ct_screening/baseline.yaml"
     assert main(["recipe", "validate", str(good)]) == 0
     bad = tmp_path / "bad.yaml"
-    bad.write_text(good.read_text().replace("epochs: 15", "epochs: 15\n  epochz: 2"))
+    bad.write_text(good.read_text().replace("\ntrain:\n", "\ntrain:\n  epochz: 2\n"))
+    assert "epochz" in bad.read_text()
     # the copied recipe must still find the cards: point LEPTON_HOME at the repo
     import os
 
