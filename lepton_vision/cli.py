@@ -48,6 +48,11 @@ EXAMPLES = {
           lepton-vision predict runs/RUN/export scans/ --out preds.csv
           lepton-vision predict runs/RUN/export slice_001.dcm slice_002.png --threshold 0.3
     """,
+    "explain": """
+        examples:
+          lepton-vision explain runs/ct_screening-baseline-20261123-101500 scans/slice_001.dcm --out heat.png
+          lepton-vision explain runs/RUN/export image.png --out image_gradcam.png
+    """,
     "data": """
         examples:
           lepton-vision data synth synthetic_ct
@@ -121,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threshold", type=float, help="override the exported threshold")
     pr.add_argument("--backend", choices=["auto", "saved_model", "tflite"], default="saved_model")
     pr.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
+
+    xp = sub.add_parser("explain", help="Grad-CAM overlay: where the model looked for one image",
+                        epilog=_epilog("explain"), formatter_class=fmt)
+    xp.add_argument("source", type=Path, help="run directory or its export directory")
+    xp.add_argument("image", type=Path, help="image file (PNG/JPEG/DICOM)")
+    xp.add_argument("--out", type=Path, required=True, help="PNG to write (heat map over the image)")
+    xp.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
 
     d = sub.add_parser("data", help="generate the embedded data or check a recipe's data",
                        epilog=_epilog("data"), formatter_class=fmt)
@@ -212,6 +224,28 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import cv2
+
+    from lepton_vision.explain import load_explainer
+    from lepton_vision.runio import atomic_write_bytes
+
+    if not args.image.is_file():  # fail before the model is loaded (seconds)
+        raise LeptonError(f"{args.image}: no such file", hint="Pass an existing PNG/JPEG/DICOM file.")
+    explainer = load_explainer(args.source)
+    score, _heat, rgb = explainer.explain(args.image)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise LeptonError(f"{args.out}: could not encode the overlay as PNG")
+    atomic_write_bytes(args.out, png.tobytes())
+    verdict = ""
+    if explainer.threshold is not None:
+        side = "at or above" if score >= explainer.threshold else "below"
+        verdict = f" ({side} threshold {explainer.threshold:.4g})"
+    print(f"{args.image}: score {score:.4f}{verdict}; Grad-CAM overlay written to {args.out}")
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "synth":
         from lepton_vision.crossval import ensure_generated
@@ -282,6 +316,7 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "export": _cmd_export,
     "predict": _cmd_predict,
+    "explain": _cmd_explain,
     "data": _cmd_data,
     "recipe": _cmd_recipe,
     "check": _cmd_check,

@@ -306,13 +306,19 @@ def run_train(
     # ---- metrics (no TensorFlow) -------------------------------------------------------------
     from lepton_vision.kinds import KINDS
 
-    metrics = KINDS[resolved.task.kind].score_oof(oof, resolved.threshold, recipe.evaluate.n_bootstrap, recipe.evaluate.ci, recipe.seed)
+    ev = recipe.evaluate
+    metrics = KINDS[resolved.task.kind].score_oof(
+        oof, resolved.threshold, ev.n_bootstrap, ev.ci, recipe.seed,
+        aggregation=ev.patient_aggregation, calibration_bins=ev.calibration_bins,
+        temperature_scaling=ev.temperature_scaling,
+    )
     metrics["folds"] = [results[k] for k in range(k_total)]
     atomic_write_json(run.metrics, metrics)
 
     # ---- final model and export --------------------------------------------------------------
     final_model = _final_model(resolved, run, images, labels, results)
     export_summary = _export(resolved, run, final_model, table, metrics, fingerprint)
+    _gradcam_panel(resolved, run, final_model, oof, metrics)
 
     # ---- report --------------------------------------------------------------------------------
     from lepton_vision.report import print_summary, write_report
@@ -422,11 +428,26 @@ def _export(resolved: Resolved, run: RunDir, model, table: pd.DataFrame, metrics
         "versions": versions(),
     }
     window = r.input.window.level_width() if resolved.task.modality == "ct" else None
+    temperature = metrics.get("temperature")
+    threshold = metrics["final_threshold_calibrated"] if temperature is not None else metrics["final_threshold"]
     return export_classifier(
         model, run.export_dir, image_size_hw=tuple(r.input.image_size), channels=r.input.channels,
-        window=window, threshold=float(metrics["final_threshold"]), bundle_info=bundle_info,
+        window=window, threshold=float(threshold), bundle_info=bundle_info,
         parity_images=imgs, reference_scores=None, formats=tuple(r.export.formats),
-        parity_atol=r.export.parity_atol,
+        parity_atol=r.export.parity_atol, temperature=temperature,
+    )
+
+
+def _gradcam_panel(resolved: Resolved, run: RunDir, model, oof: pd.DataFrame,
+                   metrics: dict[str, Any]) -> dict[str, Any]:
+    """Grad-CAM of the final model on true positives, false positives and false negatives
+    (plots/gradcam.png, embedded in the report)."""
+    from lepton_vision.explain import write_gradcam_panel
+
+    r = resolved.recipe
+    return write_gradcam_panel(
+        model, oof, float(metrics["final_threshold"]), tuple(r.input.image_size), r.input.channels,
+        r.input.window.level_width(), run.plots_dir / "gradcam.png", per_group=4, seed=r.seed,
     )
 
 

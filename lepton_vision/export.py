@@ -9,6 +9,7 @@ Layout of ``export_dir`` after a successful export::
     saved_model/    tf.saved_model with endpoints serve_uint8 (= serving_default), serve,
                     serve_bytes and (CT only) serve_hu
     model.tflite    float32, builtin ops only, converted from serve_uint8
+    model.keras     the Keras model itself, for Grad-CAM (lepton_vision.explain)
     parity.json     Keras vs SavedModel vs TFLite scores on real samples, pass/fail
     bundle.json     self-description (input contract, threshold, metrics, versions); written
                     LAST, so its presence means "complete and parity-checked"
@@ -67,6 +68,7 @@ def export_classifier(
     reference_scores: np.ndarray | None = None,
     formats: Sequence[str] = ("saved_model", "tflite"),
     parity_atol: float = 1e-4,
+    temperature: float | None = None,
 ) -> dict[str, Any]:
     """Export a Keras binary classifier with preprocessing and threshold inside the graph.
 
@@ -86,6 +88,9 @@ def export_classifier(
             that produced the out-of-fold predictions); compared with the same tolerance.
         formats: Subset of ("saved_model", "tflite"); saved_model is required.
         parity_atol: Largest allowed absolute score difference between any two backends.
+        temperature: Temperature T fitted on out-of-fold scores; when given, the graph returns
+            ``sigmoid(logit(clip(p, 1e-6, 1-1e-6)) / T)`` (``metrics.apply_temperature``) and
+            ``threshold`` must already be on that calibrated scale.
 
     Returns:
         ``{"export_dir", "files", "parity", "bundle", "timings_s"}``.
@@ -107,7 +112,10 @@ def export_classifier(
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    sm_path = _write_saved_model(model, export_dir, (h, w), channels, window, float(threshold))
+    if temperature is not None and not (float(temperature) > 0 and math.isfinite(float(temperature))):
+        raise ExportError(f"{export_dir}: temperature must be a positive number. Got {temperature}.")
+    sm_path = _write_saved_model(model, export_dir, (h, w), channels, window, float(threshold),
+                                 temperature)
     timings["saved_model"] = time.perf_counter() - t
 
     tflite_path = None
@@ -119,7 +127,8 @@ def export_classifier(
         (export_dir / TFLITE_FILE).unlink(missing_ok=True)
 
     t = time.perf_counter()
-    parity = _parity(model, sm_path, tflite_path, images, (h, w), reference_scores, parity_atol)
+    parity = _parity(model, sm_path, tflite_path, images, (h, w), reference_scores, parity_atol,
+                     temperature)
     timings["parity"] = time.perf_counter() - t
     atomic_write_json(export_dir / PARITY_FILE, parity)
     if not parity["pass"]:
@@ -134,6 +143,25 @@ def export_classifier(
 
     t = time.perf_counter()
     bundle = _bundle(sm_path, tflite_path, (h, w), channels, window, float(threshold), bundle_info)
+    bundle["calibration"] = (
+        {"temperature": float(temperature),
+         "formula": "score = sigmoid(logit(clip(p, 1e-6, 1 - 1e-6)) / temperature)"}
+        if temperature is not None else None
+    )
+    # The Keras model too: Grad-CAM (lepton_vision.explain) needs layer outputs, which the
+    # SavedModel signatures do not expose. Saved to a temp name and renamed, like the rest.
+    keras_tmp = export_dir / ".model.keras.tmp.keras"
+    try:
+        model.save(keras_tmp)
+        keras_tmp.replace(export_dir / "model.keras")
+    except Exception as exc:
+        keras_tmp.unlink(missing_ok=True)
+        raise ExportError(
+            f"{export_dir / 'model.keras'}: saving the Keras model failed: "
+            f"{type(exc).__name__}: {exc}. Custom layers must be registered Keras serializables."
+        ) from exc
+    bundle["files"]["keras_model"] = {"path": "model.keras",
+                                      "bytes": (export_dir / "model.keras").stat().st_size}
     atomic_write_json(export_dir / BUNDLE_FILE, bundle)
     timings["bundle"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_total
@@ -207,7 +235,8 @@ def _check_args(
 
 
 def _build_endpoints(model: Any, size_hw: tuple[int, int], channels: int,
-                     window: tuple[float, float] | None, threshold: float) -> dict[str, Any]:
+                     window: tuple[float, float] | None, threshold: float,
+                     temperature: float | None = None) -> dict[str, Any]:
     """The serving functions, in registration order (the first becomes serving_default)."""
     import tensorflow as tf
 
@@ -221,6 +250,10 @@ def _build_endpoints(model: Any, size_hw: tuple[int, int], channels: int,
 
     def head(x: tf.Tensor) -> dict[str, tf.Tensor]:
         score = tf.reshape(model(x, training=False), [-1])
+        if temperature is not None:
+            # Same clip and formula as metrics.apply_temperature (the threshold is on this scale).
+            p = tf.clip_by_value(score, 1e-6, 1.0 - 1e-6)
+            score = tf.sigmoid((tf.math.log(p) - tf.math.log1p(-p)) / float(temperature))
         return {"score": score, "decision": tf.cast(score >= thr, tf.int32)}
 
     endpoints: dict[str, Any] = {}
@@ -266,7 +299,8 @@ def _build_endpoints(model: Any, size_hw: tuple[int, int], channels: int,
 
 
 def _write_saved_model(model: Any, export_dir: Path, size_hw: tuple[int, int], channels: int,
-                       window: tuple[float, float] | None, threshold: float) -> Path:
+                       window: tuple[float, float] | None, threshold: float,
+                       temperature: float | None = None) -> Path:
     """Write the SavedModel into a temp folder beside export_dir, then rename it into place."""
     import keras
 
@@ -275,7 +309,8 @@ def _write_saved_model(model: Any, export_dir: Path, size_hw: tuple[int, int], c
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)
-        for name, fn in _build_endpoints(model, size_hw, channels, window, threshold).items():
+        for name, fn in _build_endpoints(model, size_hw, channels, window, threshold,
+                                         temperature).items():
             archive.add_endpoint(name, fn)
         archive.write_out(str(staging / SAVED_MODEL_DIR), verbose=False)
         old = None
@@ -340,7 +375,7 @@ def _tflite_score(model_content: bytes | Any, image: np.ndarray) -> float:
 
 def _parity(model: Any, sm_path: Path, tflite_path: Path | None, images: list[np.ndarray],
             size_hw: tuple[int, int], reference_scores: np.ndarray | None,
-            atol: float) -> dict[str, Any]:
+            atol: float, temperature: float | None = None) -> dict[str, Any]:
     import tensorflow as tf
 
     from lepton_vision import preprocess
@@ -349,6 +384,10 @@ def _parity(model: Any, sm_path: Path, tflite_path: Path | None, images: list[np
     scores: dict[str, np.ndarray] = {
         "keras": np.asarray(model(batch, training=False), dtype=np.float64).reshape(-1)
     }
+    if temperature is not None:
+        from lepton_vision.metrics import apply_temperature
+
+        scores["keras"] = np.asarray(apply_temperature(scores["keras"], float(temperature)), np.float64)
     serve = tf.saved_model.load(str(sm_path)).signatures[DEFAULT_SIGNATURE]
     scores["saved_model"] = np.array(
         [float(serve(image=tf.constant(img))["score"][0]) for img in images]

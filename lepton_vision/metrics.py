@@ -11,6 +11,9 @@ Conventions used everywhere in this module:
 * A set with one class (no positives or no negatives) raises :class:`DataError`; AUC is never
   recorded as 0 or NaN.
 * Thresholds applied to a fold are never chosen on that fold (see :func:`fold_thresholds`).
+* The same holds for temperatures (:func:`fold_temperatures`) and for patient-level thresholds
+  (patient scores aggregated from slices by :func:`aggregate_by_group`; a patient is positive
+  if any of its slices is).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from lepton_vision.errors import DataError, RecipeError, did_you_mean, format_choices
-from lepton_vision.recipe import Threshold
+from lepton_vision.recipe import PatientAggregation, Threshold
 from lepton_vision.runio import RunDir
 
 #: Metrics that are rates in [0, 1] and get a bootstrap CI and a mean ± SD over folds.
@@ -359,6 +362,37 @@ def _has_groups(groups: Any) -> bool:
     return bool((g != "").any())
 
 
+def _resampling_units(groups: Any, n: int) -> tuple[np.ndarray, int, str]:
+    """Unit index per sample for the bootstrap: groups when any is non-empty, else samples.
+
+    Returns ``(unit id per sample, number of units, "group" | "sample")``; samples with an empty
+    group count as their own unit.
+    """
+    if _has_groups(groups):
+        g = pd.Series(np.asarray(groups, dtype=object)).fillna("").astype(str).to_numpy()
+        empty = g == ""
+        g = g.copy()
+        g[empty] = np.array([f"\x00sample{i}" for i in np.flatnonzero(empty)], dtype=object)
+        _, gid = np.unique(g, return_inverse=True)
+        return gid, int(gid.max()) + 1, "group"
+    return np.arange(n), n, "sample"
+
+
+def _resample_weights(rng: np.random.Generator, gid: np.ndarray, n_units: int, n_resamples: int) -> Any:
+    """Yield (B, n) integer weight matrices: how often each sample's unit was drawn, per resample."""
+    n = len(gid)
+    # Chunks keep the (B, n) weight matrices to a few tens of MB for large tables.
+    chunk = max(1, int(4_000_000 // max(n, n_units)))
+    done = 0
+    while done < n_resamples:
+        b = min(chunk, n_resamples - done)
+        draws = rng.integers(0, n_units, size=(b, n_units))
+        counts = np.zeros((b, n_units), dtype=np.int64)
+        np.add.at(counts, (np.repeat(np.arange(b), n_units), draws.ravel()), 1)
+        yield counts[:, gid]
+        done += b
+
+
 def bootstrap_ci(
     labels: Any,
     scores: Any,
@@ -400,29 +434,10 @@ def bootstrap_ci(
     pred = s >= thr
     rng = np.random.default_rng(seed)
     n = len(y)
-    if _has_groups(groups):
-        g = pd.Series(np.asarray(groups, dtype=object)).fillna("").astype(str).to_numpy()
-        empty = g == ""
-        g = g.copy()
-        g[empty] = np.array([f"\x00sample{i}" for i in np.flatnonzero(empty)], dtype=object)
-        _, gid = np.unique(g, return_inverse=True)
-        n_units = int(gid.max()) + 1
-        unit = "group"
-    else:
-        gid = np.arange(n)
-        n_units = n
-        unit = "sample"
-    # Chunks keep the (B, n) weight matrices to a few tens of MB for large tables.
-    chunk = max(1, int(4_000_000 // max(n, n_units)))
+    gid, n_units, unit = _resampling_units(groups, n)
     collected: dict[str, list[np.ndarray]] = {m: [] for m in SCALAR_METRICS}
     skipped = 0
-    done = 0
-    while done < n_resamples:
-        b = min(chunk, n_resamples - done)
-        draws = rng.integers(0, n_units, size=(b, n_units))
-        counts = np.zeros((b, n_units), dtype=np.int64)
-        np.add.at(counts, (np.repeat(np.arange(b), n_units), draws.ravel()), 1)
-        w = counts[:, gid]
+    for w in _resample_weights(rng, gid, n_units, n_resamples):
         wpos = w @ y
         valid = (wpos > 0) & (wpos < w.sum(axis=1))
         skipped += int((~valid).sum())
@@ -430,7 +445,6 @@ def bootstrap_ci(
             vals = _weighted_metrics(y, s, pred, w[valid])
             for m in SCALAR_METRICS:
                 collected[m].append(vals[m])
-        done += b
     n_valid = n_resamples - skipped
     if n_valid == 0:
         raise DataError(
@@ -449,6 +463,363 @@ def bootstrap_ci(
         "skipped_resamples": int(skipped),
         "unit": unit,
         "n_units": n_units,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration
+
+
+#: Scores are clipped to [CLIP_EPS, 1 - CLIP_EPS] before the logit (a sigmoid of exactly 0 or 1
+#: would give an infinite logit). The exported graph must clip the same way for exact parity.
+CLIP_EPS = 1e-6
+
+#: Bounds of the fitted temperature.
+TEMPERATURE_BOUNDS: tuple[float, float] = (0.05, 20.0)
+
+
+def _bin_index(s: np.ndarray, n_bins: int) -> np.ndarray:
+    """Equal-width bin of each score on [0, 1]: bin i is [i/n, (i+1)/n), the last one includes 1."""
+    if int(n_bins) < 1:
+        raise DataError(f"calibration: n_bins must be >= 1. Got {n_bins}. Set evaluate.calibration_bins (2..50).")
+    return np.clip(np.floor(np.clip(s, 0.0, 1.0) * n_bins).astype(np.int64), 0, int(n_bins) - 1)
+
+
+def _weighted_ece(y: np.ndarray, s: np.ndarray, w: np.ndarray, n_bins: int) -> np.ndarray:
+    """ECE for each row of the (B, n) weight matrix ``w`` (one row of ones = the data as is)."""
+    onehot = np.zeros((len(s), int(n_bins)))
+    onehot[np.arange(len(s)), _bin_index(s, n_bins)] = 1.0
+    w = w.astype(np.float64)
+    score_sum = w @ (onehot * s[:, None])
+    pos_sum = w @ (onehot * y[:, None].astype(np.float64))
+    # sum over bins of count_b / N * |mean score_b - fraction positive_b| = sum |S_b - Y_b| / N
+    return np.abs(score_sum - pos_sum).sum(axis=1) / w.sum(axis=1)
+
+
+def expected_calibration_error(labels: Any, scores: Any, n_bins: int = 10) -> float:
+    """Expected calibration error with equal-width bins on [0, 1].
+
+    ``ECE = sum_b (n_b / n) * |mean score in b - fraction positive in b|``; empty bins add 0.
+    Scores are expected to be probabilities (sigmoid outputs); values outside [0, 1] fall in the
+    first or last bin.
+
+    Args:
+        labels: 0/1 labels.
+        scores: Predicted probabilities of the positive class.
+        n_bins: Number of equal-width bins.
+
+    Returns:
+        The ECE in [0, 1] as a Python float.
+
+    Raises:
+        DataError: No samples, or bad labels/scores.
+    """
+    y, s = _as_arrays(labels, scores, "calibration data")
+    if len(y) == 0:
+        raise DataError("calibration data: no samples. Got 0 scores. Score at least one sample.")
+    return float(_weighted_ece(y, s, np.ones((1, len(y))), n_bins)[0])
+
+
+def reliability_curve(labels: Any, scores: Any, n_bins: int = 10) -> dict[str, list[Any]]:
+    """The points of a reliability diagram (equal-width bins on [0, 1]).
+
+    Args:
+        labels: 0/1 labels.
+        scores: Predicted probabilities of the positive class.
+        n_bins: Number of bins.
+
+    Returns:
+        ``{"bin_centers", "mean_score", "frac_pos", "counts"}``, one entry per bin; ``mean_score``
+        and ``frac_pos`` are None for empty bins (JSON has no NaN).
+    """
+    y, s = _as_arrays(labels, scores, "calibration data")
+    b = _bin_index(s, n_bins)
+    counts = np.bincount(b, minlength=n_bins)
+    score_sum = np.bincount(b, weights=s, minlength=n_bins)
+    pos_sum = np.bincount(b, weights=y.astype(np.float64), minlength=n_bins)
+    mean_score: list[float | None] = []
+    frac_pos: list[float | None] = []
+    for i in range(int(n_bins)):
+        ok = counts[i] > 0
+        mean_score.append(float(score_sum[i] / counts[i]) if ok else None)
+        frac_pos.append(float(pos_sum[i] / counts[i]) if ok else None)
+    return {
+        "bin_centers": [float((i + 0.5) / n_bins) for i in range(int(n_bins))],
+        "mean_score": mean_score,
+        "frac_pos": frac_pos,
+        "counts": [int(c) for c in counts],
+    }
+
+
+def _ece_entry(
+    y: np.ndarray, s: np.ndarray, groups: Any, n_bins: int, n_bootstrap: int, ci: float, seed: int
+) -> dict[str, float | None]:
+    """``{"value", "lo", "hi"}``: ECE with a percentile bootstrap CI over the same units as the
+    other metrics (groups when there are any). Single-class resamples are kept: ECE is defined."""
+    value = float(_weighted_ece(y, s, np.ones((1, len(y))), n_bins)[0])
+    if n_bootstrap <= 0:
+        return {"value": value, "lo": None, "hi": None}
+    gid, n_units, _ = _resampling_units(groups, len(y))
+    rng = np.random.default_rng(seed)
+    vals = np.concatenate([_weighted_ece(y, s, w, n_bins) for w in _resample_weights(rng, gid, n_units, n_bootstrap)])
+    alpha = (1.0 - ci) / 2.0
+    lo, hi = np.percentile(vals, [100 * alpha, 100 * (1 - alpha)])
+    return {"value": value, "lo": float(lo), "hi": float(hi)}
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), CLIP_EPS, 1.0 - CLIP_EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _log_loss(y: np.ndarray, s: np.ndarray) -> float:
+    z = _logit(s)
+    # -[y log sigmoid(z) + (1-y) log(1 - sigmoid(z))], written stably with logaddexp
+    return float(np.mean(y * np.logaddexp(0.0, -z) + (1 - y) * np.logaddexp(0.0, z)))
+
+
+def apply_temperature(scores: Any, temperature: float) -> Any:
+    """Temperature-scaled scores: ``sigmoid(logit(clip(p, 1e-6, 1 - 1e-6)) / T)``.
+
+    T > 1 pulls overconfident scores toward 0.5, T < 1 sharpens them. The map is non-decreasing,
+    so AUC and the ranking of samples are unchanged.
+
+    Args:
+        scores: A float or an array of probabilities.
+        temperature: T > 0.
+
+    Returns:
+        A float for a scalar input, else a float64 array of the input's shape.
+    """
+    from scipy.special import expit
+
+    if not temperature > 0:
+        raise DataError(f"temperature: must be > 0. Got {temperature}. Fit it with fit_temperature.")
+    out = expit(_logit(np.asarray(scores, dtype=np.float64)) / float(temperature))
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def calibrated_threshold(threshold: float, temperature: float) -> float:
+    """The threshold on temperature-scaled scores that makes the same decisions as ``threshold``
+    on raw scores (``score >= threshold``).
+
+    Thresholds inside (0, 1] are mapped by :func:`apply_temperature` (non-decreasing, so every
+    raw positive stays positive); a threshold above 1 ("nothing positive", see
+    :func:`choose_threshold`) or at/below 0 ("everything positive") is kept, since scaled scores
+    stay in [0, 1]. Decisions can only differ for raw scores within 1e-6 of 0 or 1, where the
+    clip makes the map flat.
+    """
+    t = float(threshold)
+    if t > 1.0 or t <= 0.0:
+        return t
+    return float(apply_temperature(t, temperature))
+
+
+def fit_temperature(labels: Any, scores: Any) -> float:
+    """The temperature T minimising the log-loss of ``sigmoid(logit(score) / T)``.
+
+    Bounded scalar minimisation (scipy, over log T so small and large T are searched alike)
+    within :data:`TEMPERATURE_BOUNDS`; scores are clipped to [1e-6, 1 - 1e-6].
+
+    Args:
+        labels: 0/1 labels.
+        scores: Predicted probabilities.
+
+    Returns:
+        T as a Python float.
+
+    Raises:
+        DataError: One class only (the loss would push T to a bound), or bad labels/scores.
+    """
+    from scipy.optimize import minimize_scalar
+
+    y, s = _as_arrays(labels, scores, "temperature data")
+    _require_both_classes(y, "temperature data")
+    z = _logit(s)
+    yf = y.astype(np.float64)
+
+    def loss(log_t: float) -> float:
+        q = z / np.exp(log_t)
+        return float(np.mean(yf * np.logaddexp(0.0, -q) + (1.0 - yf) * np.logaddexp(0.0, q)))
+
+    lo, hi = np.log(TEMPERATURE_BOUNDS[0]), np.log(TEMPERATURE_BOUNDS[1])
+    res = minimize_scalar(loss, bounds=(lo, hi), method="bounded", options={"xatol": 1e-6})
+    return float(np.exp(res.x))
+
+
+def fold_temperatures(oof: pd.DataFrame) -> dict[int, float]:
+    """The honest temperature for each fold: fitted on the OOF scores of all *other* folds.
+
+    The same reasoning as :func:`fold_thresholds`: fold k's labels never influence the
+    temperature its calibration is judged with.
+
+    Returns:
+        ``{fold: T}`` for every fold in ``oof``.
+
+    Raises:
+        DataError: Fewer than two folds, or the other folds hold a single class.
+    """
+    _check_oof(oof)
+    folds = sorted(int(f) for f in pd.unique(oof["fold"]))
+    if len(folds) < 2:
+        raise DataError(
+            f"oof_predictions.csv: cross-fitted temperatures need at least 2 folds. Got folds {folds}. "
+            "Set cv.n_splits >= 2."
+        )
+    fold_col = oof["fold"].to_numpy().astype(np.int64)
+    y = oof["label"].to_numpy()
+    s = oof["score"].to_numpy()
+    return {k: fit_temperature(y[fold_col != k], s[fold_col != k]) for k in folds}
+
+
+# --------------------------------------------------------------------------------------------
+# Patient (group) level
+
+
+AGGREGATIONS: tuple[str, ...] = ("max", "mean", "top_k_mean")
+PATIENT_COLUMNS: tuple[str, ...] = ("group", "label", "fold", "score", "n_slices")
+
+
+def aggregate_by_group(oof: pd.DataFrame, method: str = "max", k: int | None = 3) -> pd.DataFrame:
+    """One row per group (patient): slice scores combined, label = any positive slice.
+
+    Rows with an empty group have no patient and are left out.
+
+    Args:
+        oof: Out-of-fold table with ``group``, ``label``, ``fold``, ``score``.
+        method: ``max`` (the most suspicious slice), ``mean``, or ``top_k_mean`` (mean of the
+            ``k`` highest slice scores; all of them when a patient has fewer slices).
+        k: Slices averaged by ``top_k_mean`` (None = 3); ignored otherwise.
+
+    Returns:
+        Columns ``group, label, fold, score, n_slices``, sorted by group (empty without groups).
+
+    Raises:
+        DataError: A group whose slices lie in more than one fold (its patient would be
+            scored by a model that trained on some of its slices), or a bad table.
+        RecipeError: Unknown method or k < 1.
+    """
+    _check_oof(oof)
+    if method not in AGGREGATIONS:
+        raise RecipeError(
+            f"evaluate.patient_aggregation.method: unknown method. Got '{method}'.{did_you_mean(str(method), AGGREGATIONS)} "
+            f"Use one of: {format_choices(AGGREGATIONS)}."
+        )
+    k_eff = 3 if k is None else int(k)
+    if k_eff < 1:
+        raise RecipeError(f"evaluate.patient_aggregation.k: must be >= 1. Got {k}. Use e.g. k: 3.")
+    if "group" not in oof.columns:
+        return pd.DataFrame({c: pd.Series(dtype=object if c == "group" else np.float64) for c in PATIENT_COLUMNS})
+    g = oof["group"].fillna("").astype(str)
+    part = pd.DataFrame(
+        {
+            "group": g,
+            "label": oof["label"].to_numpy().astype(np.int64),
+            "fold": oof["fold"].to_numpy().astype(np.int64),
+            "score": oof["score"].to_numpy().astype(np.float64),
+        }
+    )[g.to_numpy() != ""]
+    if len(part) == 0:
+        return pd.DataFrame({c: pd.Series(dtype=object if c == "group" else np.float64) for c in PATIENT_COLUMNS})
+    by = part.groupby("group", sort=True)
+    n_folds = by["fold"].nunique()
+    spanning = n_folds[n_folds > 1]
+    if len(spanning):
+        first = spanning.index[0]
+        folds = sorted(int(f) for f in part.loc[part["group"] == first, "fold"].unique())
+        raise DataError(
+            f"oof_predictions.csv: group '{first}' has slices in folds {folds}. Got {len(spanning)} group(s) "
+            "spanning several folds. Patient-level scores need every patient in one fold: use "
+            "cv.strategy: stratified_group (or auto with a group column in the dataset card)."
+        )
+    if method == "max":
+        score = by["score"].max()
+    elif method == "mean":
+        score = by["score"].mean()
+    else:
+        score = by["score"].apply(lambda v: float(np.sort(v.to_numpy())[::-1][:k_eff].mean()))
+    out = pd.DataFrame(
+        {
+            "group": score.index.astype(str),
+            "label": by["label"].max().to_numpy().astype(np.int64),
+            "fold": by["fold"].first().to_numpy().astype(np.int64),
+            "score": score.to_numpy().astype(np.float64),
+            "n_slices": by.size().to_numpy().astype(np.int64),
+        }
+    )
+    return out.reset_index(drop=True)
+
+
+def _patient_section(
+    oof: pd.DataFrame,
+    policy: Threshold,
+    method: str,
+    k: int | None,
+    n_bootstrap: int,
+    ci: float,
+    seed: int,
+) -> dict[str, Any] | None:
+    """Patient-level metrics (None when no sample has a group); see :func:`score_oof`."""
+    pat = aggregate_by_group(oof, method, k)
+    if len(pat) == 0:
+        return None
+    g = oof["group"].fillna("").astype(str)
+    base: dict[str, Any] = {
+        "aggregation": {"method": method, "k": (3 if k is None else int(k)) if method == "top_k_mean" else None},
+        "n": int(len(pat)),
+        "n_pos": int(pat["label"].sum()),
+        "n_slices": int(pat["n_slices"].sum()),
+        "n_slices_without_group": int((g == "").sum()),
+        "bootstrap_unit": "patient",
+    }
+    y = pat["label"].to_numpy()
+    s = pat["score"].to_numpy()
+    fold_col = pat["fold"].to_numpy()
+    try:
+        _require_both_classes(y, "patient level (all patients)")
+        thresholds = fold_thresholds(pat, policy)
+        final_threshold = choose_threshold(y, s, policy, where="patient level (all patients)")
+    except DataError as e:
+        # Too few patients of one class for patient-level numbers: say so, slice level still stands.
+        return {**base, "error": str(e)}
+    per_fold: list[dict[str, Any]] = []
+    skipped_folds: list[dict[str, Any]] = []
+    for f in sorted(thresholds):
+        m = fold_col == f
+        n_pos = int(y[m].sum())
+        if n_pos == 0 or n_pos == int(m.sum()):
+            # one fold may hold only normal (or abnormal) patients; pooled numbers still use it
+            skipped_folds.append({"fold": f, "n": int(m.sum()), "n_pos": n_pos, "reason": "one class at patient level"})
+            continue
+        per_fold.append({"fold": f, "threshold": thresholds[f], **binary_metrics(y[m], s[m], thresholds[f], where=f"patient level, fold {f}")})
+    mean_sd = {
+        name: {
+            "mean": float(np.mean([f[name] for f in per_fold])) if per_fold else None,
+            "sd": float(np.std([f[name] for f in per_fold], ddof=1)) if len(per_fold) >= 2 else None,
+        }
+        for name in SCALAR_METRICS
+    }
+    thr_per = np.array([thresholds[int(f)] for f in fold_col], dtype=np.float64)
+    pooled_m = binary_metrics(y, s, thr_per, where="patient level, pooled")
+    intervals: dict[str, tuple[float | None, float | None]] = {m: (None, None) for m in SCALAR_METRICS}
+    skipped = 0
+    if n_bootstrap > 0:
+        boot = bootstrap_ci(y, s, thr_per, None, n_bootstrap, ci, seed)  # one row per patient
+        intervals = dict(boot["intervals"])
+        skipped = boot["skipped_resamples"]
+    return {
+        **base,
+        "thresholds": {str(f): v for f, v in thresholds.items()},
+        "final_threshold": final_threshold,
+        "per_fold": per_fold,
+        "skipped_folds": skipped_folds,
+        "mean_sd": mean_sd,
+        "pooled": {
+            name: {"value": pooled_m[name], "lo": intervals[name][0], "hi": intervals[name][1]}
+            for name in SCALAR_METRICS
+        },
+        "confusion": pooled_m["confusion"],
+        "skipped_resamples": int(skipped),
     }
 
 
@@ -498,6 +869,10 @@ def score_oof(
     n_bootstrap: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
+    *,
+    aggregation: PatientAggregation | None = None,
+    calibration_bins: int = 10,
+    temperature_scaling: bool = False,
 ) -> dict[str, Any]:
     """Score a run's out-of-fold predictions: per fold, mean ± SD, pooled with bootstrap CIs.
 
@@ -513,14 +888,35 @@ def score_oof(
         n_bootstrap: Bootstrap resamples for the pooled CIs (0 = no CIs: ``lo``/``hi`` are None).
         ci: Confidence level.
         seed: Bootstrap seed.
+        aggregation: How slice scores become patient scores (``evaluate.patient_aggregation``;
+            None = max).
+        calibration_bins: Bins of the reliability curve and the ECE (``evaluate.calibration_bins``).
+        temperature_scaling: ``evaluate.temperature_scaling``: also judge temperature scaling,
+            honestly (fold k's scores scaled with a T fitted on the other folds), and fit the T
+            the export applies on all OOF scores.
 
     Returns:
-        A JSON-serialisable dict (no NaN) with keys ``policy, thresholds, final_threshold,
-        n_folds, per_fold, mean_sd, pooled, confusion, n, n_pos, ci, n_bootstrap,
-        bootstrap_unit, skipped_resamples, curves``.
+        A JSON-serialisable dict (no NaN) with the slice-level keys ``policy, thresholds,
+        final_threshold, n_folds, per_fold, mean_sd, pooled, confusion, n, n_pos, ci,
+        n_bootstrap, bootstrap_unit, skipped_resamples, curves``, plus:
+
+        * ``calibration``: ``{n_bins, ece: {value, lo, hi}, log_loss, brier, curve:
+          {bin_centers, mean_score, frac_pos, counts}}`` of the raw OOF scores; with
+          temperature scaling also ``after_scaling: {fold_temperatures: {fold: T}, ece,
+          log_loss, brier, curve}`` (cross-fitted).
+        * ``patient`` (only when some sample has a non-empty group): ``{aggregation: {method,
+          k}, n, n_pos, n_slices, n_slices_without_group, bootstrap_unit: "patient",
+          thresholds, final_threshold, per_fold, skipped_folds, mean_sd, pooled, confusion,
+          skipped_resamples}``, patient thresholds cross-fitted on the other folds' patient
+          scores with the same policy; or ``{aggregation, n, n_pos, ..., error}`` when the
+          patients cannot be scored (e.g. all of one class).
+        * With temperature scaling: ``temperature`` (T fitted on all OOF scores: what the
+          export applies), ``final_threshold_calibrated`` (``final_threshold`` mapped by
+          :func:`calibrated_threshold`) and ``temperature_note``.
 
     Raises:
-        DataError: Missing columns, NaN values, fewer than 2 folds, or any fold with one class.
+        DataError: Missing columns, NaN values, fewer than 2 folds, any fold with one class, or
+            a group spanning several folds.
     """
     _check_oof(oof)
     y_all, s_all = _as_arrays(oof["label"].to_numpy(), oof["score"].to_numpy(), "oof_predictions.csv")
@@ -566,6 +962,42 @@ def score_oof(
         for name in SCALAR_METRICS
     }
     roc_all, pr_all = _curves(y_all, s_all)
+
+    calibration: dict[str, Any] = {
+        "n_bins": int(calibration_bins),
+        "ece": _ece_entry(y_all, s_all, groups, calibration_bins, n_bootstrap, ci, seed),
+        "log_loss": _log_loss(y_all, s_all),
+        "brier": float(np.mean((s_all - y_all) ** 2)),
+        "curve": reliability_curve(y_all, s_all, calibration_bins),
+    }
+    extra: dict[str, Any] = {}
+    if temperature_scaling:
+        temps = fold_temperatures(oof)
+        s_cal = s_all.copy()  # every fold is overwritten with its cross-fitted scaling
+        for k in folds:
+            m = fold_col == k
+            s_cal[m] = apply_temperature(s_all[m], temps[k])
+        calibration["after_scaling"] = {
+            "fold_temperatures": {str(k): v for k, v in temps.items()},
+            "ece": _ece_entry(y_all, s_cal, groups, calibration_bins, n_bootstrap, ci, seed),
+            "log_loss": _log_loss(y_all, s_cal),
+            "brier": float(np.mean((s_cal - y_all) ** 2)),
+            "curve": reliability_curve(y_all, s_cal, calibration_bins),
+        }
+        temperature = fit_temperature(y_all, s_all)
+        extra = {
+            "temperature": temperature,
+            "final_threshold_calibrated": calibrated_threshold(final_threshold, temperature),
+            "temperature_note": (
+                "The exported model outputs sigmoid(logit(clip(p, 1e-6, 1-1e-6)) / temperature). This "
+                "map is increasing, so AUC, ranking and every reported sensitivity/specificity are "
+                "unchanged; thresholds were chosen on raw scores, and final_threshold_calibrated is "
+                "final_threshold mapped the same way (score >= final_threshold_calibrated on scaled "
+                "scores makes the same decisions as score >= final_threshold on raw ones)."
+            ),
+        }
+    agg = aggregation or PatientAggregation()
+    patient = _patient_section(oof, policy, agg.method, agg.k, n_bootstrap, ci, seed) if "group" in oof.columns else None
     return {
         "policy": policy.model_dump(mode="json"),
         "thresholds": {str(k): v for k, v in thresholds.items()},
@@ -585,6 +1017,9 @@ def score_oof(
             "roc": {"folds": roc_folds, "pooled": {"auc": pooled_m["roc_auc"], **roc_all}},
             "pr": {"folds": pr_folds, "pooled": {"ap": pooled_m["pr_auc"], **pr_all}},
         },
+        "calibration": calibration,
+        **({"patient": patient} if patient is not None else {}),
+        **extra,
     }
 
 
@@ -645,7 +1080,8 @@ def rescore(run_dir: str | Path | RunDir, policy: Threshold | str | None = None)
             ``task.threshold`` recorded in ``run.json`` (the task card's policy at training time).
 
     Returns:
-        :func:`score_oof`'s dict, with ``n_bootstrap``, ``ci`` and ``seed`` from the recipe.
+        :func:`score_oof`'s dict, with ``n_bootstrap``, ``ci``, ``seed``, the patient aggregation,
+        calibration bins and temperature scaling from the recipe.
 
     Raises:
         DataError: Missing or bad oof_predictions.csv.
@@ -670,7 +1106,17 @@ def rescore(run_dir: str | Path | RunDir, policy: Threshold | str | None = None)
             f"{run.recipe}: evaluate.threshold is null and run.json records no threshold policy. "
             "Got no policy. Pass one, e.g. --policy max_f1 or --policy min_sensitivity:0.9."
         )
-    return score_oof(oof, policy, recipe.evaluate.n_bootstrap, recipe.evaluate.ci, recipe.seed)
+    ev = recipe.evaluate
+    return score_oof(
+        oof,
+        policy,
+        ev.n_bootstrap,
+        ev.ci,
+        recipe.seed,
+        aggregation=ev.patient_aggregation,
+        calibration_bins=ev.calibration_bins,
+        temperature_scaling=ev.temperature_scaling,
+    )
 
 
 __all__ = [
@@ -684,6 +1130,14 @@ __all__ = [
     "binary_metrics",
     "bootstrap_ci",
     "score_oof",
+    "expected_calibration_error",
+    "reliability_curve",
+    "apply_temperature",
+    "calibrated_threshold",
+    "fit_temperature",
+    "fold_temperatures",
+    "aggregate_by_group",
+    "AGGREGATIONS",
     "format_value",
     "summary_rows",
     "read_oof",

@@ -204,6 +204,32 @@ class Threshold(_Model):
         return self
 
 
+class PatientAggregation(_Model):
+    """How slice scores of one group (patient) become one patient score."""
+
+    method: Literal["max", "mean", "top_k_mean"] = Field(
+        "max",
+        description="max (a patient is as suspicious as its worst slice), mean, or top_k_mean (mean of the k highest slice scores).",
+    )
+    k: int | None = Field(
+        None, ge=1, description="Slices averaged by top_k_mean (default 3; fewer when a patient has fewer slices); only with top_k_mean."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_k(cls, data: Any) -> Any:
+        # k defaults to 3 only for top_k_mean, so a dumped recipe (k: null for max/mean) reloads.
+        if isinstance(data, dict) and data.get("method") == "top_k_mean" and data.get("k") is None:
+            return {**data, "k": 3}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> PatientAggregation:
+        if self.method != "top_k_mean" and self.k is not None:
+            raise ValueError(f"k is only used with method top_k_mean (method is '{self.method}'); remove it")
+        return self
+
+
 class EvaluateSpec(_Model):
     """Metrics and confidence intervals."""
 
@@ -212,6 +238,17 @@ class EvaluateSpec(_Model):
     )
     n_bootstrap: int = Field(1000, ge=0, le=100000, description="Bootstrap resamples for CIs (0 = no CIs).")
     ci: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence level of the intervals.")
+    patient_aggregation: PatientAggregation = Field(
+        default_factory=PatientAggregation,
+        description="Patient-level metrics: how a group's slice scores are combined (used when the dataset has groups).",
+    )
+    calibration_bins: int = Field(
+        10, ge=2, le=50, description="Equal-width score bins for the reliability diagram and the expected calibration error."
+    )
+    temperature_scaling: bool = Field(
+        False,
+        description="Fit a temperature T (score = sigmoid(logit(p) / T)); reported cross-fitted over folds and applied in the export.",
+    )
 
 
 class FinalSpec(_Model):

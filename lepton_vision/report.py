@@ -22,7 +22,11 @@ from lepton_vision.metrics import METRIC_LABELS, SCALAR_METRICS, format_value, p
 from lepton_vision.recipe import Threshold
 from lepton_vision.runio import RunDir, atomic_write_bytes, atomic_write_text
 
-PLOT_NAMES: tuple[str, ...] = ("roc", "pr", "confusion", "training_curves", "score_hist")
+PLOT_NAMES: tuple[str, ...] = ("roc", "pr", "confusion", "training_curves", "score_hist", "calibration")
+
+#: Written by the Grad-CAM step (another module); embedded when present at report time.
+GRADCAM_PNG = "gradcam.png"
+GRADCAM_CAPTION = "Grad-CAM: true positives / false positives / false negatives of the final model"
 
 _POOLED_COLOR = "#1f3b73"
 _FOLD_ALPHA = 0.55
@@ -174,6 +178,49 @@ def plot_score_hist(metrics: dict[str, Any], oof: pd.DataFrame, path: Path, clas
     return _save(fig, path)
 
 
+def _ece_text(entry: dict[str, Any]) -> str:
+    return format_value(entry, digits=3)
+
+
+def plot_calibration(metrics: dict[str, Any], path: Path) -> bytes:
+    """Reliability diagram of the pooled OOF scores (and after temperature scaling, when fitted).
+
+    Top: fraction positive against mean score per equal-width bin, with the diagonal of perfect
+    calibration; ECE with its CI in the title. Bottom: samples per bin.
+    """
+    cal = metrics["calibration"]
+    fig = _figure(6.0, 6.2)
+    ax, ax_n = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="grey", label="perfect calibration")
+
+    def draw(curve: dict[str, Any], label: str, color: str, marker: str) -> None:
+        pts = [(ms, fp) for ms, fp in zip(curve["mean_score"], curve["frac_pos"]) if ms is not None and fp is not None]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker=marker, lw=1.8, color=color, label=label)
+
+    draw(cal["curve"], f"raw scores (ECE {_ece_text(cal['ece'])})", _POOLED_COLOR, "o")
+    after = cal.get("after_scaling")
+    title = f"Reliability, out-of-fold: ECE {_ece_text(cal['ece'])}"
+    if after:
+        draw(after["curve"], f"temperature-scaled, cross-fitted (ECE {_ece_text(after['ece'])})", "#c0392b", "s")
+        title += f"\nafter temperature scaling: {_ece_text(after['ece'])}"
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), ylabel="fraction positive", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=7.5)
+    centers = np.asarray(cal["curve"]["bin_centers"], dtype=float)
+    width = 1.0 / max(len(centers), 1)
+    ax_n.bar(centers, cal["curve"]["counts"], width=width * (0.45 if after else 0.9),
+             align="edge" if after else "center", color=_POOLED_COLOR, alpha=0.7, label="raw")
+    if after:
+        ax_n.bar(centers, after["curve"]["counts"], width=-width * 0.45, align="edge", color="#c0392b",
+                 alpha=0.7, label="scaled")
+        ax_n.legend(fontsize=7)
+    ax_n.set(xlabel=f"mean predicted score ({cal['n_bins']} equal-width bins)", ylabel="samples")
+    ax_n.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 # --------------------------------------------------------------------------------------------
 # HTML
 
@@ -184,6 +231,7 @@ h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin
 .meta{color:#555}table{border-collapse:collapse;margin:.6em 0}
 td,th{border:1px solid #ccc;padding:.3em .7em;text-align:left}th{background:#f2f4f8}
 td.num{text-align:right;font-variant-numeric:tabular-nums}tr.summary td{font-weight:bold;background:#fafafa}
+tr.highlight td{font-weight:bold;background:#fff4d6}
 .plots{display:flex;flex-wrap:wrap;gap:1em}.plots figure{margin:0;flex:1 1 460px}
 .plots img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:.9em}
 pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:.85em}.note{color:#555;font-size:.9em}
@@ -291,6 +339,61 @@ def _pooled_table(metrics: dict[str, Any]) -> str:
     return _table(["Metric", f"Pooled OOF [{ci:.0%} CI]", f"Mean ± SD over {metrics['n_folds']} folds"], rows)
 
 
+def _mean_sd_text(ms: dict[str, Any]) -> str:
+    if ms.get("mean") is None:
+        return "-"
+    return f"{ms['mean']:.3f} ± {ms['sd']:.3f}" if ms.get("sd") is not None else f"{ms['mean']:.3f} (one fold)"
+
+
+def _patient_html(metrics: dict[str, Any]) -> str:
+    """The patient-level table next to the slice-level one (or why there is none)."""
+    p = metrics.get("patient")
+    if p is None:
+        return "<p class='note'>No patient ids: slice level only.</p>"
+    agg = p["aggregation"]
+    how = agg["method"] + (f" (k = {agg['k']})" if agg.get("k") else "")
+    head = (f"<p class='note'>{_e(p['n'])} patients ({_e(p['n_pos'])} positive: a patient is positive if any "
+            f"slice is), {_e(p['n_slices'])} slices; patient score = {_e(how)} of its slice scores.")
+    if p.get("n_slices_without_group"):
+        head += f" {_e(p['n_slices_without_group'])} slices without a patient id are left out."
+    head += "</p>"
+    if "error" in p:
+        return head + f"<p class='note'>Patient-level metrics not available: {_e(p['error'])}</p>"
+    ci = metrics.get("ci", 0.95)
+    n_scored = len(p["per_fold"])
+    rows = [[METRIC_LABELS[n], format_value(p["pooled"][n]), _mean_sd_text(p["mean_sd"][n])] for n in SCALAR_METRICS]
+    out = head + _table(["Metric", f"Pooled OOF, patients [{ci:.0%} CI]", f"Mean ± SD over {n_scored} folds"], rows)
+    thr = ", ".join(f"fold {k}: {float(v):.4g}" for k, v in p["thresholds"].items())
+    notes = (f"Patient thresholds (policy {_policy_label(metrics)}, each chosen on the other folds' patient scores): "
+             f"{thr}; final patient threshold {p['final_threshold']:.4g}. CIs resample patients.")
+    if p.get("skipped_folds"):
+        notes += " Folds with a single class of patients are left out of mean ± SD: " + ", ".join(
+            str(f["fold"]) for f in p["skipped_folds"]) + "."
+    return out + f"<p class='note'>{_e(notes)}</p>"
+
+
+def _calibration_html(metrics: dict[str, Any]) -> str:
+    cal = metrics.get("calibration")
+    if not cal:
+        return "<p class='note'>No calibration data in these metrics.</p>"
+    after = cal.get("after_scaling")
+    headers = ["", "Raw OOF scores"] + (["Temperature-scaled (cross-fitted)"] if after else [])
+    rows = [
+        [f"ECE ({cal['n_bins']} bins) [{metrics.get('ci', 0.95):.0%} CI]", _ece_text(cal["ece"])]
+        + ([_ece_text(after["ece"])] if after else []),
+        ["Log loss", f"{cal['log_loss']:.4f}"] + ([f"{after['log_loss']:.4f}"] if after else []),
+        ["Brier score", f"{cal['brier']:.4f}"] + ([f"{after['brier']:.4f}"] if after else []),
+    ]
+    out = _table(headers, rows)
+    if after:
+        temps = ", ".join(f"fold {k}: {float(v):.3f}" for k, v in after["fold_temperatures"].items())
+        out += (f"<p class='note'>Each fold's scores are scaled with a temperature fitted on the other folds ({_e(temps)}). "
+                f"The exported model uses T = {metrics['temperature']:.3f} fitted on all OOF scores; its threshold "
+                f"{metrics['final_threshold']:.4g} on raw scores is {metrics['final_threshold_calibrated']:.4g} on scaled "
+                "scores (same decisions; AUC and ranking unchanged).</p>")
+    return out
+
+
 def _per_fold_table(metrics: dict[str, Any]) -> str:
     headers = ["Fold", "n", "positives", "threshold", *(METRIC_LABELS[m] for m in SCALAR_METRICS)]
     rows: list[list[Any]] = []
@@ -369,6 +472,15 @@ def write_report(
     if recipe_yaml is None and run_dir.recipe.is_file():
         recipe_yaml = run_dir.recipe.read_text(encoding="utf-8")
 
+    if "calibration" in metrics:
+        images["calibration"] = plot_calibration(metrics, plots / "calibration.png")
+    captions["calibration"] = ("Reliability diagram: fraction positive per score bin (diagonal = perfectly "
+                               "calibrated) and samples per bin.")
+    gradcam = plots / GRADCAM_PNG
+    if gradcam.is_file():  # produced by the Grad-CAM step when it ran before the report
+        images["gradcam"] = gradcam.read_bytes()
+        captions["gradcam"] = GRADCAM_CAPTION
+
     pooled = metrics["pooled"]
     auc = pooled["roc_auc"]
     headline = f"Pooled OOF ROC AUC {format_value(auc)}"
@@ -387,6 +499,21 @@ def write_report(
         ["Specificity at the operating point", format_value(pooled["specificity"])],
         ["Confusion (pooled)", ", ".join(f"{k.upper()} {v}" for k, v in metrics["confusion"].items())],
     ]
+    highlight: dict[int, str] = {}
+    policy = metrics["policy"]
+    if policy.get("policy") == "min_sensitivity":
+        # what a screening user asks first: how many normals are flagged at the sensitivity we need
+        highlight[len(op_rows)] = "highlight"
+        op_rows.append([f"Specificity at sensitivity ≥ {policy['value']:g} (pooled OOF, honest fold thresholds)",
+                        format_value(pooled["specificity"])])
+        pat = metrics.get("patient")
+        if pat and "pooled" in pat:
+            highlight[len(op_rows)] = "highlight"
+            op_rows.append([f"Patient-level specificity at sensitivity ≥ {policy['value']:g} (pooled, patient thresholds)",
+                            format_value(pat["pooled"]["specificity"])])
+    if "temperature" in metrics:
+        op_rows.append(["Temperature T of the exported model (score = sigmoid(logit(p) / T))", f"{metrics['temperature']:.4g}"])
+        op_rows.append(["Final threshold on temperature-scaled scores", f"{metrics['final_threshold_calibrated']:.4g}"])
 
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -400,8 +527,12 @@ def write_report(
         "<h2>Pooled metrics</h2>",
         _pooled_table(metrics),
         f"<p class='note'>{_e(ci_note)} Pooled metrics use each sample's own fold threshold.</p>",
+        "<h2>Patient-level metrics</h2>",
+        _patient_html(metrics),
         "<h2>Operating point</h2>",
-        _table(["", ""], op_rows, numeric_from=2),
+        _table(["", ""], op_rows, numeric_from=2, row_class=highlight),
+        "<h2>Calibration</h2>",
+        _calibration_html(metrics),
         "<h2>Per fold</h2>",
         _per_fold_table(metrics),
         "<h2>Data</h2>",
@@ -409,7 +540,7 @@ def write_report(
         "<h2>Folds</h2>",
         _folds_table(oof),
         "<h2>Plots</h2><div class='plots'>",
-        *(_img(name, images[name], captions[name]) for name in PLOT_NAMES),
+        *(_img(name, data, captions[name]) for name, data in images.items()),
         "</div>",
         "<h2>Versions</h2>",
         _render_value(info.get("versions", {})),
@@ -442,3 +573,22 @@ def print_summary(metrics: dict[str, Any], console: Any = None) -> None:
         ms = metrics["mean_sd"][name]
         table.add_row(METRIC_LABELS[name], format_value(metrics["pooled"][name]), f"{ms['mean']:.3f} ± {ms['sd']:.3f}")
     console.print(table)
+    pat = metrics.get("patient")
+    if pat is None:
+        console.print("patient level: no patient ids: slice level only")
+    elif "error" in pat:
+        console.print(f"patient level ({pat['n']} patients): not available: {pat['error']}")
+    else:
+        agg = pat["aggregation"]
+        console.print(
+            f"patient level ({pat['n']} patients, {pat['n_pos']} positive, {agg['method']}"
+            + (f" k={agg['k']}" if agg.get("k") else "") + "): "
+            + ", ".join(f"{METRIC_LABELS[n]} {format_value(pat['pooled'][n])}" for n in ("roc_auc", "sensitivity", "specificity"))
+        )
+    cal = metrics.get("calibration")
+    if cal:
+        line = f"calibration: ECE {format_value(cal['ece'])} ({cal['n_bins']} bins)"
+        if cal.get("after_scaling"):
+            line += (f"; after temperature scaling (cross-fitted) {format_value(cal['after_scaling']['ece'])}; "
+                     f"export T = {metrics['temperature']:.3f}, threshold {metrics['final_threshold_calibrated']:.4g} on scaled scores")
+        console.print(line)

@@ -20,7 +20,7 @@ from sklearn.metrics import (
 
 from lepton_vision import metrics as M
 from lepton_vision.errors import DataError, RecipeError
-from lepton_vision.recipe import Threshold
+from lepton_vision.recipe import PatientAggregation, Threshold
 from lepton_vision.runio import RunDir, atomic_write_csv, atomic_write_json
 
 
@@ -290,6 +290,7 @@ def test_score_oof_structure_and_json() -> None:
     assert set(m) == {
         "policy", "thresholds", "final_threshold", "n_folds", "per_fold", "mean_sd", "pooled",
         "confusion", "n", "n_pos", "ci", "n_bootstrap", "bootstrap_unit", "skipped_resamples", "curves",
+        "calibration", "patient",  # patient: make_oof has groups; no temperature keys unless asked
     }
     assert m["policy"] == {"policy": "min_sensitivity", "value": 0.9}
     assert m["bootstrap_unit"] == "group" and m["ci"] == 0.9 and m["n_folds"] == 5
@@ -409,3 +410,242 @@ def test_metrics_module_does_not_import_tensorflow() -> None:
     code = "import sys, lepton_vision.metrics, lepton_vision.report; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+# ---------------------------------------------------------------------------------- patient level
+
+
+def _hand_oof() -> pd.DataFrame:
+    """Patient A (fold 0): 4 slices, one positive; patient B (fold 1): 2 normal slices; one
+    slice without a patient id (left out of patient level)."""
+    return pd.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(7)],
+            "path": [f"/d/s{i}" for i in range(7)],
+            "group": ["A", "A", "A", "A", "B", "B", ""],
+            "label": [0, 1, 0, 0, 0, 0, 1],
+            "fold": [0, 0, 0, 0, 1, 1, 0],
+            "score": [0.1, 0.9, 0.5, 0.3, 0.2, 0.4, 0.99],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "k", "a", "b"),
+    [
+        ("max", None, 0.9, 0.4),
+        ("mean", None, 0.45, 0.3),
+        ("top_k_mean", 2, 0.7, 0.3),
+        ("top_k_mean", 3, (0.9 + 0.5 + 0.3) / 3, 0.3),  # B has fewer than k slices: all of them
+        ("top_k_mean", None, (0.9 + 0.5 + 0.3) / 3, 0.3),  # k defaults to 3
+    ],
+)
+def test_aggregate_by_group_methods(method: str, k: int | None, a: float, b: float) -> None:
+    agg = M.aggregate_by_group(_hand_oof(), method, k)
+    assert list(agg.columns) == ["group", "label", "fold", "score", "n_slices"]
+    assert agg["group"].tolist() == ["A", "B"]  # the slice without a group is not a patient
+    assert agg["label"].tolist() == [1, 0]  # a patient is positive if any slice is
+    assert agg["fold"].tolist() == [0, 1]
+    assert agg["n_slices"].tolist() == [4, 2]
+    assert agg["score"].tolist() == pytest.approx([a, b])
+
+
+def test_aggregate_rejects_bad_method_and_spanning_group() -> None:
+    with pytest.raises(RecipeError, match="unknown method"):
+        M.aggregate_by_group(_hand_oof(), "median")
+    oof = _hand_oof()
+    oof.loc[3, "fold"] = 1  # patient A now has slices in folds 0 and 1
+    with pytest.raises(DataError, match=r"group 'A' has slices in folds \[0, 1\]"):
+        M.aggregate_by_group(oof, "max")
+    with pytest.raises(DataError, match="group 'A'"):
+        M.score_oof(pd.concat([make_oof(), oof]), Threshold(policy="max_f1"), n_bootstrap=0)
+
+
+def test_no_groups_means_no_patient_section() -> None:
+    oof = make_oof()
+    assert len(M.aggregate_by_group(oof.drop(columns=["group"]))) == 0
+    for table in (oof.drop(columns=["group"]), oof.assign(group="")):
+        m = M.score_oof(table, Threshold(policy="max_f1"), n_bootstrap=50)
+        assert "patient" not in m
+        json.dumps(m, allow_nan=False)
+
+
+def test_patient_section_is_cross_fitted_and_bootstraps_patients() -> None:
+    oof = make_oof(n=600, n_groups=120, seed=3, sep=2.0)
+    policy = M.parse_policy("youden")
+    m = M.score_oof(oof, policy, n_bootstrap=200, ci=0.9, seed=5, aggregation=PatientAggregation(method="mean"))
+    p = m["patient"]
+    agg = M.aggregate_by_group(oof, "mean")
+    assert p["aggregation"] == {"method": "mean", "k": None}
+    assert p["n"] == len(agg) and p["n_pos"] == int(agg.label.sum()) and p["n_slices"] == 600
+    th = M.fold_thresholds(agg, policy)
+    assert p["thresholds"] == {str(k): v for k, v in th.items()}
+    assert p["final_threshold"] == M.choose_threshold(agg.label, agg.score, policy)
+    assert p["pooled"]["roc_auc"]["value"] == pytest.approx(roc_auc_score(agg.label, agg.score))
+    # the patient CI resamples patients (one row each), with each patient's fold threshold
+    thr = agg.fold.map(th).to_numpy()
+    boot = M.bootstrap_ci(agg.label, agg.score, thr, None, 200, 0.9, 5)
+    assert boot["n_units"] == len(agg)
+    for name in M.SCALAR_METRICS:
+        e = p["pooled"][name]
+        assert (e["lo"], e["hi"]) == pytest.approx(boot["intervals"][name])
+        assert e["lo"] <= e["value"] <= e["hi"]
+    # changing fold 0's patient labels never moves fold 0's patient threshold
+    flipped = oof.copy()
+    in0 = flipped.fold == 0
+    flipped.loc[in0, "label"] = 1 - flipped.loc[in0, "label"]
+    m2 = M.score_oof(flipped, policy, n_bootstrap=0, aggregation=PatientAggregation(method="mean"))
+    assert m2["patient"]["thresholds"]["0"] == p["thresholds"]["0"]
+    assert m2["patient"]["thresholds"]["1"] != p["thresholds"]["1"] or m2["patient"]["thresholds"]["2"] != p["thresholds"]["2"]
+
+
+def test_patient_section_reports_why_it_cannot_score() -> None:
+    oof = make_oof(n=300, n_groups=20, seed=1)  # 15 slices per patient: every patient has a positive slice
+    agg = M.aggregate_by_group(oof)
+    assert agg.label.all()
+    m = M.score_oof(oof, Threshold(policy="max_f1"), n_bootstrap=20)
+    assert "only one class" in m["patient"]["error"] and m["patient"]["n"] == 20
+    json.dumps(m, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------- calibration
+
+
+def test_ece_and_reliability_curve_by_hand() -> None:
+    # 10 bins: each sample alone in its bin, |score - label| = .05, .85, .05, .85
+    assert M.expected_calibration_error([0, 1, 1, 0], [0.05, 0.15, 0.95, 0.85], 10) == pytest.approx(0.45)
+    # 2 bins: [.1, .3] mean .2 vs 1/2 positive; [.6, .8] mean .7 vs all positive -> .3 each
+    assert M.expected_calibration_error([0, 1, 1, 1], [0.1, 0.3, 0.6, 0.8], 2) == pytest.approx(0.3)
+    assert M.expected_calibration_error([1, 0], [1.0, 0.0], 5) == 0.0  # 1.0 falls in the last bin
+    c = M.reliability_curve([0, 1, 1, 1], [0.1, 0.3, 0.6, 0.8], 4)
+    assert c["bin_centers"] == pytest.approx([0.125, 0.375, 0.625, 0.875])
+    assert c["counts"] == [1, 1, 1, 1]
+    c = M.reliability_curve([0, 1, 1, 1], [0.1, 0.3, 0.6, 0.8], 2)
+    assert c["counts"] == [2, 2] and c["mean_score"] == pytest.approx([0.2, 0.7]) and c["frac_pos"] == [0.5, 1.0]
+    c = M.reliability_curve([0, 1], [0.1, 0.2], 5)
+    assert c["counts"] == [1, 1, 0, 0, 0] and c["mean_score"][2:] == [None, None, None]
+
+
+def _calibration_data(n: int = 20000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    p_true = 1 / (1 + np.exp(-rng.normal(0, 1.5, n)))
+    y = (rng.random(n) < p_true).astype(int)
+    return y, p_true
+
+
+def _overconfident(p: np.ndarray, factor: float = 2.0) -> np.ndarray:
+    z = np.log(p) - np.log1p(-p)
+    return 1 / (1 + np.exp(-factor * z))
+
+
+def test_ece_small_when_calibrated_large_when_overconfident() -> None:
+    y, p = _calibration_data()
+    assert M.expected_calibration_error(y, p, 10) < 0.03
+    assert M.expected_calibration_error(y, _overconfident(p), 10) > 0.07
+
+
+def test_fit_temperature_recovers_overconfidence() -> None:
+    y, p = _calibration_data(seed=1)
+    t = M.fit_temperature(y, _overconfident(p, 2.0))
+    assert t == pytest.approx(2.0, rel=0.15)
+    assert M.fit_temperature(y, p) == pytest.approx(1.0, rel=0.15)
+    # scaling with the fitted T removes most of the miscalibration, and keeps the ranking
+    scaled = M.apply_temperature(_overconfident(p), t)
+    assert M.expected_calibration_error(y, scaled) < 0.03
+    assert roc_auc_score(y, scaled) == pytest.approx(roc_auc_score(y, _overconfident(p)))
+    with pytest.raises(DataError, match="only one class"):
+        M.fit_temperature([1, 1, 1], [0.2, 0.5, 0.9])
+
+
+def test_apply_temperature_and_calibrated_threshold() -> None:
+    assert M.apply_temperature(0.5, 3.0) == pytest.approx(0.5)
+    assert isinstance(M.apply_temperature(0.8, 2.0), float)
+    assert M.apply_temperature(0.8, 2.0) == pytest.approx(1 / (1 + np.sqrt(0.2 / 0.8)))  # sigmoid(logit(.8)/2)
+    rng = np.random.default_rng(0)
+    s = rng.random(2000)
+    for t in (0.3, 0.5, 2.5):
+        for thr in (0.05, 0.37, float(s[7]), 0.93):
+            assert np.array_equal(s >= thr, M.apply_temperature(s, t) >= M.calibrated_threshold(thr, t))
+    assert M.calibrated_threshold(1.0000001, 2.0) == 1.0000001  # "nothing positive" stays so
+    assert M.calibrated_threshold(0.0, 2.0) == 0.0
+    with pytest.raises(DataError, match="temperature"):
+        M.apply_temperature(0.5, 0.0)
+
+
+def _overconfident_oof(seed: int = 0) -> pd.DataFrame:
+    y, p = _calibration_data(n=1500, seed=seed)
+    oof = make_oof(n=1500, n_groups=150, seed=seed)
+    return oof.assign(label=y, score=_overconfident(p, 2.0))
+
+
+def test_fold_temperatures_never_use_the_scored_fold() -> None:
+    oof = _overconfident_oof()
+    temps = M.fold_temperatures(oof)
+    assert sorted(temps) == [0, 1, 2, 3, 4]
+    rest = oof.fold != 2
+    assert temps[2] == M.fit_temperature(oof.label[rest], oof.score[rest])
+    changed = oof.copy()
+    in2 = changed.fold == 2
+    changed.loc[in2, "label"] = 1 - changed.loc[in2, "label"]
+    t2 = M.fold_temperatures(changed)
+    assert t2[2] == temps[2]
+    assert all(t2[k] != temps[k] for k in (0, 1, 3, 4))
+
+
+def test_score_oof_temperature_mode() -> None:
+    oof = _overconfident_oof(1)
+    policy = M.parse_policy("min_sensitivity:0.9")
+    plain = M.score_oof(oof, policy, n_bootstrap=100, seed=2)
+    assert "temperature" not in plain and "after_scaling" not in plain["calibration"]
+    m = M.score_oof(oof, policy, n_bootstrap=100, seed=2, calibration_bins=15, temperature_scaling=True)
+    json.dumps(m, allow_nan=False)
+    cal = m["calibration"]
+    assert cal["n_bins"] == 15 and len(cal["curve"]["counts"]) == 15 and sum(cal["curve"]["counts"]) == 1500
+    assert cal["ece"]["value"] == pytest.approx(M.expected_calibration_error(oof.label, oof.score, 15))
+    assert cal["ece"]["lo"] <= cal["ece"]["value"] <= cal["ece"]["hi"]
+    after = cal["after_scaling"]
+    temps = M.fold_temperatures(oof)
+    assert after["fold_temperatures"] == {str(k): v for k, v in temps.items()}
+    scaled = oof.score.to_numpy().copy()
+    for k, t in temps.items():
+        scaled[oof.fold == k] = M.apply_temperature(scaled[oof.fold == k], t)
+    assert after["ece"]["value"] == pytest.approx(M.expected_calibration_error(oof.label, scaled, 15))
+    assert after["ece"]["value"] < cal["ece"]["value"] / 2 and after["log_loss"] < cal["log_loss"]
+    assert m["temperature"] == M.fit_temperature(oof.label, oof.score)
+    assert m["temperature"] == pytest.approx(2.0, rel=0.15)
+    assert m["final_threshold_calibrated"] == M.calibrated_threshold(m["final_threshold"], m["temperature"])
+    assert "final_threshold_calibrated" in m["temperature_note"]
+    # the slice-level numbers do not change with temperature scaling
+    for key in ("pooled", "per_fold", "thresholds", "final_threshold", "patient", "curves"):
+        assert m[key] == plain[key], key
+
+
+@pytest.mark.parametrize("n_bootstrap", [0, 30])
+@pytest.mark.parametrize("groups", ["none", "empty", "patients"])
+@pytest.mark.parametrize("temperature", [False, True])
+def test_score_oof_json_in_all_modes(n_bootstrap: int, groups: str, temperature: bool) -> None:
+    oof = _overconfident_oof(2)
+    if groups == "none":
+        oof = oof.drop(columns=["group"])
+    elif groups == "empty":
+        oof = oof.assign(group="")
+    m = M.score_oof(oof, M.parse_policy("min_specificity:0.8"), n_bootstrap=n_bootstrap, temperature_scaling=temperature,
+                    aggregation=PatientAggregation(method="top_k_mean", k=2))
+    assert json.loads(json.dumps(m, allow_nan=False)) == m
+    assert ("patient" in m) == (groups == "patients")
+    assert ("temperature" in m) == temperature
+    if groups == "patients":
+        assert m["patient"]["aggregation"] == {"method": "top_k_mean", "k": 2}
+
+
+def test_rescore_passes_evaluate_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    text = RECIPE + "  patient_aggregation: {method: top_k_mean, k: 2}\n  calibration_bins: 5\n  temperature_scaling: true\n"
+    _recipe_or_skip(text)
+    run = _write_run(tmp_path, text)
+    m = M.rescore(run.root)
+    assert m["patient"]["aggregation"] == {"method": "top_k_mean", "k": 2}
+    assert m["calibration"]["n_bins"] == 5 and "after_scaling" in m["calibration"] and "temperature" in m
+    expected = M.score_oof(M.read_oof(run.oof), Threshold(policy="min_specificity", value=0.8), 200, 0.9, 3,
+                           aggregation=PatientAggregation(method="top_k_mean", k=2), calibration_bins=5,
+                           temperature_scaling=True)
+    assert m == expected

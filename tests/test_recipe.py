@@ -151,3 +151,37 @@ def test_schema_is_json():
     schema = recipe_schema()
     json.dumps(schema)
     assert "train" in schema["properties"]
+
+
+def test_evaluate_patient_and_calibration_fields():
+    r = recipe_from_text(MINIMAL)
+    ev = r.evaluate
+    assert ev.patient_aggregation.method == "max" and ev.patient_aggregation.k is None
+    assert ev.calibration_bins == 10 and ev.temperature_scaling is False
+    r = recipe_from_text(MINIMAL + "evaluate: {patient_aggregation: {method: top_k_mean}, calibration_bins: 20, temperature_scaling: true}\n")
+    assert r.evaluate.patient_aggregation.k == 3  # the default k of top_k_mean
+    assert r.evaluate.calibration_bins == 20 and r.evaluate.temperature_scaling is True
+    # the resolved recipe (every field written out) loads again
+    again = recipe_from_text(dump_recipe(r))
+    assert again.evaluate == r.evaluate
+    assert recipe_from_text(dump_recipe(recipe_from_text(MINIMAL))).evaluate.patient_aggregation.k is None
+    r = recipe_from_text(MINIMAL, ["evaluate.patient_aggregation={method: top_k_mean, k: 5}"])
+    assert r.evaluate.patient_aggregation.k == 5
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "match"),
+    [
+        ("evaluate: {patient_aggregation: {method: max, k: 2}}", "only used with method top_k_mean"),
+        ("evaluate: {patient_aggregation: {method: mean, k: 3}}", "only used with method top_k_mean"),
+        ("evaluate: {patient_aggregation: {method: top_k_mean, k: 0}}", "k"),
+        ("evaluate: {patient_aggregation: {method: median}}", "method"),
+        ("evaluate: {patient_aggregation: {method: max, kk: 2}}", "kk"),
+        ("evaluate: {calibration_bins: 1}", "calibration_bins"),
+        ("evaluate: {calibration_bins: 51}", "calibration_bins"),
+        ("evaluate: {temperature_scaling: maybe}", "temperature_scaling"),
+    ],
+)
+def test_evaluate_patient_and_calibration_fields_rejected(yaml_text, match):
+    with pytest.raises(RecipeError, match=match):
+        recipe_from_text(MINIMAL + yaml_text + "\n")

@@ -134,3 +134,57 @@ def test_print_summary(report: tuple[RunDir, dict, str]) -> None:
     assert "ROC AUC" in text and M.format_value(metrics["pooled"]["roc_auc"]) in text
     ms = metrics["mean_sd"]["f1"]
     assert f"{ms['mean']:.3f} ± {ms['sd']:.3f}" in text
+
+
+def test_calibration_plot_and_patient_table(report: tuple[RunDir, dict, str]) -> None:
+    run, metrics, html_text = report
+    data = (run.plots_dir / "calibration.png").read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+    assert "calibration" in PLOT_NAMES and 'alt="calibration"' in html_text
+    # patient-level table with pooled CIs next to the slice-level one
+    assert "<h2>Patient-level metrics</h2>" in html_text
+    p = metrics["patient"]
+    assert M.format_value(p["pooled"]["roc_auc"]) in html_text
+    assert f"{p['n']} patients" in html_text and "Pooled OOF, patients" in html_text
+    # the screening number, labelled and highlighted
+    spec = M.format_value(metrics["pooled"]["specificity"])
+    assert re.search(r'<tr class="highlight"><td>Specificity at sensitivity ≥ 0\.9 \(pooled OOF[^<]*</td>'
+                     rf'<td>{re.escape(spec)}</td>', html_text)
+    ece = metrics["calibration"]["ece"]
+    assert M.format_value(ece) in html_text and "<h2>Calibration</h2>" in html_text
+    assert "gradcam" not in html_text  # not produced in this run
+
+
+def test_report_without_groups_and_with_temperature_and_gradcam(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    oof = synthetic_oof(2).drop(columns=["group"])
+    metrics = M.score_oof(oof, M.parse_policy("max_f1"), n_bootstrap=50, temperature_scaling=True)
+    run.plots_dir.mkdir(parents=True)
+    gradcam = (run.plots_dir / "gradcam.png")
+    gradcam.write_bytes(PNG_MAGIC + b"grad-cam stand-in")  # written by the Grad-CAM step before the report
+    html_text = write_report(run, metrics, oof, {}, {}).read_text(encoding="utf-8")
+    assert "No patient ids: slice level only." in html_text
+    assert "Specificity at sensitivity" not in html_text  # only for min_sensitivity
+    assert M.format_value(metrics["calibration"]["after_scaling"]["ece"]) in html_text
+    assert f"{metrics['final_threshold_calibrated']:.4g}" in html_text and "Temperature-scaled (cross-fitted)" in html_text
+    imgs = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([a-z_]+)"', html_text)
+    assert [alt for _, alt in imgs] == [*PLOT_NAMES, "gradcam"]
+    assert base64.b64decode(imgs[-1][0]) == gradcam.read_bytes()
+    assert "Grad-CAM: true positives / false positives / false negatives of the final model" in html_text
+    console = Console(record=True, width=200)
+    print_summary(metrics, console)
+    text = console.export_text()
+    assert "no patient ids: slice level only" in text
+    assert "after temperature scaling" in text and M.format_value(metrics["calibration"]["ece"]) in text
+
+
+def test_print_summary_patient_and_ece(report: tuple[RunDir, dict, str]) -> None:
+    _, metrics, _ = report
+    console = Console(record=True, width=220)
+    print_summary(metrics, console)
+    text = console.export_text()
+    p = metrics["patient"]
+    assert f"patient level ({p['n']} patients" in text
+    for name in ("roc_auc", "sensitivity", "specificity"):
+        assert M.format_value(p["pooled"][name]) in text
+    assert f"ECE {M.format_value(metrics['calibration']['ece'])}" in text

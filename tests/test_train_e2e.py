@@ -62,7 +62,7 @@ def test_run_directory_holds_every_artefact(project):
         "oof_predictions.csv", "metrics.json", "report.html", "final/model.keras",
         "export/saved_model/saved_model.pb", "export/model.tflite", "export/bundle.json",
         "export/parity.json", "folds/0/history.csv", "folds/0/best.keras", "folds/1/result.json",
-        "plots/roc.png",
+        "plots/roc.png", "plots/calibration.png", "plots/gradcam.png", "export/model.keras",
     ]:
         assert (run / rel).exists(), rel
     folds = pd.read_csv(run / "folds.csv", keep_default_na=False)
@@ -176,3 +176,29 @@ def test_best_fold_final_model_is_the_best_fold(project, tmp_path):
     best = max(results, key=lambda r: r["best_val_auc"])
     assert final["mode"] == "best_fold" and final["fold"] == best["fold"]
     assert json.loads((run / "export/parity.json").read_text())["pass"] is True
+
+
+def test_temperature_scaling_is_applied_inside_the_export(project, tmp_path):
+    from lepton_vision._keras import import_keras
+    from lepton_vision.metrics import apply_temperature
+    from lepton_vision.preprocess import load_for_model
+
+    _, recipe, _ = project
+    run = tmp_path / "ts"
+    args = ["train", str(recipe), *sum((["--set", s] for s in TINY), []),
+            "--set", "evaluate.temperature_scaling=true", "--set", "train.epochs=1", "--out", str(run)]
+    assert main(args) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    bundle = json.loads((run / "export/bundle.json").read_text())
+    t = metrics["temperature"]
+    assert bundle["calibration"]["temperature"] == pytest.approx(t)
+    assert bundle["threshold"]["value"] == pytest.approx(metrics["final_threshold_calibrated"])
+    samples = pd.read_csv(run / "samples.csv", keep_default_na=False)
+    paths = list(samples["path"][:6])
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run / "export"), *paths, "--out", str(out)]) == 0
+    _, keras = import_keras()
+    model = keras.models.load_model(run / "final/model.keras", compile=False)
+    x = np.stack([load_for_model(p, (32, 32), 1, (-600.0, 1500.0)) for p in paths])
+    expected = apply_temperature(model.predict(x, verbose=0)[:, 0].astype(np.float64), t)
+    np.testing.assert_allclose(pd.read_csv(out)["score"].to_numpy(), expected, atol=1e-4)

@@ -37,8 +37,13 @@ def build_model(recipe: Any, weights: str | None = None, seed: int | None = None
     )
 
 
-def score_oof(oof: pd.DataFrame, policy: Any, n_bootstrap: int, ci: float, seed: int) -> dict[str, Any]:
-    """Metrics with CIs from out-of-fold scores (no TensorFlow); see metrics.score_oof."""
+def score_oof(oof: pd.DataFrame, policy: Any, n_bootstrap: int, ci: float, seed: int,
+              **options: Any) -> dict[str, Any]:
+    """Metrics with CIs from out-of-fold scores (no TensorFlow); see metrics.score_oof.
+
+    ``options`` are passed through: ``aggregation`` (patient-level), ``calibration_bins``,
+    ``temperature_scaling``.
+    """
     from lepton_vision.metrics import score_oof as _score
 
-    return _score(oof, policy, n_bootstrap, ci, seed)
+    return _score(oof, policy, n_bootstrap, ci, seed, **options)
