@@ -93,6 +93,17 @@ def data_fingerprint(table: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
+def data_has_hu(table: pd.DataFrame) -> bool:
+    """Whether the samples carry Hounsfield units (DICOM files or NIfTI volume slices)."""
+    from lepton_vision.preprocess import DICOM_EXTENSIONS
+
+    def hu(path: str) -> bool:
+        p = str(path).lower().split("#", 1)[0]
+        return p.endswith(DICOM_EXTENSIONS) or p.endswith((".nii", ".nii.gz"))
+
+    return bool(table["path"].map(hu).any())
+
+
 def versions() -> dict[str, str]:
     """Versions of Python and the libraries that change results."""
     from importlib import metadata
@@ -427,7 +438,9 @@ def _export(resolved: Resolved, run: RunDir, model, table: pd.DataFrame, metrics
         "dataset": {"name": resolved.dataset.name, "fingerprint": fingerprint, "n_samples": int(len(table))},
         "versions": versions(),
     }
-    window = r.input.window.level_width() if resolved.task.modality == "ct" else None
+    # The window is part of the exported contract only when the model was trained on HU data:
+    # 8-bit slices (e.g. figure crops without HU) are used as they are and must not be windowed.
+    window = r.input.window.level_width() if data_has_hu(table) else None
     temperature = metrics.get("temperature")
     threshold = metrics["final_threshold_calibrated"] if temperature is not None else metrics["final_threshold"]
     return export_classifier(

@@ -120,3 +120,13 @@ def test_bad_overrides_fail_before_any_data_work(tmp_path, monkeypatch, capsys, 
     err = capsys.readouterr().err
     assert rc == 1 and "(from --set)" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_data_has_hu_only_for_dicom_or_nifti():
+    import pandas as pd
+
+    from lepton_vision.crossval import data_has_hu
+
+    assert not data_has_hu(pd.DataFrame({"path": ["/a/x.png", "/a/y.JPG"]}))
+    assert data_has_hu(pd.DataFrame({"path": ["/a/x.png", "/a/s.DCM"]}))
+    assert data_has_hu(pd.DataFrame({"path": ["/a/v.nii.gz#z=3"]}))
