@@ -20,6 +20,8 @@ from lepton_vision.recipe import Recipe, Threshold, _Model, validate_doc
 from lepton_vision.yamlfile import load_yaml
 
 KIND_NAMES = ("binary_classification",)
+#: Dataset formats whose samples always carry a group (patient), whatever columns.group says.
+GROUPED_FORMATS = ("dicom", "dicom_series", "nifti")
 
 
 class TaskCard(_Model):
@@ -71,6 +73,14 @@ class SyntheticSpec(_Model):
         0.5, gt=0, lt=1, description="Fraction of patients who have nodules."
     )
     seed: int = Field(7, ge=0, description="Generator seed; same seed, same files.")
+    layout: Literal["slices", "dicom_series", "nifti"] = Field(
+        "slices",
+        description="slices: <PatientID>/<slice>.dcm + labels.csv (one row per slice file); "
+        "dicom_series: the same DICOM folders + series.csv (series, slice_index, label, patient_id; "
+        "slice_index in the reader's order, inferior to superior); nifti: <PatientID>.nii.gz "
+        "(int16 HU, RAS affine with the pixel and slice spacing) + volumes.csv (volume, "
+        "slice_index, label, patient_id). The manifest is written last.",
+    )
 
 
 class DatasetCard(_Model):
@@ -79,9 +89,17 @@ class DatasetCard(_Model):
     schema_version: Literal[1] = Field(description="Dataset card schema version; currently 1.")
     name: StrictStr = Field(description="Dataset name; equals the folder name under datasets/.")
     description: StrictStr = Field("", description="What the data is.")
-    format: Literal["image_folder", "csv", "dicom"] = Field(
+    format: Literal["image_folder", "csv", "dicom", "dicom_series", "nifti"] = Field(
         description="image_folder: <path>/<class>/<images>; csv: a manifest (see manifest, columns); "
-        "dicom: <path>/<class>/**/*.dcm with the group from the DICOM PatientID."
+        "dicom: <path>/<class>/**/*.dcm with the group from the DICOM PatientID; "
+        "dicom_series: one folder per series, either <path>/<class>/<series>/*.dcm or a manifest "
+        "with columns series (folder), slice_index (0-based in the series' order along the slice "
+        "normal, inferior to superior for axial CT; empty = every slice gets the row's label), "
+        "label and optional group (default: the hashed PatientID); nifti: a manifest with columns "
+        "volume (.nii/.nii.gz file), slice_index (0-based along the superior axis after "
+        "reorienting to RAS; empty = volume-level label), label and group (columns.group). "
+        "For dicom and dicom_series the group is 'pt-' + sha256(<card name> + PatientID)[:12], "
+        "so no raw patient id reaches sample tables, logs or bundles."
     )
     root: Literal["data", "generated"] = Field(
         "data",
@@ -89,8 +107,14 @@ class DatasetCard(_Model):
         "$LEPTON_GENERATED_ROOT (default ./data/generated), made by `lepton-vision data synth`.",
     )
     path: StrictStr = Field(description="Dataset folder, relative to the root (or absolute).")
-    manifest: StrictStr | None = Field(None, description="CSV manifest file inside the folder (format csv).")
-    columns: ColumnMap = Field(default_factory=ColumnMap, description="Manifest columns (format csv).")
+    manifest: StrictStr | None = Field(
+        None,
+        description="CSV manifest file inside the folder (format csv and nifti; optional for dicom_series).",
+    )
+    columns: ColumnMap = Field(
+        default_factory=ColumnMap,
+        description="Manifest columns (format csv; for dicom_series/nifti only label and group are used).",
+    )
     classes: list[StrictStr] = Field(min_length=2, description="Label values as they appear in the data.")
     class_map: dict[StrictStr, StrictStr] = Field(
         default_factory=dict,
@@ -106,8 +130,8 @@ class DatasetCard(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> DatasetCard:
-        if self.format == "csv" and not self.manifest:
-            raise ValueError("format 'csv' needs manifest: <file.csv> (relative to path)")
+        if self.format in ("csv", "nifti") and not self.manifest:
+            raise ValueError(f"format '{self.format}' needs manifest: <file.csv> (relative to path)")
         unknown = [k for k in self.class_map if k not in self.classes]
         if unknown:
             raise ValueError(f"class_map keys {unknown} are not in classes {self.classes}")
@@ -245,14 +269,14 @@ def resolve(recipe: Recipe, recipe_path: str | Path) -> Resolved:
         problems.append(
             Problem("classes", f"task class '{c}' has no data class mapped to it in {ds_path}")
         )
-    if recipe.cv.strategy == "stratified_group" and not ds.columns.group and ds.format != "dicom":
+    if recipe.cv.strategy == "stratified_group" and not ds.columns.group and ds.format not in GROUPED_FORMATS:
         problems.append(
             Problem(
                 "cv.strategy",
                 f"stratified_group needs a group column, but {ds_path} declares none (columns.group)",
             )
         )
-    if recipe.cv.strategy == "stratified" and (ds.columns.group or ds.format == "dicom"):
+    if recipe.cv.strategy == "stratified" and (ds.columns.group or ds.format in GROUPED_FORMATS):
         problems.append(
             Problem(
                 "cv.strategy",

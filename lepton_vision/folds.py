@@ -38,7 +38,7 @@ def _class_name(table: pd.DataFrame, label: int) -> str:
 
 
 def _hashes(paths: list[str], progress: bool) -> list[str]:
-    from lepton_vision.preprocess import content_hash
+    from lepton_vision.preprocess import content_hash, split_slice
 
     items = paths
     if progress and len(paths) > PROGRESS_MIN_FILES:
@@ -48,7 +48,7 @@ def _hashes(paths: list[str], progress: bool) -> list[str]:
         items = track(paths, description="Hashing images", console=Console(stderr=True), transient=True)
     out = []
     for p in items:
-        st = os.stat(p)
+        st = os.stat(split_slice(p)[0])  # a volume slice path names its file plus #z=<i>
         key = (str(p), st.st_size, st.st_mtime_ns)
         h = _HASH_CACHE.get(key)
         if h is None:

@@ -28,6 +28,34 @@ GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], dtype=np.float64)
 
 DEFAULT_MAX_PIXELS = 50_000_000
 
+#: Separator between a volume file and a slice index in a sample path: ``/abs/vol.nii.gz#z=12``.
+SLICE_SEP = "#z="
+#: Volume file extensions whose slices are addressed with :data:`SLICE_SEP`.
+VOLUME_EXTENSIONS = (".nii", ".nii.gz")
+
+
+def is_volume_file(path: str | Path) -> bool:
+    """Whether ``path`` names a NIfTI volume (``.nii`` or ``.nii.gz``, any case)."""
+    return str(path).lower().endswith(VOLUME_EXTENSIONS)
+
+
+def slice_path(volume: str | Path, z: int) -> str:
+    """The sample path of axial slice ``z`` of a volume file: ``<volume>#z=<z>``."""
+    return f"{volume}{SLICE_SEP}{int(z)}"
+
+
+def split_slice(path: str | Path) -> tuple[Path, int | None]:
+    """Split a sample path into ``(file, slice index)``; the index is None for ordinary files.
+
+    Only a volume file (``.nii``/``.nii.gz``) followed by ``#z=<int>`` is split, so an image
+    file whose name happens to contain ``#z=`` is left alone.
+    """
+    text = str(path)
+    head, sep, tail = text.rpartition(SLICE_SEP)
+    if sep and is_volume_file(head) and tail.isdigit():
+        return Path(head), int(tail)
+    return Path(text), None
+
 
 def _header_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from the file header without decoding pixels, or None if unknown.
@@ -69,20 +97,35 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     """Decode an image file into its raw pixels.
 
     Args:
-        path: A PNG/JPEG/BMP/TIFF image or a DICOM file.
+        path: A PNG/JPEG/BMP/TIFF image, a DICOM file, or one axial slice of a NIfTI volume
+            written ``<file.nii.gz>#z=<index>`` (see :func:`slice_path`).
         max_pixels: Refuse images with more pixels than this (decompression bombs).
 
     Returns:
-        DICOM: float32 Hounsfield units, HxW. Other images: uint8 or uint16, HxW (grayscale)
+        DICOM and NIfTI slices: float32 Hounsfield units, HxW (a NIfTI slice is oriented like
+        the DICOM display: rows anterior to posterior, columns patient right to left). Other images: uint8 or uint16, HxW (grayscale)
         or HxWx3 RGB (alpha is dropped).
 
     Raises:
         DataError: The file is missing, empty, corrupt, of an unsupported kind or too large;
             the message names the file.
     """
-    path = Path(path)
+    path, z = split_slice(path)
     if not path.is_file():
         raise DataError("file not found", file=str(path))
+    if is_volume_file(path):
+        if z is None:
+            raise DataError(
+                f"a NIfTI volume holds many slices; name one as <file>{SLICE_SEP}<index> "
+                "(0-based along the superior axis), or use a nifti dataset card",
+                file=str(path),
+            )
+        from lepton_vision.readers.nifti import read_nifti_slice
+
+        hu = read_nifti_slice(path, z)
+        if hu.shape[0] * hu.shape[1] > max_pixels:
+            raise _too_big(path, hu.shape[0], hu.shape[1], max_pixels)
+        return hu
     suffix = path.suffix.lower()
     if suffix not in IMAGE_EXTENSIONS and _is_dicom(path, suffix):
         from lepton_vision.readers.dicom import read_dicom_hu
@@ -235,9 +278,19 @@ def load_for_model(
 
 
 def content_hash(path: str | Path) -> str:
-    """SHA-1 of the file's bytes (hex), for finding the same image twice in a dataset."""
+    """SHA-1 of the file's bytes (hex), for finding the same image twice in a dataset.
+
+    A volume slice (``<file>#z=<i>``) is hashed by its decoded pixels, since every slice of a
+    volume shares the file's bytes.
+    """
     h = hashlib.sha1()
-    with open(path, "rb") as f:
+    file, z = split_slice(path)
+    if z is not None:
+        hu = read_image(path)
+        h.update(f"{hu.shape}".encode())
+        h.update(np.ascontiguousarray(hu).tobytes())
+        return h.hexdigest()
+    with open(file, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

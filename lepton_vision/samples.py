@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from lepton_vision.errors import DataError, Problem
-from lepton_vision.preprocess import DEFAULT_MAX_PIXELS, read_image
+from lepton_vision.preprocess import DEFAULT_MAX_PIXELS, read_image, split_slice
 from lepton_vision.readers.csv_manifest import list_csv
+from lepton_vision.readers.dicom_series import list_dicom_series
 from lepton_vision.readers.image_folder import Listing, list_dicom_folder, list_image_folder
+from lepton_vision.readers.nifti import list_nifti
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,7 +45,9 @@ def _list_csv(card: DatasetCard, ds_dir: Path) -> Listing:
 READERS: dict[str, Callable[[DatasetCard, Path], Listing]] = {
     "image_folder": lambda card, d: list_image_folder(d, list(card.classes)),
     "csv": _list_csv,
-    "dicom": lambda card, d: list_dicom_folder(d, list(card.classes)),
+    "dicom": lambda card, d: list_dicom_folder(d, list(card.classes), salt=card.name),
+    "dicom_series": lambda card, d: list_dicom_series(card, d),
+    "nifti": lambda card, d: list_nifti(card, d),
 }
 
 
@@ -57,7 +61,12 @@ class SampleSet:
         excluded: One dict per file left out (``on_bad_file: skip``): sample_id, path, reason.
         counts: n_listed, n_samples, n_excluded, per_class {task class: n}, n_groups,
             own_group (samples whose empty group became their own), n_ignored and ignored
-            (up to 20 non-image files found in class folders and not read).
+            (up to 20 non-image files found in class folders and not read). The volume formats
+            add label_level (slice|volume|mixed: how the manifest labels), n_volumes,
+            n_slice_rows, n_volume_rows; dicom_series adds skipped_non_image (DICOM objects
+            without pixel data or of a non-image SOP class), no_rescale_tags (slices read with
+            slope 1 / intercept 0 because the tags are missing) and ordered_by_instance_number
+            (series lacking positions); nifti adds group_from (the group column, or "volume").
     """
 
     table: pd.DataFrame
@@ -81,8 +90,8 @@ def _check_file(rec: dict[str, Any], max_pixels: int) -> str | None:
     """Why the file is unusable, or None when it decodes."""
     if rec.get("bad"):
         return str(rec["bad"])
-    path = Path(rec["path"])
-    if not path.is_file():
+    path = rec["path"]
+    if not split_slice(path)[0].is_file():
         return "file not found"
     try:
         read_image(path, max_pixels)
@@ -206,5 +215,6 @@ def read_samples(
         "own_group": listing.own_group,
         "n_ignored": len(listing.ignored),
         "ignored": listing.ignored[:20],
+        **listing.counts,
     }
     return SampleSet(table=table, excluded=excluded, counts=counts)

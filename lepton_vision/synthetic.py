@@ -71,6 +71,10 @@ RESCALE_INTERCEPT = -1024
 WINDOW_CENTER = -600
 WINDOW_WIDTH = 1500
 LABEL_COLUMNS = ["path", "label", "patient_id", "slice_index", "nodule_count"]
+SERIES_COLUMNS = ["series", "slice_index", "label", "patient_id", "nodule_count"]
+VOLUME_COLUMNS = ["volume", "slice_index", "label", "patient_id", "nodule_count"]
+#: layout -> the manifest written last (its presence means the dataset is complete).
+LAYOUT_MANIFESTS = {"slices": "labels.csv", "dicom_series": "series.csv", "nifti": "volumes.csv"}
 
 _PLACEMENT_GRID = 128  # nodule positions are chosen on this grid whatever the image size
 
@@ -581,6 +585,36 @@ def _to_dicom_bytes(p: _Patient, spec: SyntheticSpec, j: int, hu: np.ndarray) ->
     return buf.getvalue()
 
 
+def _to_nifti_bytes(p: _Patient, slices: list[np.ndarray]) -> bytes:
+    """A patient's slab as a gzipped NIfTI-1 volume: int16 HU, RAS affine in mm.
+
+    Values are the DICOM layout's HU exactly (rounded, clipped to the 12-bit stored range).
+    Voxel index i increases to the patient's right (R), j anteriorly (A) and k superiorly (S),
+    so the volume is already canonical (RAS); slice k is DICOM slice n-1-k.
+    """
+    import gzip
+
+    import nibabel as nib
+
+    size = slices[0].shape[0]
+    px = FOV_MM / size
+    n = len(slices)
+    data = np.empty((size, size, n), dtype=np.int16)
+    for j, hu in enumerate(slices):
+        stored = np.clip(np.round(hu) - RESCALE_INTERCEPT, 0, 4095) + RESCALE_INTERCEPT
+        # DICOM display rows run anterior->posterior and columns right->left: flip both, transpose
+        data[:, :, n - 1 - j] = stored[::-1, ::-1].T.astype(np.int16)
+    half = FOV_MM / 2 - px / 2  # centre of the outermost pixel
+    affine = np.diag([px, px, p.spacing, 1.0])
+    affine[:3, 3] = [-half, -half, -float(p.z_slices[-1])]  # DICOM z = -depth; S grows to the head
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm")
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    img.header["descrip"] = b"lepton-vision synthetic chest CT (HU)"
+    return gzip.compress(img.to_bytes(), mtime=0)  # mtime 0: same seed, same bytes
+
+
 def _abnormal_flags(spec: SyntheticSpec) -> list[bool]:
     """Which patients have nodules: the ones with the lowest per-patient draw (exact fraction)."""
     n = spec.n_patients
@@ -634,12 +668,33 @@ Generator settings: {settings}
 """
 
 
+_README_VOLUMES = {
+    "dicom_series": _README.replace(
+        """  labels.csv                    path,label,patient_id,slice_index,nodule_count""",
+        """  series.csv                    series,slice_index,label,patient_id,nodule_count
+                                one row per slice; series is the folder, slice_index is
+                                0-based inferior -> superior (file 000.dcm is the top slice)""",
+    ).replace("labels.csv is written last", "series.csv is written last"),
+    "nifti": _README.replace(
+        """  <PatientID>/<slice:03d>.dcm   one axial slice per file (CT Image Storage, HU = stored - 1024)
+  labels.csv                    path,label,patient_id,slice_index,nodule_count""",
+        """  <PatientID>.nii.gz            one volume per patient (int16 HU, RAS affine in mm)
+  volumes.csv                   volume,slice_index,label,patient_id,nodule_count
+                                one row per slice; slice_index is 0-based inferior -> superior""",
+    ).replace("labels.csv is written last", "volumes.csv is written last"),
+}
+
+
 def generate_ct_dataset(out_dir: str | Path, spec: SyntheticSpec, progress: bool = True) -> dict[str, Any]:
     """Generate the synthetic chest CT dataset as DICOM files plus ``labels.csv``.
 
+    ``spec.layout`` picks the files: ``slices`` (DICOM per slice + labels.csv), ``dicom_series``
+    (the same DICOM folders + series.csv) or ``nifti`` (one ``<PatientID>.nii.gz`` per patient +
+    volumes.csv); the pixels are the same in all three.
+
     Args:
-        out_dir: Output folder (created). ``labels.csv`` is written last and atomically, so its
-            presence means the dataset is complete.
+        out_dir: Output folder (created). The layout's manifest (:data:`LAYOUT_MANIFESTS`) is
+            written last and atomically, so its presence means the dataset is complete.
         spec: Generator settings (patients, slices per patient, image size, abnormal fraction,
             seed).
         progress: Show a progress bar.
@@ -654,11 +709,12 @@ def generate_ct_dataset(out_dir: str | Path, spec: SyntheticSpec, progress: bool
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    labels = out / "labels.csv"
+    labels = out / LAYOUT_MANIFESTS[spec.layout]
     if labels.exists():  # regenerating: drop the completeness marker first
         labels.unlink()
     flags = _abnormal_flags(spec)
     rows = []
+    n = spec.slices_per_patient
     total = spec.n_patients * spec.slices_per_patient
     bar = Progress(
         TextColumn("[bold]synthetic CT"),
@@ -672,22 +728,46 @@ def generate_ct_dataset(out_dir: str | Path, spec: SyntheticSpec, progress: bool
         task = bar.add_task("slices", total=total)
         for i in range(spec.n_patients):
             p = _make_patient(spec, i, flags[i])
+            volume = []
             for j in range(spec.slices_per_patient):
                 hu, shown = _slice(p, spec, j)
+                label = "abnormal" if shown else "normal"
+                if spec.layout == "nifti":
+                    volume.append(hu)
+                    rows.append(
+                        {"volume": f"{p.patient_id}.nii.gz", "slice_index": n - 1 - j, "label": label,
+                         "patient_id": p.patient_id, "nodule_count": shown}
+                    )
+                    bar.advance(task)
+                    continue
                 rel = f"{p.patient_id}/{j:03d}.dcm"
                 atomic_write_bytes(out / rel, _to_dicom_bytes(p, spec, j, hu))
-                rows.append(
-                    {
-                        "path": rel,
-                        "label": "abnormal" if shown else "normal",
-                        "patient_id": p.patient_id,
-                        "slice_index": j,
-                        "nodule_count": shown,
-                    }
-                )
+                if spec.layout == "dicom_series":
+                    # the reader orders a series inferior -> superior; the slab runs head -> feet
+                    rows.append(
+                        {"series": p.patient_id, "slice_index": n - 1 - j, "label": label,
+                         "patient_id": p.patient_id, "nodule_count": shown}
+                    )
+                else:
+                    rows.append(
+                        {
+                            "path": rel,
+                            "label": label,
+                            "patient_id": p.patient_id,
+                            "slice_index": j,
+                            "nodule_count": shown,
+                        }
+                    )
                 bar.advance(task)
-    frame = pd.DataFrame(rows, columns=LABEL_COLUMNS)
-    atomic_write_text(out / "README.txt", _README.format(settings=spec.model_dump_json()))
+            if spec.layout == "nifti":
+                atomic_write_bytes(out / f"{p.patient_id}.nii.gz", _to_nifti_bytes(p, volume))
+    if spec.layout == "slices":
+        frame = pd.DataFrame(rows, columns=LABEL_COLUMNS)
+    else:
+        columns = SERIES_COLUMNS if spec.layout == "dicom_series" else VOLUME_COLUMNS
+        frame = pd.DataFrame(rows, columns=columns).sort_values([columns[0], "slice_index"], kind="stable")
+    readme = _README if spec.layout == "slices" else _README_VOLUMES[spec.layout]
+    atomic_write_text(out / "README.txt", readme.format(settings=spec.model_dump_json()))
     atomic_write_csv(labels, frame)
     return {
         "n_patients": spec.n_patients,

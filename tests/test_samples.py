@@ -11,6 +11,7 @@ import pytest
 
 from lepton_vision.cards import DatasetCard, TaskCard
 from lepton_vision.errors import DataError
+from lepton_vision.readers.dicom import pseudonym
 from lepton_vision.samples import TABLE_COLUMNS, read_samples
 
 
@@ -246,7 +247,9 @@ def test_dicom_folder_groups_by_patient(tmp_path, write_ct_dicom):
     s = read(card(format="dicom"), d)
     t = s.table.set_index("sample_id")
     assert len(t) == 6
-    assert t.loc["normal/A/s0.dcm", "group"] == "A" and t.loc["abnormal/C/s1.dcm", "label"] == 1
+    # the group is the salted pseudonym of the PatientID, never the raw id
+    assert t.loc["normal/A/s0.dcm", "group"] == pseudonym("A", "toy") and t.loc["abnormal/C/s1.dcm", "label"] == 1
+    assert t.loc["normal/A/s0.dcm", "group"].startswith("pt-") and "A" not in set(t["group"])
     assert s.counts["n_groups"] == 3
     (d / "normal" / "A" / "junk.dcm").write_bytes(b"junk")
     with pytest.raises(DataError, match="normal/A/junk.dcm"):

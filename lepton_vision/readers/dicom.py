@@ -132,3 +132,21 @@ def read_dicom_hu(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         "window_width": _first(ds.get("WindowWidth", None)),
     }
     return hu, meta
+
+
+def pseudonym(patient_id: str, salt: str) -> str:
+    """A salted, non-reversible group id for a patient: ``"pt-" + sha256(salt + id)[:12]``.
+
+    The salt is the dataset card's name, so the same patient gets the same group within a
+    dataset, while the raw PatientID never reaches sample tables, logs, reports or bundles.
+
+    Args:
+        patient_id: The raw patient identifier (DICOM PatientID or a manifest group value).
+        salt: The dataset card's name.
+
+    Returns:
+        ``pt-`` followed by 12 hex digits.
+    """
+    import hashlib
+
+    return "pt-" + hashlib.sha256((salt + patient_id).encode("utf-8")).hexdigest()[:12]

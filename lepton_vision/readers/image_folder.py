@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lepton_vision.errors import DataError, Problem, did_you_mean, format_choices
+from lepton_vision.readers.dicom import pseudonym
 
 #: Extensions an image_folder dataset may hold (DICOM included: a folder can mix them).
 IMAGE_FOLDER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
@@ -30,6 +31,8 @@ class Listing:
         ignored: Files found but not read (not an image extension), relative POSIX paths.
         own_group: How many samples got a group of their own because theirs was empty.
         extra_columns: Names of extra manifest columns carried into the sample table.
+        counts: Reader-specific counts merged into ``SampleSet.counts`` (e.g. the volume
+            readers' ``label_level``, ``skipped_non_image``, ``no_rescale_tags``).
     """
 
     records: list[dict[str, Any]]
@@ -37,6 +40,7 @@ class Listing:
     ignored: list[str] = field(default_factory=list)
     own_group: int = 0
     extra_columns: list[str] = field(default_factory=list)
+    counts: dict[str, Any] = field(default_factory=dict)
 
 
 def _class_dirs(ds_dir: Path, classes: list[str]) -> list[Path]:
@@ -108,9 +112,11 @@ def _patient_id(path: Path) -> str:
     return str(ds.get("PatientID", "") or "").strip()
 
 
-def list_dicom_folder(ds_dir: Path, classes: list[str]) -> Listing:
+def list_dicom_folder(ds_dir: Path, classes: list[str], salt: str = "") -> Listing:
     """List ``ds_dir/<class>/**/*.dcm`` with the group taken from each file's PatientID.
 
+    The group is the pseudonym of the PatientID (:func:`~lepton_vision.readers.dicom.pseudonym`
+    salted with ``salt``, the dataset card's name), never the raw id.
     A file whose header cannot be read is kept with a ``bad`` reason (reported with the other
     unreadable files); a file with an empty PatientID becomes its own group and is counted.
 
@@ -136,7 +142,9 @@ def list_dicom_folder(ds_dir: Path, classes: list[str]) -> Listing:
             except Exception as e:  # noqa: BLE001 - any header failure makes the file unusable
                 rec["bad"] = f"cannot read the DICOM header ({type(e).__name__}: {e})"
                 pid = ""
-            if not pid:
+            if pid:
+                pid = pseudonym(pid, salt)
+            else:
                 pid = f"file-{sid}"
                 own_group += "bad" not in rec
             rec["group"] = pid
