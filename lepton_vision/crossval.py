@@ -255,7 +255,7 @@ def run_train(
 
     fold_of = dict(zip(folds["sample_id"], folds["fold"]))
     table = table.assign(fold=table["sample_id"].map(fold_of).astype(int))
-    window = recipe.input.window.level_width()
+    window = recipe.input.window_spec()
     images = load_images(
         list(table["path"]), tuple(recipe.input.image_size), recipe.input.channels, window,
         recipe.data.max_image_pixels, progress=recipe.train.verbose,
@@ -412,7 +412,7 @@ def _parity_images(resolved: Resolved, table: pd.DataFrame) -> tuple[list[np.nda
     r = resolved.recipe
     n = min(r.export.parity_samples, len(table))
     rows = table.sample(n=n, random_state=r.seed) if len(table) > n else table
-    imgs = [to_uint8(read_image(p, r.data.max_image_pixels), r.input.channels, r.input.window.level_width())
+    imgs = [to_uint8(read_image(p, r.data.max_image_pixels), r.input.channels, r.input.window_spec())
             for p in rows["path"]]
     return imgs, list(rows["path"])
 
@@ -440,7 +440,7 @@ def _export(resolved: Resolved, run: RunDir, model, table: pd.DataFrame, metrics
     }
     # The window is part of the exported contract only when the model was trained on HU data:
     # 8-bit slices (e.g. figure crops without HU) are used as they are and must not be windowed.
-    window = r.input.window.level_width() if data_has_hu(table) else None
+    window = r.input.window_spec() if data_has_hu(table) else None
     temperature = metrics.get("temperature")
     threshold = metrics["final_threshold_calibrated"] if temperature is not None else metrics["final_threshold"]
     return export_classifier(
@@ -460,7 +460,7 @@ def _gradcam_panel(resolved: Resolved, run: RunDir, model, oof: pd.DataFrame,
     r = resolved.recipe
     return write_gradcam_panel(
         model, oof, float(metrics["final_threshold"]), tuple(r.input.image_size), r.input.channels,
-        r.input.window.level_width(), run.plots_dir / "gradcam.png", per_group=4, seed=r.seed,
+        r.input.window_spec(), run.plots_dir / "gradcam.png", per_group=4, seed=r.seed,
     )
 
 

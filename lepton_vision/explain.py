@@ -249,8 +249,9 @@ def load_explainer(source: str | Path, layer: str = DEFAULT_LAYER) -> Explainer:
         bundle = json.loads((source / "bundle.json").read_text())
         model_path = source / bundle.get("files", {}).get("keras_model", {}).get("path", "model.keras")
         inp = bundle["input"]
-        win = inp.get("window")
-        window = None if win is None else (float(win["level"]), float(win["width"]))
+        from lepton_vision.export import window_from_bundle
+
+        window = window_from_bundle(inp.get("window"))
         size_hw = (int(inp["image_size"][0]), int(inp["image_size"][1]))
         channels = int(inp["channels"])
         threshold = float(bundle["threshold"]["value"])
@@ -263,7 +264,7 @@ def load_explainer(source: str | Path, layer: str = DEFAULT_LAYER) -> Explainer:
         recipe = recipe_from_text(run.recipe.read_text(), file=str(run.recipe))
         model_path = run.final_dir / "model.keras"
         # Training always hands the recipe's window to preprocessing (it only acts on HU pixels).
-        window = recipe.input.window.level_width()
+        window = recipe.input.window_spec()
         size_hw = (int(recipe.input.image_size[0]), int(recipe.input.image_size[1]))
         channels = int(recipe.input.channels)
         threshold = None

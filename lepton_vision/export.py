@@ -234,6 +234,21 @@ def _check_args(
 # SavedModel
 
 
+def _multi(window: Any) -> bool:
+    from lepton_vision.preprocess import is_multi_window
+
+    return is_multi_window(window)
+
+
+def window_from_bundle(win: dict[str, Any] | None) -> Any:
+    """The window argument of ``preprocess.to_uint8`` from a bundle's ``input.window``."""
+    if win is None:
+        return None
+    if "windows" in win:
+        return tuple((float(w["level"]), float(w["width"])) for w in win["windows"])
+    return float(win["level"]), float(win["width"])
+
+
 def _build_endpoints(model: Any, size_hw: tuple[int, int], channels: int,
                      window: tuple[float, float] | None, threshold: float,
                      temperature: float | None = None) -> dict[str, Any]:
@@ -282,15 +297,19 @@ def _build_endpoints(model: Any, size_hw: tuple[int, int], channels: int,
     endpoints["serve_bytes"] = serve_bytes
 
     if window is not None:
-        level, width = float(window[0]), float(window[1])
-        low = level - width / 2.0
+        # One (level, width) pair, or one per channel (multi-window input).
+        pairs = [(float(lv), float(wd)) for lv, wd in (window if _multi(window) else [window])]
+
+        def win(hu64: tf.Tensor, level: float, width: float) -> tf.Tensor:
+            # float64 like numpy's default, so floor(.+0.5) rounds the same way as preprocess.
+            v = tf.floor((hu64 - (level - width / 2.0)) / width * 255.0 + 0.5)
+            return tf.cast(tf.clip_by_value(v, 0.0, 255.0), tf.uint8)[..., None]
 
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="hu")])
         def serve_hu(hu: tf.Tensor) -> dict[str, tf.Tensor]:
-            # float64 like numpy's default, so floor(.+0.5) rounds the same way as preprocess.
-            v = tf.floor((tf.cast(hu, tf.float64) - low) / width * 255.0 + 0.5)
-            u8 = tf.cast(tf.clip_by_value(v, 0.0, 255.0), tf.uint8)[..., None]
-            if channels == 3:
+            hu64 = tf.cast(hu, tf.float64)
+            u8 = tf.concat([win(hu64, lv, wd) for lv, wd in pairs], axis=-1)
+            if len(pairs) == 1 and channels == 3:
                 u8 = tf.tile(u8, [1, 1, 3])
             return head(prep(u8)[None])
 
@@ -500,11 +519,17 @@ def _bundle(sm_path: Path, tflite_path: Path | None, size_hw: tuple[int, int], c
             "image_size": list(size_hw),
             "channels": channels,
             "dtype": "uint8",
-            "window": None if window is None else {
-                "level": float(window[0]),
-                "width": float(window[1]),
-                "formula": "uint8 = clip(floor((hu - (level - width/2)) / width * 255 + 0.5), 0, 255)",
-            },
+            "window": None if window is None else (
+                {
+                    "windows": [{"level": float(lv), "width": float(wd)} for lv, wd in window],
+                    "formula": "channel c: uint8 = clip(floor((hu - (level_c - width_c/2)) / width_c "
+                               "* 255 + 0.5), 0, 255)",
+                } if _multi(window) else {
+                    "level": float(window[0]),
+                    "width": float(window[1]),
+                    "formula": "uint8 = clip(floor((hu - (level - width/2)) / width * 255 + 0.5), 0, 255)",
+                }
+            ),
             "resize": "bilinear, antialias=False",
             "scale": "1/255",
         },

@@ -67,7 +67,12 @@ class Predictor:
         self.image_size = (int(inp["image_size"][0]), int(inp["image_size"][1]))
         self.channels = int(inp["channels"])
         win = inp.get("window")
-        self.window = None if win is None else (float(win["level"]), float(win["width"]))
+        if win is None:
+            self.window = None
+        elif "windows" in win:  # multi-window input: one (level, width) per channel
+            self.window = tuple((float(w["level"]), float(w["width"])) for w in win["windows"])
+        else:
+            self.window = (float(win["level"]), float(win["width"]))
         self.classes = list(bundle["classes"])
 
     # ---------------------------------------------------------------------------------------

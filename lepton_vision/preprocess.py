@@ -200,15 +200,22 @@ def window_hu(hu: np.ndarray, level: float, width: float) -> np.ndarray:
     return _round_half_up((x - (level - width / 2.0)) / width * 255.0)
 
 
+def is_multi_window(window: object) -> bool:
+    """Whether ``window`` is a sequence of (level, width) pairs rather than one pair."""
+    return isinstance(window, (list, tuple)) and len(window) > 0 and isinstance(window[0], (list, tuple))
+
+
 def to_uint8(
-    raw: np.ndarray, channels: int, window: tuple[float, float] | None = None
+    raw: np.ndarray, channels: int,
+    window: tuple[float, float] | tuple[tuple[float, float], ...] | None = None,
 ) -> np.ndarray:
     """Convert raw pixels from :func:`read_image` to uint8 HxWxC.
 
     Args:
         raw: float (HU, from DICOM), uint16 or uint8 pixels, HxW or HxWx3.
         channels: 1 (grayscale) or 3 (RGB).
-        window: (level, width) in HU; required for float (HU) input, ignored otherwise.
+        window: (level, width) in HU, or one (level, width) per channel (multi-window input);
+            required for float (HU) input, ignored otherwise.
 
     Returns:
         uint8 HxWxC. uint16 is scaled 0..65535 -> 0..255 with floor(x + 0.5); RGB -> gray uses
@@ -226,6 +233,13 @@ def to_uint8(
     elif np.issubdtype(raw.dtype, np.floating):
         if window is None:
             raise ValueError("float (Hounsfield unit) pixels need window=(level, width)")
+        if is_multi_window(window):
+            # one window per channel (e.g. lung / mediastinum / bone): more of the HU range
+            if channels != len(window) or raw.ndim != 2:
+                raise ValueError(f"{len(window)} windows need a single HxW HU slice and "
+                                 f"channels={len(window)}; got shape {raw.shape}, channels {channels}")
+            return np.ascontiguousarray(np.stack(
+                [window_hu(raw, float(lv), float(wd)) for lv, wd in window], axis=2))
         img = window_hu(raw, float(window[0]), float(window[1]))
     else:
         raise ValueError(f"unsupported pixel type {raw.dtype}; expected uint8, uint16 or float HU")

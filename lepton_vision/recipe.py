@@ -82,10 +82,29 @@ class InputSpec(_Model):
     channels: Literal[1, 3] = Field(
         3, description="1 = grayscale input, 3 = RGB. Grayscale is tiled to 3 channels for ImageNet weights."
     )
-    window: Window = Field(
+    window: Window | list[Window] = Field(
         default_factory=Window,
-        description="CT window applied to DICOM pixel data in HU before the network (ignored for 8-bit images).",
+        description="CT window applied to Hounsfield-unit pixels (DICOM, NIfTI) before the network "
+        "(ignored for 8-bit images). A list of exactly 3 windows (e.g. lung, mediastinum, bone) "
+        "gives three channels, one window each (needs channels: 3).",
     )
+
+    @model_validator(mode="after")
+    def _check_windows(self) -> InputSpec:
+        if isinstance(self.window, list):
+            if len(self.window) != 3:
+                raise ValueError(
+                    f"window: a list must hold exactly 3 windows (one per channel). Got {len(self.window)}"
+                )
+            if self.channels != 3:
+                raise ValueError("window: three windows make three channels; set channels: 3")
+        return self
+
+    def window_spec(self) -> tuple[float, float] | tuple[tuple[float, float], ...]:
+        """(level, width) in HU, or one (level, width) per channel for multi-window input."""
+        if isinstance(self.window, list):
+            return tuple(w.level_width() for w in self.window)
+        return self.window.level_width()
 
 
 class AugmentOp(_Model):

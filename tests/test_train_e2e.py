@@ -202,3 +202,16 @@ def test_temperature_scaling_is_applied_inside_the_export(project, tmp_path):
     x = np.stack([load_for_model(p, (32, 32), 1, (-600.0, 1500.0)) for p in paths])
     expected = apply_temperature(model.predict(x, verbose=0)[:, 0].astype(np.float64), t)
     np.testing.assert_allclose(pd.read_csv(out)["score"].to_numpy(), expected, atol=1e-4)
+
+
+def test_multi_window_recipe_trains_and_exports(project, tmp_path):
+    _, recipe, _ = project
+    run = tmp_path / "mw"
+    args = ["train", str(recipe), *sum((["--set", s] for s in TINY), []), "--set", "train.epochs=1",
+            "--set", "input.channels=3",
+            "--set", "input.window=[{preset: lung}, {preset: mediastinum}, {preset: bone}]",
+            "--out", str(run)]
+    assert main(args) == 0
+    bundle = json.loads((run / "export/bundle.json").read_text())
+    assert len(bundle["input"]["window"]["windows"]) == 3 and bundle["input"]["channels"] == 3
+    assert json.loads((run / "export/parity.json").read_text())["pass"] is True
