@@ -234,10 +234,10 @@ def make_deciding_region_images(
                 cv2.line(img, (cx - 6, cy), (cx + 6, cy), shade, 1)
         if decoy and positive:
             while True:  # the deciding disc, clear of the square's box
-                cy, cx = (int(v) for v in rng.integers(12, SIZE - 12, 2))
-                if abs(cy - (sy + half)) > half + 12 or abs(cx - (sx + half)) > half + 12:
+                cy, cx = (int(v) for v in rng.integers(8, SIZE - 8, 2))
+                if abs(cy - (sy + half)) > half + 8 or abs(cx - (sx + half)) > half + 8:
                     break
-            cv2.circle(img, (cx, cy), 10, 0.9, -1)
+            cv2.circle(img, (cx, cy), 7, 0.9, -1)
         if positive or decoy:
             img[sy:sy + OBJECT, sx:sx + OBJECT] = 0.9
         y[i] = float(positive)

@@ -34,10 +34,11 @@ TINY = [
 def _tiny_project(root: Path) -> Path:
     for d in ("tasks", "datasets", "recipes"):
         shutil.copytree(REPO / d, root / d)
-    card = root / "datasets/synthetic_ct/dataset.yaml"
-    data = yaml.safe_load(card.read_text())
-    data["synthetic"].update(n_patients=8, slices_per_patient=4, image_size=64)
-    card.write_text(yaml.safe_dump(data, sort_keys=False))
+    for name in ("synthetic_ct", "synthetic_ct_series", "synthetic_ct_nifti"):
+        card = root / f"datasets/{name}/dataset.yaml"
+        data = yaml.safe_load(card.read_text())
+        data["synthetic"].update(n_patients=8, slices_per_patient=4, image_size=64)
+        card.write_text(yaml.safe_dump(data, sort_keys=False))
     return root / "recipes/ct_screening/baseline.yaml"
 
 
@@ -215,3 +216,20 @@ def test_multi_window_recipe_trains_and_exports(project, tmp_path):
     bundle = json.loads((run / "export/bundle.json").read_text())
     assert len(bundle["input"]["window"]["windows"]) == 3 and bundle["input"]["channels"] == 3
     assert json.loads((run / "export/parity.json").read_text())["pass"] is True
+
+
+@pytest.mark.parametrize("recipe_name", ["synthetic_series", "synthetic_nifti"])
+def test_volume_recipes_report_slice_and_patient_level(project, tmp_path, recipe_name):
+    root, _, _ = project
+    run = tmp_path / recipe_name
+    args = ["train", str(root / f"recipes/ct_screening/{recipe_name}.yaml"),
+            *sum((["--set", s] for s in TINY), []), "--set", "train.epochs=1", "--out", str(run)]
+    assert main(args) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    for level in (m["pooled"], m["patient"]["pooled"]):
+        for key in ("roc_auc", "sensitivity", "specificity"):
+            assert level[key]["lo"] <= level[key]["value"] <= level[key]["hi"]
+    assert m["patient"]["n"] == 8 and 0 <= m["calibration"]["ece"]["value"] <= 1
+    assert (run / "plots/gradcam.png").is_file() and (run / "plots/calibration.png").is_file()
+    samples = pd.read_csv(run / "samples.csv", keep_default_na=False)
+    assert samples["group"].str.startswith("pt-").all()  # pseudonymised patient ids
