@@ -229,13 +229,7 @@ def fold_thresholds(oof: pd.DataFrame, policy: Threshold) -> dict[int, float]:
     Raises:
         DataError: Fewer than two folds, or the other folds hold a single class.
     """
-    _check_oof(oof)
-    folds = sorted(int(f) for f in pd.unique(oof["fold"]))
-    if len(folds) < 2:
-        raise DataError(
-            f"oof_predictions.csv: honest thresholds need at least 2 folds. Got folds {folds}. "
-            "Set cv.n_splits >= 2."
-        )
+    folds = _cross_fit_folds(oof, "honest thresholds")
     out: dict[int, float] = {}
     fold_col = oof["fold"].to_numpy().astype(np.int64)
     y = oof["label"].to_numpy()
@@ -647,6 +641,18 @@ def fit_temperature(labels: Any, scores: Any) -> float:
     return float(np.exp(res.x))
 
 
+def _cross_fit_folds(oof: pd.DataFrame, what: str) -> list[int]:
+    """The sorted fold ids of a checked OOF table; cross-fitting needs at least two."""
+    _check_oof(oof)
+    folds = sorted(int(f) for f in pd.unique(oof["fold"]))
+    if len(folds) < 2:
+        raise DataError(
+            f"oof_predictions.csv: {what} need at least 2 folds. Got folds {folds}. "
+            "Set cv.n_splits >= 2."
+        )
+    return folds
+
+
 def fold_temperatures(oof: pd.DataFrame) -> dict[int, float]:
     """The honest temperature for each fold: fitted on the OOF scores of all *other* folds.
 
@@ -659,13 +665,7 @@ def fold_temperatures(oof: pd.DataFrame) -> dict[int, float]:
     Raises:
         DataError: Fewer than two folds, or the other folds hold a single class.
     """
-    _check_oof(oof)
-    folds = sorted(int(f) for f in pd.unique(oof["fold"]))
-    if len(folds) < 2:
-        raise DataError(
-            f"oof_predictions.csv: cross-fitted temperatures need at least 2 folds. Got folds {folds}. "
-            "Set cv.n_splits >= 2."
-        )
+    folds = _cross_fit_folds(oof, "cross-fitted temperatures")
     fold_col = oof["fold"].to_numpy().astype(np.int64)
     y = oof["label"].to_numpy()
     s = oof["score"].to_numpy()

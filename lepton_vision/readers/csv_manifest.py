@@ -33,6 +33,32 @@ def _capped(problems: list[Problem]) -> tuple[list[Problem], str]:
     return problems[:MAX_LISTED], f"... and {len(problems) - MAX_LISTED} more. "
 
 
+def read_manifest_csv(csv_path: Path, row_noun: str):
+    """Read a manifest CSV as strings (empty cells stay ""), with clear errors.
+
+    Args:
+        csv_path: The manifest file.
+        row_noun: What one row describes ("image", "slice or volume"), for the empty-file message.
+
+    Raises:
+        DataError: Missing, empty or unparsable file (naming it).
+    """
+    import pandas as pd
+
+    if not csv_path.is_file():
+        raise DataError(
+            f"manifest not found: {csv_path}",
+            hint="Check manifest: in the dataset card (it is relative to the dataset folder).",
+        )
+    try:
+        return pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"the manifest is empty; expected a header line and one row per {row_noun}",
+                        file=str(csv_path)) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot parse the manifest as CSV ({e})", file=str(csv_path)) from None
+
+
 def list_csv(
     ds_dir: Path,
     manifest: str,
@@ -56,20 +82,9 @@ def list_csv(
         DataError: The manifest is missing or unparsable, a column is missing, a label is
             unknown, a path is empty or listed twice. Every bad row is named by its line.
     """
-    import pandas as pd
 
     csv_path = Path(manifest) if Path(manifest).is_absolute() else ds_dir / manifest
-    if not csv_path.is_file():
-        raise DataError(
-            f"manifest not found: {csv_path}",
-            hint="Check manifest: in the dataset card (it is relative to the dataset folder).",
-        )
-    try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_filter=False)
-    except pd.errors.EmptyDataError:
-        raise DataError("the manifest is empty; expected a header line and one row per image", file=str(csv_path)) from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot parse the manifest as CSV ({e})", file=str(csv_path)) from None
+    df = read_manifest_csv(csv_path, "image")
     have = [str(c) for c in df.columns]
     needed = {"columns.path": path_col, "columns.label": label_col}
     if group_col:

@@ -82,19 +82,9 @@ def read_volume_manifest(
         DataError: The manifest is missing or unparsable, a column is missing, a label is
             unknown, a slice index is not a non-negative integer, or a volume is empty.
     """
-    import pandas as pd
+    from lepton_vision.readers.csv_manifest import read_manifest_csv
 
-    if not csv_path.is_file():
-        raise DataError(
-            f"manifest not found: {csv_path}",
-            hint="Check manifest: in the dataset card (it is relative to the dataset folder).",
-        )
-    try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_filter=False)
-    except pd.errors.EmptyDataError:
-        raise DataError("the manifest is empty; expected a header line and one row per slice or volume", file=str(csv_path)) from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot parse the manifest as CSV ({e})", file=str(csv_path)) from None
+    df = read_manifest_csv(csv_path, "slice or volume")
     have = [str(c) for c in df.columns]
     needed = [volume_col, SLICE_COLUMN, label_col] + ([group_col] if group_col else [])
     missing = [Problem(c, f"column '{c}' is missing.{did_you_mean(c, have)}") for c in needed if c not in have]
