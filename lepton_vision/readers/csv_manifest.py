@@ -33,6 +33,16 @@ def _capped(problems: list[Problem]) -> tuple[list[Problem], str]:
     return problems[:MAX_LISTED], f"... and {len(problems) - MAX_LISTED} more. "
 
 
+def unknown_label(column: str, label: str, classes: list[str], line: int) -> Problem:
+    """The problem for a manifest row whose label is not one of the card's classes."""
+    return Problem(
+        column,
+        f"label '{label}' is not one of the dataset card's classes "
+        f"({format_choices(classes)}).{did_you_mean(label, classes)}",
+        line=line,
+    )
+
+
 def read_manifest_csv(csv_path: Path, row_noun: str):
     """Read a manifest CSV as strings (empty cells stay ""), with clear errors.
 
@@ -119,14 +129,7 @@ def list_csv(
             problems.append(Problem(path_col, "the path is empty", line=line))
             continue
         if label not in classes:
-            problems.append(
-                Problem(
-                    label_col,
-                    f"label '{label}' is not one of the dataset card's classes "
-                    f"({format_choices(classes)}).{did_you_mean(label, classes)}",
-                    line=line,
-                )
-            )
+            problems.append(unknown_label(label_col, label, classes, line))
         sid, p = _sample_id(raw_path, ds_dir)
         seen[sid].append(line)
         group = values[group_col] if group_col else ""

@@ -82,7 +82,7 @@ def read_volume_manifest(
         DataError: The manifest is missing or unparsable, a column is missing, a label is
             unknown, a slice index is not a non-negative integer, or a volume is empty.
     """
-    from lepton_vision.readers.csv_manifest import read_manifest_csv
+    from lepton_vision.readers.csv_manifest import read_manifest_csv, unknown_label
 
     df = read_manifest_csv(csv_path, "slice or volume")
     have = [str(c) for c in df.columns]
@@ -110,14 +110,7 @@ def read_volume_manifest(
             problems.append(Problem(volume_col, f"the {volume_col} is empty", line=line))
             continue
         if label not in classes:
-            problems.append(
-                Problem(
-                    label_col,
-                    f"label '{label}' is not one of the dataset card's classes "
-                    f"({format_choices(classes)}).{did_you_mean(label, classes)}",
-                    line=line,
-                )
-            )
+            problems.append(unknown_label(label_col, label, classes, line))
         index: int | None = None
         if raw_index:
             if not raw_index.isdigit():
