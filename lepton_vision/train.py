@@ -269,6 +269,18 @@ def _augment(recipe: Recipe) -> Any:
     return build_augment([op.model_dump() for op in recipe.augment], recipe.seed)
 
 
+def _model_and_data(model_builder: Callable[[], Any], x: np.ndarray, y: np.ndarray,
+                    recipe: Recipe, epochs: int) -> tuple[Any, Any]:
+    """A fresh compiled model and its augmented, class-weighted training dataset."""
+    model = model_builder()
+    _compile(model, recipe, len(y), epochs)
+    ds = make_dataset(
+        x, y, recipe.train.batch_size, training=True, augment=_augment(recipe),
+        seed=recipe.seed, sample_weights=_sample_weights(y, recipe),
+    )
+    return model, ds
+
+
 def _nan_error(fold_label: str, where: tuple[int, int], recipe: Recipe) -> TrainError:
     epoch, batch = where
     clip = recipe.train.optimizer.clipnorm
@@ -350,12 +362,7 @@ def fit_fold(
     if recipe.train.verbose:
         print(f"{fold_label} — {len(ty)} train / {len(vy)} val images", flush=True)
 
-    model = model_builder()
-    _compile(model, recipe, len(ty), epochs)
-    train_ds = make_dataset(
-        train_x, ty, recipe.train.batch_size, training=True, augment=_augment(recipe),
-        seed=recipe.seed, sample_weights=_sample_weights(ty, recipe),
-    )
+    model, train_ds = _model_and_data(model_builder, train_x, ty, recipe, epochs)
     log = _EpochLog(fold_label, epochs, len(ty), recipe.train.verbose)
     nan = _NanGuard()
     best = _BestWeights(recipe.train.early_stopping.min_delta)
@@ -436,12 +443,7 @@ def fit_final(
     epochs = max(1, int(epochs))
     if recipe.train.verbose:
         print(f"{label} — {len(ty)} train images, {epochs} epochs", flush=True)
-    model = model_builder()
-    _compile(model, recipe, len(ty), epochs)
-    ds = make_dataset(
-        x, ty, recipe.train.batch_size, training=True, augment=_augment(recipe),
-        seed=recipe.seed, sample_weights=_sample_weights(ty, recipe),
-    )
+    model, ds = _model_and_data(model_builder, x, ty, recipe, epochs)
     nan = _NanGuard()
     log = _EpochLog(label, epochs, len(ty), recipe.train.verbose)
     callbacks: list[Any] = [log, nan]
