@@ -228,6 +228,30 @@ def build_augment(ops: list[dict[str, Any]], seed: int) -> A.Compose | None:
     return A.Compose(transforms, seed=seed)
 
 
+def build_box_augment(ops: list[dict[str, Any]], seed: int, min_visibility: float = 0.3) -> A.Compose | None:
+    """The training augmentation for object detection: boxes move with the image.
+
+    Boxes are ``pascal_voc`` (x1, y1, x2, y2 in pixels), the sample table's format; boxes left
+    with less than ``min_visibility`` of their area after a crop/affine are dropped with their
+    labels (stack.md section 11: default params would keep 10 % slivers as labels).
+
+    Raises:
+        RecipeError: When the list has problems (see :func:`augment_problems`).
+    """
+    plain = build_augment(ops, seed)
+    if plain is None:
+        return None
+    A = _albumentations()
+    return A.Compose(
+        list(plain.transforms),
+        seed=seed,
+        bbox_params=A.BboxParams(
+            format="pascal_voc", label_fields=["labels"], min_visibility=min_visibility,
+            clip=True, filter_invalid_bboxes=True,
+        ),
+    )
+
+
 def apply_augment(compose: A.Compose | None, image: np.ndarray) -> np.ndarray:
     """Augment one float32 HxWxC image in [0, 1]; returns float32 of the same shape in [0, 1].
 

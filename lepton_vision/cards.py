@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictStr, model_validator
 
@@ -19,9 +19,32 @@ from lepton_vision.errors import CardError, Problem, did_you_mean, format_choice
 from lepton_vision.recipe import Recipe, Threshold, _Model, validate_doc
 from lepton_vision.yamlfile import load_yaml
 
-KIND_NAMES = ("binary_classification",)
+KIND_NAMES = ("binary_classification", "object_detection")
 #: Dataset formats whose samples always carry a group (patient), whatever columns.group says.
 GROUPED_FORMATS = ("dicom", "dicom_series", "nifti")
+#: Dataset formats with boxes (object detection).
+DETECTION_FORMATS = ("coco", "voc", "yolo", "kitti")
+#: class_map targets that are not task classes: boxes that neither count as objects nor as
+#: false positives (ignore regions, like KITTI DontCare), and boxes removed from the data.
+IGNORE, DROP = "ignore", "drop"
+
+
+class DetectionPolicy(_Model):
+    """Box post-processing and matching for object-detection tasks."""
+
+    nms_iou: float = Field(0.5, gt=0, lt=1, description="IoU above which NMS suppresses the lower-scored box.")
+    max_detections: int = Field(100, ge=1, le=1000, description="Most boxes kept per image after NMS.")
+    min_score: float = Field(
+        0.01, ge=0, lt=1,
+        description="Boxes below this confidence are dropped in the exported graph and in saved "
+        "predictions (AP is computed over everything above it).",
+    )
+    match_iou: float = Field(0.5, gt=0, lt=1, description="IoU for a detection to match a ground-truth box (precision/recall/F1).")
+    score_threshold: float | None = Field(
+        None, gt=0, lt=1,
+        description="Box confidence threshold for precision/recall/F1 and the app; null = the "
+        "max-F1 threshold chosen on the other folds (cross-fitted) and on all folds for export.",
+    )
 
 
 class TaskCard(_Model):
@@ -29,20 +52,44 @@ class TaskCard(_Model):
 
     schema_version: Literal[1] = Field(description="Task card schema version; currently 1.")
     name: StrictStr = Field(description="Task name; equals the folder name under tasks/.")
-    kind: Literal["binary_classification"] = Field(description="Kind of model and output.")
+    kind: Literal["binary_classification", "object_detection"] = Field(description="Kind of model and output.")
     title: StrictStr = Field(description="Human title for reports and demos.")
     description: StrictStr = Field("", description="One paragraph: what the model is for.")
     modality: Literal["ct", "rgb", "grayscale"] = Field(description="Input modality.")
-    classes: tuple[StrictStr, StrictStr] = Field(description="[negative, positive] class names.")
-    positive_class: StrictStr = Field(description="The class whose score is reported; one of classes.")
-    primary_metric: Literal["roc_auc", "pr_auc", "f1", "balanced_accuracy"] = Field(
+    classes: list[StrictStr] = Field(
+        min_length=1,
+        description="binary_classification: [negative, positive]; object_detection: the object "
+        "classes, in the order of the model's class ids.",
+    )
+    positive_class: StrictStr | None = Field(
+        None, description="The class whose score is reported (binary_classification; one of classes)."
+    )
+    primary_metric: Literal["roc_auc", "pr_auc", "f1", "balanced_accuracy", "ap50", "ap50_95"] = Field(
         "roc_auc", description="Headline metric (sweeps optimise it, reports lead with it)."
     )
-    threshold: Threshold = Field(description="Default operating-point policy.")
+    threshold: Threshold = Field(
+        description="Default operating-point policy (object_detection: for the image-level "
+        "'object present' score, the max box confidence)."
+    )
+    detection: DetectionPolicy | None = Field(
+        None, description="Box post-processing and matching (object_detection only; defaults apply when omitted)."
+    )
     intended_use: StrictStr = Field("", description="Intended use and misuse (model card text).")
 
     @model_validator(mode="after")
     def _check(self) -> TaskCard:
+        if self.kind == "object_detection":
+            if len(set(self.classes)) != len(self.classes):
+                raise ValueError(f"classes must be distinct. Got {self.classes}")
+            if self.detection is None:
+                object.__setattr__(self, "detection", DetectionPolicy())
+            return self
+        if self.detection is not None:
+            raise ValueError("detection: is only for kind object_detection")
+        if len(self.classes) != 2:
+            raise ValueError(f"binary_classification needs classes: [negative, positive]. Got {self.classes}")
+        if self.positive_class is None:
+            raise ValueError("binary_classification needs positive_class (one of classes)")
         if self.positive_class not in self.classes:
             raise ValueError(
                 f"positive_class '{self.positive_class}' is not one of classes {list(self.classes)}"
@@ -58,14 +105,29 @@ class ColumnMap(_Model):
     path: StrictStr = Field("path", description="Column with the image path, relative to the dataset folder.")
     label: StrictStr = Field("label", description="Column with the class label.")
     group: StrictStr | None = Field(
-        None, description="Column with the group (patient/sequence id) for grouped folds; null if none."
+        None,
+        description="Column with the group (patient/sequence id) for grouped folds; null if none. "
+        "For format coco it is a field of each images[] entry (e.g. group_id).",
     )
 
 
 class SyntheticSpec(_Model):
     """How `lepton-vision data synth` generates this dataset (embedded default data)."""
 
-    generator: Literal["ct_phantom"] = Field(description="Generator name.")
+    generator: Literal["ct_phantom", "street_scenes", "road_scenes"] = Field(
+        description="ct_phantom: chest CT DICOM; street_scenes: people in street scenes (person "
+        "detection); road_scenes: cars, pedestrians and cyclists on a road (obstacle detection)."
+    )
+    n_images: int = Field(300, ge=4, description="Frames to generate (street_scenes, road_scenes).")
+    frame_size: tuple[Annotated[int, Field(ge=32, le=4096)], Annotated[int, Field(ge=32, le=4096)]] = Field(
+        (320, 240), description="Frame [width, height] in pixels (street_scenes, road_scenes)."
+    )
+    empty_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Fraction of frames with no object (street_scenes, road_scenes)."
+    )
+    sequence_length: int = Field(
+        5, ge=1, description="Frames per sequence sharing a background (the group for folds; scenes)."
+    )
     n_patients: int = Field(48, ge=2, description="Number of patients.")
     slices_per_patient: int = Field(10, ge=1, description="Axial slices per patient.")
     image_size: int = Field(128, ge=32, le=1024, description="Slice size in pixels (square).")
@@ -89,8 +151,12 @@ class DatasetCard(_Model):
     schema_version: Literal[1] = Field(description="Dataset card schema version; currently 1.")
     name: StrictStr = Field(description="Dataset name; equals the folder name under datasets/.")
     description: StrictStr = Field("", description="What the data is.")
-    format: Literal["image_folder", "csv", "dicom", "dicom_series", "nifti"] = Field(
-        description="image_folder: <path>/<class>/<images>; csv: a manifest (see manifest, columns); "
+    format: Literal["image_folder", "csv", "dicom", "dicom_series", "nifti", "coco", "voc", "yolo", "kitti"] = Field(
+        description="Detection formats (boxes): coco: annotations is a COCO JSON (bbox [x,y,w,h] "
+        "px; file_name relative to images); voc: annotations is a folder of Pascal VOC .xml; "
+        "yolo: annotations is a folder of <image stem>.txt (class x_c y_c w h, normalised; class "
+        "index into classes); kitti: annotations is a label_2 folder of <image stem>.txt. "
+        "Classification formats: image_folder: <path>/<class>/<images>; csv: a manifest (see manifest, columns); "
         "dicom: <path>/<class>/**/*.dcm with the group from the DICOM PatientID; "
         "dicom_series: one folder per series, either <path>/<class>/<series>/*.dcm or a manifest "
         "with columns series (folder), slice_index (0-based in the series' order along the slice "
@@ -111,14 +177,29 @@ class DatasetCard(_Model):
         None,
         description="CSV manifest file inside the folder (format csv and nifti; optional for dicom_series).",
     )
+    annotations: StrictStr | None = Field(
+        None,
+        description="Detection formats: the COCO JSON file (coco) or the folder of label files "
+        "(voc, yolo, kitti), relative to path.",
+    )
+    images: StrictStr = Field(
+        "images", description="Detection formats: the folder holding the images, relative to path."
+    )
     columns: ColumnMap = Field(
         default_factory=ColumnMap,
         description="Manifest columns (format csv; for dicom_series/nifti only label and group are used).",
     )
-    classes: list[StrictStr] = Field(min_length=2, description="Label values as they appear in the data.")
+    classes: list[StrictStr] = Field(
+        min_length=1,
+        description="Label values as they appear in the data (classification: at least 2; "
+        "detection: the box class names).",
+    )
     class_map: dict[StrictStr, StrictStr] = Field(
         default_factory=dict,
-        description="Data label -> task class. Empty when the data uses the task's class names.",
+        description="Data label -> task class (keep or merge, e.g. Van: car). For detection the "
+        "target may also be 'ignore' (an ignore region: neither an object to find nor a false "
+        "positive, e.g. DontCare) or 'drop' (the boxes are removed, counted in the data report). "
+        "Empty when the data uses the task's class names.",
     )
     group_by: StrictStr | None = Field(
         None,
@@ -132,6 +213,21 @@ class DatasetCard(_Model):
     def _check(self) -> DatasetCard:
         if self.format in ("csv", "nifti") and not self.manifest:
             raise ValueError(f"format '{self.format}' needs manifest: <file.csv> (relative to path)")
+        if self.format not in DETECTION_FORMATS and len(self.classes) < 2:
+            raise ValueError(f"format '{self.format}' classifies images: classes needs at least 2 values. Got {self.classes}")
+        if self.format in DETECTION_FORMATS and not self.annotations:
+            raise ValueError(
+                f"format '{self.format}' needs annotations: <{'file.json' if self.format == 'coco' else 'folder'}> "
+                "(relative to path)"
+            )
+        if self.synthetic is not None:
+            det = self.synthetic.generator != "ct_phantom"
+            if det != (self.format in DETECTION_FORMATS):
+                raise ValueError(
+                    f"generator '{self.synthetic.generator}' writes "
+                    f"{'COCO boxes (format: coco)' if det else 'CT slices (format: csv, dicom_series or nifti)'}, "
+                    f"not format '{self.format}'"
+                )
         unknown = [k for k in self.class_map if k not in self.classes]
         if unknown:
             raise ValueError(f"class_map keys {unknown} are not in classes {self.classes}")
@@ -140,8 +236,13 @@ class DatasetCard(_Model):
         return self
 
     def task_label(self, data_label: str) -> str:
-        """Map a label value from the data to the task's class name."""
+        """Map a label value from the data to the task's class name (or 'ignore' / 'drop')."""
         return self.class_map.get(data_label, data_label)
+
+    @property
+    def is_detection(self) -> bool:
+        """Whether the dataset holds boxes."""
+        return self.format in DETECTION_FORMATS
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -256,7 +357,27 @@ def resolve(recipe: Recipe, recipe_path: str | Path) -> Resolved:
     task = load_task_card(task_path)
     ds = load_dataset_card(ds_path)
     problems: list[Problem] = []
-    mapped = {ds.task_label(c) for c in ds.classes}
+    det_task = task.kind == "object_detection"
+    if det_task != ds.is_detection:
+        problems.append(
+            Problem(
+                "format",
+                f"task '{task.name}' is {task.kind}, but {ds_path} has format '{ds.format}' "
+                f"({'boxes' if ds.is_detection else 'image labels'}); pair detection tasks with "
+                f"coco/voc/yolo/kitti datasets and classification tasks with the others",
+            )
+        )
+    if det_task and recipe.model.detector is None:
+        problems.append(
+            Problem("model.detector", f"task '{task.name}' is object_detection: set model.detector "
+                    "(e.g. {architecture: yolov8, size: tiny})")
+        )
+    if not det_task and recipe.model.detector is not None:
+        problems.append(
+            Problem("model.detector", f"task '{task.name}' is {task.kind}: remove model.detector")
+        )
+    special = {IGNORE, DROP} if ds.is_detection else set()
+    mapped = {ds.task_label(c) for c in ds.classes} - special
     for c in sorted(mapped - set(task.classes)):
         problems.append(
             Problem(
@@ -266,6 +387,8 @@ def resolve(recipe: Recipe, recipe_path: str | Path) -> Resolved:
             )
         )
     for c in sorted(set(task.classes) - mapped):
+        if det_task:
+            continue  # a detection dataset may lack a task class (then its AP is reported as absent)
         problems.append(
             Problem("classes", f"task class '{c}' has no data class mapped to it in {ds_path}")
         )

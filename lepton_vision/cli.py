@@ -47,6 +47,10 @@ EXAMPLES = {
         examples:
           lepton-vision predict runs/RUN/export scans/ --out preds.csv
           lepton-vision predict runs/RUN/export slice_001.dcm slice_002.png --threshold 0.3
+        object detection (COCO results JSON; images, folders and videos):
+          lepton-vision predict runs/RUN/export frames/ street.mp4 --out preds.json --annotate annotated/
+          lepton-vision predict runs/RUN/export street.mp4 --out preds.json --video-stride 5 --threshold 0.4
+          lepton-vision predict runs/RUN/export frames/ --out all_boxes.json --all   # for mAP tools
     """,
     "explain": """
         examples:
@@ -118,13 +122,27 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run_dir", type=Path)
     x.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
 
-    pr = sub.add_parser("predict", help="score images (PNG/JPEG/DICOM files or folders) with an export",
+    pr = sub.add_parser("predict", help="score images (PNG/JPEG/DICOM files or folders) or, with a "
+                        "detection export, detect objects in images and videos",
                         epilog=_epilog("predict"), formatter_class=fmt)
     pr.add_argument("export_dir", type=Path)
-    pr.add_argument("inputs", nargs="+", type=Path)
-    pr.add_argument("--out", type=Path, required=True, help="CSV to write (path,score,decision)")
-    pr.add_argument("--threshold", type=float, help="override the exported threshold")
-    pr.add_argument("--backend", choices=["auto", "saved_model", "tflite"], default="saved_model")
+    pr.add_argument("inputs", nargs="+", type=Path, help="files or folders (detection: also videos)")
+    pr.add_argument("--out", type=Path, required=True,
+                    help="classification: CSV to write (path,score,decision); object detection: COCO "
+                    "results JSON (file_name, category_id, category_name, bbox [x,y,w,h] in original "
+                    "pixels, score, and frame for videos) holding only boxes with score >= the "
+                    "threshold in use (the export's, or --threshold); --all keeps every box")
+    pr.add_argument("--threshold", type=float, help="override the exported threshold (detection: the box "
+                    "score threshold)")
+    pr.add_argument("--backend", choices=["auto", "saved_model", "tflite", "tflite_int8"], default="saved_model",
+                    help="tflite_int8: detection exports only (default: saved_model)")
+    pr.add_argument("--all", dest="keep_all", action="store_true",
+                    help="detection: write every box the model returns (score >= the task's min_score), "
+                    "not only those at or above the threshold, as mAP tools need")
+    pr.add_argument("--annotate", type=Path, metavar="DIR",
+                    help="detection: write images (.png) and videos (.mp4, or .avi) with the boxes drawn")
+    pr.add_argument("--video-stride", type=int, metavar="N",
+                    help="detection: run every N-th video frame (default 1)")
     pr.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
 
     xp = sub.add_parser("explain", help="Grad-CAM overlay: where the model looked for one image",
@@ -203,8 +221,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from lepton_vision.predictor import Predictor, list_images, write_predictions_csv
+    from lepton_vision.predictor import (
+        Predictor,
+        bundle_kind,
+        list_images,
+        write_predictions_csv,
+    )
 
+    if bundle_kind(args.export_dir) == "object_detection":
+        return _cmd_predict_detection(args)
+    used = [flag for flag, given in (("--all", args.keep_all), ("--annotate", args.annotate is not None),
+                                     ("--video-stride", args.video_stride is not None)) if given]
+    if used:
+        raise LeptonError(f"{args.export_dir}: {', '.join(used)} only apply to object-detection exports; "
+                          "this is a classification export.")
     p = Predictor.from_bundle(args.export_dir, backend=args.backend, threshold=args.threshold)
     paths: list[Path] = []
     for item in args.inputs:
@@ -221,6 +251,30 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     write_predictions_csv(preds, args.out)
     n_pos = sum(1 for x in preds if x.decision)
     print(f"{len(preds)} images scored, {n_pos} at or above threshold {p.threshold:.4g}; wrote {args.out}")
+    return 0
+
+
+def _cmd_predict_detection(args: argparse.Namespace) -> int:
+    from lepton_vision.det_predictor import DetPredictor, collect_inputs, predict_paths
+    from lepton_vision.runio import atomic_write_json
+
+    stride = 1 if args.video_stride is None else args.video_stride
+    if stride < 1:
+        raise LeptonError(f"--video-stride must be >= 1. Got {stride}.")
+    paths = collect_inputs(args.inputs)  # before loading the model: bad paths fail in a second
+    p = DetPredictor.from_bundle(args.export_dir, backend=args.backend, score_threshold=args.threshold)
+    results, summaries = predict_paths(p, paths, keep_all=args.keep_all, video_stride=stride,
+                                       annotate_dir=args.annotate)
+    atomic_write_json(args.out, results)
+    n_img = sum(s.kind == "image" for s in summaries)
+    videos = [s for s in summaries if s.kind == "video"]
+    frames = sum(s.frames for s in summaries)
+    boxes = sum(s.boxes for s in summaries)
+    with_boxes = sum(s.frames_with_boxes for s in summaries)
+    kept = "every box (--all)" if args.keep_all else f"boxes with score >= {p.score_threshold:.4g}"
+    print(f"{n_img} images, {len(videos)} videos ({sum(s.frames for s in videos)} frames): {boxes} boxes at "
+          f"score >= {p.score_threshold:.4g} in {with_boxes} of {frames} frames; wrote {len(results)} "
+          f"detections ({kept}) to {args.out}" + (f"; annotated output in {args.annotate}" if args.annotate else ""))
     return 0
 
 

@@ -50,14 +50,23 @@ def ensure_generated(card: DatasetCard, card_path: Path, force: bool = False, pr
             f"dataset '{card.name}' is not generated (no synthetic: section in {card_path})",
             hint="Only generated datasets can be made with `data synth`; point LEPTON_DATA_ROOT at real data instead.",
         )
-    done = out / (card.manifest or "labels.csv")
+    done = out / (card.annotations or card.manifest or "labels.csv")  # written last by the generators
     if done.is_file() and not force:
         return out
-    from lepton_vision.synthetic import generate_ct_dataset
-
     if force and out.exists():
         shutil.rmtree(out)
     _console().print(f"generating {card.name} into {out} (seed {card.synthetic.seed}) ...")
+    if card.synthetic.generator != "ct_phantom":
+        from lepton_vision.synthetic_scenes import generate_scene_dataset
+
+        summary = generate_scene_dataset(out, card.synthetic, progress=progress)
+        _console().print(
+            f"  {summary['n_images']} frames, {summary['n_boxes']} boxes, {summary['n_empty']} empty, "
+            f"{summary['n_groups']} sequences in {summary['seconds']:.1f} s"
+        )
+        return out
+    from lepton_vision.synthetic import generate_ct_dataset
+
     summary = generate_ct_dataset(out, card.synthetic, progress=progress)
     _console().print(
         f"  {summary['n_slices']} slices, {summary['n_abnormal_slices']} abnormal, "
@@ -88,8 +97,11 @@ def data_fingerprint(table: pd.DataFrame) -> str:
     from lepton_vision.preprocess import content_hash
 
     h = hashlib.sha256()
+    boxes = "boxes" in table.columns  # detection: the boxes are part of the labels
     for row in table.sort_values("sample_id").itertuples(index=False):
         h.update(f"{row.sample_id}\t{row.label}\t{row.group}\t{content_hash(row.path)}\n".encode())
+        if boxes:
+            h.update(f"{row.boxes}\t{row.classes}\t{row.ignore}\n".encode())
     return h.hexdigest()
 
 
@@ -212,6 +224,10 @@ def run_train(
     recipe = resolved.recipe
     run = _start_or_resume(resolved, out, resume)
     console.print(f"[bold]lepton-vision train[/bold] {recipe.name} → {run.root}")
+    if resolved.task.kind == "object_detection":
+        from lepton_vision.det_crossval import run_detection_train
+
+        return run_detection_train(resolved, run, t_start)
 
     # ---- data ------------------------------------------------------------------------------
     sample_set = load_samples(resolved, progress=recipe.train.verbose)

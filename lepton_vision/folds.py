@@ -66,6 +66,7 @@ def make_folds(
     check_duplicates: bool = True,
     group_noun: str = "groups",
     progress: bool = True,
+    require_both_classes: bool = True,
 ) -> pd.DataFrame:
     """Assign every sample a validation fold.
 
@@ -79,6 +80,9 @@ def make_folds(
         check_duplicates: Hash file bytes and refuse identical images in different folds.
         group_noun: What a group is, for messages (e.g. "patients").
         progress: Show a progress bar while hashing many files.
+        require_both_classes: Refuse folds without both labels (classification). Object
+            detection passes False: its label is only "has objects" (used to stratify), and a
+            dataset where every image has objects is legitimate.
 
     Returns:
         DataFrame with columns sample_id, group, label, fold (contract 4), in table order.
@@ -108,7 +112,8 @@ def make_folds(
         )
 
     problems = []
-    for lab in sorted(set(labels.tolist()) | {0, 1}):
+    wanted = set(labels.tolist()) | ({0, 1} if require_both_classes else set())
+    for lab in sorted(wanted):
         mask = labels == lab
         n = int(len(np.unique(groups[mask]))) if grouped else int(mask.sum())
         unit = group_noun if grouped else "images"
@@ -143,15 +148,16 @@ def make_folds(
             "fold": fold,
         }
     )
-    _check_folds(folds, table, n_splits, group_noun)
+    _check_folds(folds, table, n_splits, group_noun, require_both_classes)
     if check_duplicates and "path" in table.columns:
         _check_duplicates(folds, table["path"].astype(str).tolist(), progress)
     return folds
 
 
-def _check_folds(folds: pd.DataFrame, table: pd.DataFrame, n_splits: int, group_noun: str) -> None:
+def _check_folds(folds: pd.DataFrame, table: pd.DataFrame, n_splits: int, group_noun: str,
+                 require_both_classes: bool = True) -> None:
     problems = []
-    for k in range(n_splits):
+    for k in range(n_splits if require_both_classes else 0):
         val = folds[folds["fold"] == k]
         n_pos = int((val["label"] == 1).sum())
         n_neg = len(val) - n_pos

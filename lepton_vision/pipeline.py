@@ -190,3 +190,113 @@ def load_images(
         if bar is not None:
             bar.stop()
     return out
+
+
+def pad_targets(
+    boxes: np.ndarray, classes: np.ndarray, max_boxes: int, min_box_size: float
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Fixed-size, -1-padded box targets for one image.
+
+    Returns:
+        (boxes ``[max_boxes, 4]`` float32, classes ``[max_boxes]`` float32, n_too_small, n_cut):
+        boxes narrower/shorter than ``min_box_size`` are dropped; beyond ``max_boxes`` the
+        largest are kept.
+    """
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    c = np.asarray(classes, dtype=np.float32).reshape(-1)
+    keep = ((b[:, 2] - b[:, 0]) >= min_box_size) & ((b[:, 3] - b[:, 1]) >= min_box_size)
+    n_small = int((~keep).sum())
+    b, c = b[keep], c[keep]
+    n_cut = max(0, len(b) - max_boxes)
+    if n_cut:
+        order = np.argsort(-(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), kind="stable")[:max_boxes]
+        b, c = b[order], c[order]
+    ob = np.full((max_boxes, 4), -1.0, dtype=np.float32)
+    oc = np.full((max_boxes,), -1.0, dtype=np.float32)
+    ob[: len(b)] = b
+    oc[: len(c)] = c
+    return ob, oc, n_small, n_cut
+
+
+def make_detection_dataset(
+    images: np.ndarray,
+    boxes: Sequence[np.ndarray],
+    classes: Sequence[np.ndarray],
+    batch_size: int,
+    *,
+    training: bool,
+    augment: Any = None,
+    seed: int = 0,
+    max_boxes: int = 64,
+    min_box_size: float = 2.0,
+) -> Any:
+    """Batches of ``(pixels 0..255, {"boxes", "classes"})`` for a detector.
+
+    Args:
+        images: float32 ``[N, H, W, 3]`` in ``[0, 1]``, letterboxed to the network input.
+        boxes: Per image ``[n, 4]`` xyxy boxes in network (letterboxed) pixels.
+        classes: Per image ``[n]`` class ids.
+        batch_size: Images per batch.
+        training: Shuffle every epoch and apply ``augment``.
+        augment: ``augment.build_box_augment(...)`` or None.
+        seed: Shuffle and per-sample augmentation seed.
+        max_boxes: Padding length of the targets.
+        min_box_size: Smallest box side kept in the targets (pixels).
+
+    Returns:
+        A ``tf.data.Dataset``; ``x`` is float32 ``[B, H, W, 3]`` in 0..255 (the detector rescales
+        inside), ``boxes`` float32 ``[B, max_boxes, 4]``, ``classes`` float32 ``[B, max_boxes]``,
+        padded with -1.
+    """
+    tf, _ = import_keras()
+    images = np.asarray(images)
+    n = len(images)
+    if images.ndim != 4 or images.dtype != np.float32 or images.shape[-1] != 3 or n == 0:
+        raise DataError(
+            f"make_detection_dataset: images must be float32 [N, H, W, 3] with N > 0. "
+            f"Got {images.dtype} {images.shape}."
+        )
+    if len(boxes) != n or len(classes) != n:
+        raise DataError(
+            f"make_detection_dataset: {n} images but {len(boxes)} box lists and {len(classes)} class lists."
+        )
+    use_aug = bool(training and augment is not None)
+    lock = threading.Lock()
+    img_shape = images.shape[1:]
+
+    def gather(idx: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, ...]:
+        xs = np.empty((len(idx), *img_shape), dtype=np.float32)
+        bs = np.empty((len(idx), max_boxes, 4), dtype=np.float32)
+        cs = np.empty((len(idx), max_boxes), dtype=np.float32)
+        for j, i in enumerate(idx):
+            img, b, c = images[i], boxes[i], classes[i]
+            if use_aug:
+                with lock:  # Compose's RNG lives on the object: reseed + apply must not interleave
+                    augment.set_random_seed(int(seeds[j]) % 2**32)
+                    out = augment(image=img, bboxes=np.asarray(b, np.float32).reshape(-1, 4),
+                                  labels=np.asarray(c).reshape(-1))
+                img = np.clip(out["image"], 0.0, 1.0)
+                b, c = np.asarray(out["bboxes"], np.float32).reshape(-1, 4), np.asarray(out["labels"])
+            xs[j] = img * np.float32(255.0)
+            bs[j], cs[j], _, _ = pad_targets(b, c, max_boxes, min_box_size)
+        return xs, bs, cs
+
+    def tf_gather(idx: Any, seeds: Any) -> Any:
+        x, b, c = tf.numpy_function(gather, [idx, seeds], [tf.float32] * 3, stateful=False)
+        x.set_shape((None, *img_shape))
+        b.set_shape((None, max_boxes, 4))
+        c.set_shape((None, max_boxes))
+        return x, {"boxes": b, "classes": c}
+
+    ds = tf.data.Dataset.range(n)
+    if training:
+        ds = ds.shuffle(n, seed=int(seed), reshuffle_each_iteration=True)
+    if use_aug:
+        seeds = tf.data.Dataset.random(seed=int(seed) + 1, rerandomize_each_iteration=True)
+    else:
+        seeds = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).repeat()
+    # drop_remainder in training: a last batch of one image gives a noisy BatchNorm step.
+    ds = tf.data.Dataset.zip(ds, seeds).batch(int(batch_size), drop_remainder=bool(training and n > batch_size))
+    if _parallel_input():
+        return ds.map(tf_gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    return ds.map(tf_gather)

@@ -216,13 +216,23 @@ def write_predictions_csv(preds: Iterable[Prediction], out_path: str | Path) -> 
     atomic_write_text(out_path, buf.getvalue())
 
 
+def bundle_kind(export_dir: str | Path) -> str:
+    """The ``kind`` of a finished export ("binary_classification" when the bundle predates kinds).
+
+    Raises:
+        ExportError: No readable bundle.json of a known schema version.
+    """
+    return str(_load_bundle_json(Path(export_dir)).get("kind", "binary_classification"))
+
+
 def _has_litert() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("ai_edge_litert") is not None
 
 
-def _read_bundle(export_dir: Path) -> dict[str, Any]:
+def _load_bundle_json(export_dir: Path) -> dict[str, Any]:
+    """bundle.json of a finished export, any kind (schema version checked)."""
     path = export_dir / "bundle.json"
     if not path.is_file():
         raise ExportError(
@@ -242,6 +252,18 @@ def _read_bundle(export_dir: Path) -> dict[str, Any]:
         raise ExportError(
             f"unknown bundle schema_version. Got {version!r}; this lepton-vision reads "
             f"{list(SUPPORTED_SCHEMA_VERSIONS)}. Upgrade lepton-vision or re-export the model.",
+            file=str(path),
+        )
+    return bundle
+
+
+def _read_bundle(export_dir: Path) -> dict[str, Any]:
+    bundle = _load_bundle_json(export_dir)
+    path = export_dir / "bundle.json"
+    if bundle.get("kind") == "object_detection":
+        raise ExportError(
+            "this is an object-detection bundle; load it with "
+            "lepton_vision.det_predictor.DetPredictor.from_bundle (the CLI 'predict' does so itself).",
             file=str(path),
         )
     missing = [k for k in ("classes", "threshold", "input") if k not in bundle]

@@ -308,3 +308,57 @@ def content_hash(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Letterbox (object detection): keep the aspect ratio, pad right and bottom.
+
+#: Grey used to pad letterboxed frames (YOLO practice); ignore regions are painted with it too.
+LETTERBOX_PAD = 114.0
+
+
+def letterbox_geometry(h0: int, w0: int, size_hw: tuple[int, int]) -> tuple[int, int]:
+    """Size (new_h, new_w) of an h0 x w0 image scaled to fit size_hw, aspect ratio kept.
+
+    The exported graph computes the same numbers with the same float32 arithmetic
+    (``export_detection._letterbox_tf``), so training, export and app agree to the pixel.
+    """
+    H, W = int(size_hw[0]), int(size_hw[1])
+    s = min(np.float32(H) / np.float32(h0), np.float32(W) / np.float32(w0))
+    nh = int(min(H, max(1, np.floor(np.float32(h0) * s + np.float32(0.5)))))
+    nw = int(min(W, max(1, np.floor(np.float32(w0) * s + np.float32(0.5)))))
+    return nh, nw
+
+
+def letterbox(img_uint8: np.ndarray, size_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[float, float]]:
+    """Letterbox a uint8 HxWx3 frame into the network input, top-left aligned.
+
+    Bilinear ``cv2.resize`` on float32 (equal to ``tf.image.resize``, antialias off) into the
+    top-left ``new_h x new_w`` corner; the rest is :data:`LETTERBOX_PAD`. Pixels stay in 0..255
+    float32 (no rounding, so the graph's result matches).
+
+    Returns:
+        (float32 HxWx3 in 0..255, (sx, sy)): a box in original pixels times (sx, sy) is the box
+        in network pixels; divide to map back.
+    """
+    img = np.asarray(img_uint8)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    h0, w0 = img.shape[:2]
+    nh, nw = letterbox_geometry(h0, w0, size_hw)
+    H, W = int(size_hw[0]), int(size_hw[1])
+    out = np.full((H, W, 3), LETTERBOX_PAD, dtype=np.float32)
+    out[:nh, :nw] = cv2.resize(img.astype(np.float32), (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return out, (nw / w0, nh / h0)
+
+
+def boxes_to_original(boxes: np.ndarray, scale_xy: tuple[float, float], h0: int, w0: int) -> np.ndarray:
+    """Map xyxy boxes from letterboxed network pixels back to the original image, clipped."""
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) / np.array(
+        [scale_xy[0], scale_xy[1], scale_xy[0], scale_xy[1]], dtype=np.float32
+    )
+    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, w0)
+    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, h0)
+    return b

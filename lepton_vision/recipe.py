@@ -82,6 +82,12 @@ class InputSpec(_Model):
     channels: Literal[1, 3] = Field(
         3, description="1 = grayscale input, 3 = RGB. Grayscale is tiled to 3 channels for ImageNet weights."
     )
+    letterbox: bool = Field(
+        True,
+        description="Object detection: resize keeping the aspect ratio and pad (grey 114) to "
+        "image_size; boxes are mapped back to original pixels outside the model. Classification "
+        "always resizes to image_size.",
+    )
     window: Window | list[Window] = Field(
         default_factory=Window,
         description="CT window applied to Hounsfield-unit pixels (DICOM, NIfTI) before the network "
@@ -117,8 +123,50 @@ class AugmentOp(_Model):
     )
 
 
+#: Detector sizes: YOLOv8 backbone channels per stage, blocks per stage, and FPN depth. "tiny"
+#: and "xs" train on a 2-core CPU; n/s/m/l are the usual YOLOv8 scales for a GPU.
+DETECTOR_SIZES: dict[str, tuple[tuple[int, int, int, int], tuple[int, int, int, int], int]] = {
+    "tiny": ((16, 32, 64, 128), (1, 1, 1, 1), 1),
+    "xs": ((32, 64, 128, 256), (1, 2, 2, 1), 1),
+    "n": ((32, 64, 128, 256), (1, 2, 2, 1), 1),
+    "s": ((64, 128, 256, 512), (1, 2, 2, 1), 1),
+    "m": ((96, 192, 384, 576), (2, 4, 4, 2), 2),
+    "l": ((128, 256, 512, 512), (3, 6, 6, 3), 3),
+}
+
+
+class DetectorSpec(_Model):
+    """The object detector (object_detection tasks only)."""
+
+    architecture: Literal["yolov8", "retinanet"] = Field(
+        "yolov8",
+        description="yolov8: keras-cv YOLOv8 (anchor-free, CIoU + DFL); retinanet: keras-hub "
+        "RetinaNet on a small ResNet (needs keras-hub installed).",
+    )
+    size: Literal["tiny", "xs", "n", "s", "m", "l"] = Field(
+        "tiny",
+        description="Model scale: tiny (~1 M parameters, CPU), xs/n, s (GPU), m, l (large GPU).",
+    )
+    max_boxes: int = Field(
+        64, ge=1, le=1000,
+        description="Ground-truth boxes per training image (padding length); images with more "
+        "keep the largest ones and the number cut is reported.",
+    )
+    box_loss_weight: float = Field(7.5, gt=0, description="Weight of the CIoU box loss (YOLOv8).")
+    class_loss_weight: float = Field(0.5, gt=0, description="Weight of the classification loss (YOLOv8).")
+    min_box_size: float = Field(
+        2.0, ge=0,
+        description="Boxes narrower or shorter than this many pixels after augmentation and "
+        "letterboxing are dropped from the training target (counted).",
+    )
+
+
 class ModelSpec(_Model):
     """The network."""
+
+    detector: DetectorSpec | None = Field(
+        None, description="Object detector settings; required for object_detection tasks (backbone/dropout/width are then unused)."
+    )
 
     backbone: StrictStr = Field(
         "small_cnn",

@@ -146,6 +146,15 @@ def read_samples(
         raise DataError(
             f"dataset folder not found: {ds_dir} (dataset '{card.name}')", file=str(card_path), hint=hint
         )
+    from lepton_vision.cards import DETECTION_FORMATS
+
+    if card.format in DETECTION_FORMATS:
+        # Imported here: readers.detection imports SampleSet from this module.
+        from lepton_vision.readers.detection import read_detection_samples
+
+        return read_detection_samples(
+            card, ds_dir, task, card_path, on_bad_file=on_bad_file, max_pixels=max_pixels, progress=progress
+        )
     listing = READERS[card.format](card, ds_dir)
     if not listing.records:
         raise DataError(

@@ -111,7 +111,7 @@ class _EpochLog(keras.callbacks.Callback):
         self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
         if self.verbose:
             parts = [f"{self.label} epoch {epoch + 1}/{self.epochs}"]
-            for key in ("loss", "auc", "val_loss", "val_auc"):
+            for key in ("loss", "auc", "val_loss", "val_auc", "box_loss", "class_loss", "val_ap50"):
                 if key in logs:
                     parts.append(f"{key} {float(logs[key]):.3f}")
             parts.append(f"lr {lr:.2g}")
@@ -167,17 +167,18 @@ class _NanGuard(keras.callbacks.Callback):
 
 
 class _BestWeights(keras.callbacks.Callback):
-    """Tracks the best ``val_auc`` epoch (same rule as EarlyStopping) and restores its weights."""
+    """Tracks the best ``monitor`` epoch (same rule as EarlyStopping) and restores its weights."""
 
-    def __init__(self, min_delta: float) -> None:
+    def __init__(self, min_delta: float, monitor: str = "val_auc") -> None:
         super().__init__()
         self.min_delta = float(min_delta)
+        self.monitor = monitor
         self.best = -np.inf
         self.best_epoch = 0  # 1-based; 0 = no epoch finished with a finite val_auc
         self.weights: list[np.ndarray] | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        value = (logs or {}).get("val_auc")
+        value = (logs or {}).get(self.monitor)
         if value is None or not np.isfinite(float(value)):
             return
         if self.weights is None or float(value) - self.min_delta > self.best:

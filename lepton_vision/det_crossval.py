@@ -1,0 +1,378 @@
+"""``lepton-vision train`` for object detection: the same stages and files as classification.
+
+samples.csv (boxes per image) → folds.csv (grouped by sequence when the data has groups) → per
+fold: fit on letterboxed images, predict the held-out fold with the export's decode + NMS, map
+boxes back to original pixels → oof_detections.csv + oof_images.csv → metrics.json (no
+TensorFlow: COCO AP, precision/recall/F1, image-level "object present" AUC/F1, bootstrap CIs) →
+final model → export/ (SavedModel + TFLite, parity) → report.html.
+
+A fold is finished when ``folds/<k>/result.json`` exists (written last); ``--resume`` skips it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lepton_vision.cards import Resolved
+from lepton_vision.errors import DataError
+from lepton_vision.runio import RunDir, atomic_write_csv, atomic_write_json
+
+#: Columns of oof_detections.csv (contract D2).
+DET_COLUMNS = ("sample_id", "fold", "class_id", "class_name", "score", "x1", "y1", "x2", "y2")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+class LetterboxedData:
+    """Every image decoded and letterboxed once; boxes in original and network pixels."""
+
+    def __init__(self, table: pd.DataFrame, size_hw: tuple[int, int], max_pixels: int, progress: bool) -> None:
+        from lepton_vision.preprocess import letterbox, read_image, to_uint8
+        from lepton_vision.readers.detection import boxes_of
+
+        n = len(table)
+        h, w = int(size_hw[0]), int(size_hw[1])
+        self.images = np.empty((n, h, w, 3), dtype=np.float32)
+        self.scales: list[tuple[float, float]] = []
+        self.orig_hw: list[tuple[int, int]] = []
+        self.boxes: list[np.ndarray] = []  # original pixels
+        self.classes: list[np.ndarray] = []
+        self.ignore: list[np.ndarray] = []
+        self.net_boxes: list[np.ndarray] = []  # network pixels
+        self.net_ignore: list[np.ndarray] = []
+        rows = table.to_dict("records")
+        it: Any = rows
+        if progress and n > 50:
+            from rich.progress import track
+
+            it = track(rows, description=f"decoding {n} images", transient=True)
+        for i, row in enumerate(it):
+            raw = to_uint8(read_image(row["path"], max_pixels), 3, None)
+            img, (sx, sy) = letterbox(raw, (h, w))
+            self.images[i] = img / np.float32(255.0)
+            b, c, ig = boxes_of(row)
+            s = np.array([sx, sy, sx, sy], np.float32)
+            self.scales.append((sx, sy))
+            self.orig_hw.append((int(raw.shape[0]), int(raw.shape[1])))
+            self.boxes.append(b)
+            self.classes.append(c)
+            self.ignore.append(ig)
+            self.net_boxes.append(b * s)
+            self.net_ignore.append(ig * s)
+
+    def training_images(self, idx: np.ndarray) -> np.ndarray:
+        """Images for training: ignore regions painted grey, so the detector is neither taught
+        that they are background nor that they are objects."""
+        from lepton_vision.preprocess import LETTERBOX_PAD
+
+        out = self.images[idx]
+        for j, i in enumerate(idx):
+            for x1, y1, x2, y2 in self.net_ignore[i]:
+                out[j, int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))] = LETTERBOX_PAD / 255.0
+        return out
+
+
+def _build(resolved: Resolved, seed: int):
+    from lepton_vision.detectors import adapter_for
+
+    r = resolved.recipe
+    spec = r.model.detector
+    assert spec is not None
+    adapter = adapter_for(spec)
+    n_classes = len(resolved.task.classes)
+    size = tuple(r.input.image_size)
+
+    def build():
+        return adapter.build(spec, n_classes, size, seed)
+
+    return build, adapter
+
+
+def _oof_rows(sample_ids: list[str], fold: int, dets: list[Any], data: LetterboxedData, idx: np.ndarray,
+              class_names: list[str]) -> list[dict[str, Any]]:
+    from lepton_vision.preprocess import boxes_to_original
+
+    rows = []
+    for sid, d, i in zip(sample_ids, dets, idx):
+        h0, w0 = data.orig_hw[i]
+        ob = boxes_to_original(d.boxes, data.scales[i], h0, w0)
+        for b, s, c in zip(ob, d.scores, d.classes):
+            rows.append({
+                "sample_id": sid, "fold": fold, "class_id": int(c), "class_name": class_names[int(c)],
+                "score": round(float(s), 6), "x1": round(float(b[0]), 3), "y1": round(float(b[1]), 3),
+                "x2": round(float(b[2]), 3), "y2": round(float(b[3]), 3),
+            })
+    return rows
+
+
+def image_table(table: pd.DataFrame, dets: pd.DataFrame, class_names: list[str]) -> pd.DataFrame:
+    """oof_images.csv (contract D2): one row per image with its max score, overall and per class."""
+    out = table[["sample_id", "path", "group", "fold", "label", "n_boxes"]].rename(columns={"n_boxes": "n_gt"})
+    best = dets.groupby("sample_id")["score"].max() if len(dets) else pd.Series(dtype=float)
+    out = out.assign(image_score=out["sample_id"].map(best).fillna(0.0).astype(float))
+    for c, name in enumerate(class_names):
+        sub = dets[dets["class_id"] == c] if len(dets) else dets
+        per = sub.groupby("sample_id")["score"].max() if len(sub) else pd.Series(dtype=float)
+        out[f"score_{name}"] = out["sample_id"].map(per).fillna(0.0).astype(float)
+    return out.reset_index(drop=True)
+
+
+def run_detection_train(resolved: Resolved, run: RunDir, t_start: float) -> Path:
+    """Run every stage of a detection recipe into ``run`` (created or being resumed)."""
+    from lepton_vision.crossval import _report_info, _run_info, data_fingerprint, load_samples
+
+    console = _console()
+    recipe = resolved.recipe
+    task = resolved.task
+    policy = task.detection
+    assert policy is not None and recipe.model.detector is not None
+    class_names = list(task.classes)
+
+    # ---- data ------------------------------------------------------------------------------
+    sample_set = load_samples(resolved, progress=recipe.train.verbose)
+    table = sample_set.table
+    atomic_write_csv(run.samples, table)
+    fingerprint = data_fingerprint(table)
+    counts = dict(sample_set.counts)
+    data_report = {
+        "n_samples": int(len(table)),
+        "n_boxes": int(table["n_boxes"].sum()),
+        "n_empty_images": int((table["label"] == 0).sum()),
+        "n_groups": int(table["group"].replace("", np.nan).nunique()),
+        "excluded": list(sample_set.excluded),
+        "counts": counts,
+        "fingerprint": fingerprint,
+    }
+    atomic_write_json(run.data_report, data_report)
+    dropped = counts.get("boxes_dropped") or {}
+    console.print(
+        f"data: {data_report['n_samples']} images, {data_report['n_boxes']} boxes "
+        f"({', '.join(f'{k} {v}' for k, v in (counts.get('per_class') or {}).items())}), "
+        f"{data_report['n_empty_images']} without objects, {data_report['n_groups']} groups, "
+        f"{len(sample_set.excluded)} images excluded"
+        + (f", boxes dropped: {dropped}" if any(dropped.values()) else "")
+        + (f", {counts.get('boxes_clipped')} boxes clipped to the image" if counts.get("boxes_clipped") else "")
+    )
+
+    # ---- folds -----------------------------------------------------------------------------
+    from lepton_vision.folds import make_folds, read_folds, write_folds
+
+    folds = make_folds(table, recipe.cv.n_splits, recipe.cv.strategy, recipe.seed,
+                       group_noun=resolved.dataset.group_by or "groups", require_both_classes=False,
+                       progress=recipe.train.verbose)
+    if run.folds.is_file():
+        saved = read_folds(run.folds)
+        if not saved[["sample_id", "fold"]].reset_index(drop=True).equals(
+            folds[["sample_id", "fold"]].reset_index(drop=True)
+        ):
+            raise DataError(
+                f"{run.folds}: the data changed since this run started (the folds differ)",
+                hint="Start a new run; resuming would mix folds of different data.",
+            )
+    else:
+        write_folds(run.folds, folds)
+    atomic_write_json(run.run_info, _run_info(resolved, fingerprint, t_start))
+    table = table.assign(fold=table["sample_id"].map(dict(zip(folds["sample_id"], folds["fold"]))).astype(int))
+    data = LetterboxedData(table, tuple(recipe.input.image_size), recipe.data.max_image_pixels, recipe.train.verbose)
+
+    # ---- folds -----------------------------------------------------------------------------
+    from lepton_vision._keras import configure_devices
+    from lepton_vision.det_train import fit_detection_fold, make_predict_fn, predict_detections
+
+    k_total = recipe.cv.n_splits
+    det_parts: list[pd.DataFrame] = []
+    histories: dict[int, pd.DataFrame] = {}
+    results: dict[int, dict[str, Any]] = {}
+    for k in range(k_total):
+        fdir = run.fold_dir(k)
+        if run.fold_done(k).is_file():
+            results[k] = json.loads(run.fold_done(k).read_text())
+            det_parts.append(pd.read_csv(fdir / "oof_detections.csv", dtype={"sample_id": str}))
+            hist = fdir / "history.csv"
+            histories[k] = pd.read_csv(hist) if hist.is_file() else pd.DataFrame()
+            console.print(f"fold {k + 1}/{k_total}: finished earlier (val AP50 {results[k]['best_val_ap50']:.3f}), skipped")
+            continue
+        if fdir.exists():
+            shutil.rmtree(fdir)  # a half-finished fold is redone from scratch
+        fdir.mkdir(parents=True)
+        fold_of = table["fold"].to_numpy()
+        tr, va = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
+        build, adapter = _build(resolved, recipe.seed + k)
+        _, strategy = configure_devices(recipe.seed + k)
+        t0 = time.time()
+        with strategy.scope():
+            result = fit_detection_fold(
+                build, adapter,
+                (data.training_images(tr), [data.net_boxes[i] for i in tr], [data.classes[i] for i in tr]),
+                (data.images[va], [data.net_boxes[i] for i in va], [data.classes[i] for i in va],
+                 [data.net_ignore[i] for i in va]),
+                len(class_names), recipe, policy, fdir, fold_label=f"fold {k + 1}/{k_total}",
+            )
+        predict = make_predict_fn(result.model, adapter, policy.max_detections, policy.nms_iou, policy.min_score)
+        dets = predict_detections(predict, data.images[va], recipe.train.batch_size)
+        part = pd.DataFrame(
+            _oof_rows(table["sample_id"].iloc[va].tolist(), k, dets, data, va, class_names), columns=list(DET_COLUMNS)
+        )
+        atomic_write_csv(fdir / "oof_detections.csv", part)
+        results[k] = {
+            "fold": k, "best_epoch": int(result.best_epoch), "best_val_ap50": float(result.best_val_ap50),
+            "epochs_run": int(result.epochs_run), "n_train": int(len(tr)), "n_val": int(len(va)),
+            "seconds": round(time.time() - t0, 2),
+        }
+        atomic_write_json(run.fold_done(k), results[k])  # last: marks the fold finished
+        det_parts.append(part)
+        histories[k] = result.history
+        console.print(
+            f"fold {k + 1}/{k_total}: best epoch {result.best_epoch}, val AP50 {result.best_val_ap50:.3f} "
+            f"({results[k]['seconds']:.0f} s)"
+        )
+        del result
+
+    dets_all = pd.concat(det_parts).sort_values(["sample_id", "score"], ascending=[True, False]).reset_index(drop=True)
+    atomic_write_csv(run.root / "oof_detections.csv", dets_all)
+    images = image_table(table, dets_all, class_names)
+    atomic_write_csv(run.oof, images)
+
+    # ---- metrics (no TensorFlow) -------------------------------------------------------------
+    from lepton_vision.detection_metrics import score_detection_oof
+
+    ev = recipe.evaluate
+    metrics = score_detection_oof(
+        table, dets_all, images, class_names, policy, resolved.threshold, ev.n_bootstrap, ev.ci, recipe.seed,
+    )
+    metrics["folds"] = [results[k] for k in range(k_total)]
+    atomic_write_json(run.metrics, metrics)
+
+    # ---- final model, export, report ---------------------------------------------------------
+    model = _final_detector(resolved, run, data, results)
+    export_summary = export_detection_run(resolved, run, model, table, data, metrics, fingerprint)
+
+    from lepton_vision.detection_report import write_detection_report
+
+    info = _run_info(resolved, fingerprint, t_start)
+    info["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
+    info["seconds"] = round(time.time() - t_start, 1)
+    info["export"] = export_summary
+    atomic_write_json(run.run_info, info)
+    write_detection_report(run.root, metrics, table, dets_all, images, class_names, histories,
+                           _report_info(resolved, data_report, folds, info, run))
+    _print_summary(metrics, console)
+    console.print(f"report: {run.report}   export: {run.export_dir}   ({info['seconds']:.0f} s)")
+    return run.root
+
+
+def _print_summary(metrics: dict[str, Any], console: Any) -> None:
+    ci = metrics.get("ci", {})
+
+    def fmt(key: str, value: Any) -> str:
+        lohi = ci.get(key)
+        return f"{value:.3f}" + (f" [{lohi[0]:.3f}, {lohi[1]:.3f}]" if lohi else "")
+
+    console.print(
+        f"[bold]AP50 {fmt('ap50', metrics['ap50'])}[/bold]   AP50:95 {fmt('ap50_95', metrics['ap50_95'])}   "
+        f"P {fmt('precision', metrics['precision'])}  R {fmt('recall', metrics['recall'])}  "
+        f"F1 {fmt('f1', metrics['f1'])} (box score threshold cross-fitted per fold)"
+    )
+    for name, pc in (metrics.get("per_class") or {}).items():
+        ap = pc.get("ap50")
+        console.print(f"  {name}: AP50 {'n/a' if ap is None else f'{ap:.3f}'} ({pc.get('n_gt', 0)} boxes)")
+    il = metrics.get("image_level") or {}
+    if il.get("available", True) and "auc" in il:
+        console.print(f"  image level (object present): AUC {fmt('image_auc', il['auc'])}, F1 {fmt('image_f1', il['f1'])}")
+    elif il:
+        console.print(f"  image level: not available ({il.get('reason', '')})")
+
+
+def _final_detector(resolved: Resolved, run: RunDir, data: LetterboxedData, results: dict[int, dict[str, Any]]):
+    from lepton_vision._keras import configure_devices, import_keras
+    from lepton_vision.det_train import fit_detection_final
+
+    _, keras = import_keras()
+    import keras_cv  # noqa: F401 - registers the YOLOv8 classes for load_model
+
+    recipe = resolved.recipe
+    final_path = run.final_dir / "model.keras"
+    if final_path.is_file():
+        _console().print(f"final model: finished earlier, loading {final_path}")
+        return keras.models.load_model(final_path, compile=False)
+    if recipe.final.mode == "best_fold":
+        best = max(results.values(), key=lambda r: r["best_val_ap50"])
+        src = run.fold_dir(best["fold"]) / "best.keras"
+        model = keras.models.load_model(src, compile=False)
+        info = {"mode": "best_fold", "fold": best["fold"], "source": str(src)}
+    else:
+        epochs = max(1, int(np.median([r["best_epoch"] for r in results.values()])))
+        n = len(data.images)
+        _console().print(f"final model: refit on all {n} images for {epochs} epochs (median best epoch)")
+        build, adapter = _build(resolved, recipe.seed + 1000)
+        idx = np.arange(n)
+        _, strategy = configure_devices(recipe.seed + 1000)
+        with strategy.scope():
+            model = fit_detection_final(
+                build, adapter, (data.training_images(idx), data.net_boxes, data.classes), recipe,
+                run.final_dir, epochs,
+            )
+        info = {"mode": "refit", "epochs": epochs, "n_images": n}
+    run.final_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run.final_dir / ".model.keras.tmp.keras"
+    model.save(tmp)
+    tmp.replace(final_path)
+    atomic_write_json(run.final_dir / "final.json", info)
+    return model
+
+
+def export_detection_run(resolved: Resolved, run: RunDir, model: Any, table: pd.DataFrame,
+                         data: LetterboxedData | None, metrics: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+    """Export the final detector with the run's thresholds (SavedModel, TFLite, parity)."""
+    from lepton_vision.crossval import versions
+    from lepton_vision.export_detection import export_detector
+
+    r = resolved.recipe
+    task = resolved.task
+    policy = task.detection
+    assert policy is not None and r.model.detector is not None
+    n = min(r.export.parity_samples, len(table))
+    rows = table.sample(n=n, random_state=r.seed) if len(table) > n else table
+    il = metrics.get("image_level") or {}
+    bundle_info = {
+        "task": task.name,
+        "kind": task.kind,
+        "title": task.title,
+        "intended_use": task.intended_use,
+        "classes": list(task.classes),
+        "detection": policy.model_dump(mode="json"),
+        "architecture": r.model.detector.architecture,
+        "size": r.model.detector.size,
+        "threshold_policy": resolved.threshold.model_dump(mode="json"),
+        "metrics": {k: metrics.get(k) for k in ("ap50", "ap50_95", "precision", "recall", "f1", "ci",
+                                                "bootstrap_unit", "per_class")},
+        "image_level": {k: v for k, v in il.items() if not isinstance(v, (list, dict))},
+        "recipe": {"name": r.name, "sha256": r.sha256(), "seed": r.seed},
+        "dataset": {"name": resolved.dataset.name, "fingerprint": fingerprint, "n_samples": int(len(table))},
+        "versions": versions(),
+    }
+    image_thr = il.get("final_threshold")
+    return export_detector(
+        model, run.export_dir,
+        input_hw=tuple(r.input.image_size),
+        score_threshold=float(metrics["final_score_threshold"]),
+        image_threshold=None if image_thr is None else float(image_thr),
+        policy=policy,
+        bundle_info=bundle_info,
+        parity_paths=list(rows["path"]),
+        calibration_paths=list(table["path"].sample(n=min(100, len(table)), random_state=r.seed + 1)),
+        formats=tuple(r.export.formats),
+        max_pixels=r.data.max_image_pixels,
+    )

@@ -1,0 +1,133 @@
+"""Object detectors behind one small adapter, and the post-processing every detector shares.
+
+The rest of the engine never touches a detector library directly. A :class:`DetectorAdapter`
+builds and compiles a model and turns its raw outputs into dense per-anchor boxes (in network
+input pixels, ``xyxy``) and per-class scores; :func:`nms_padded` then does class-aware NMS with
+the TFLite builtin ``NON_MAX_SUPPRESSION_V5`` (keras-cv's own NMS needs Flex ops that LiteRT
+cannot run, stack.md section 5.2). Training targets are ``{"boxes": [B, N, 4] xyxy in input
+pixels, "classes": [B, N]}`` padded with -1.
+
+``ADAPTERS`` maps ``model.detector.architecture`` to an adapter. Only keras-cv YOLOv8 is here:
+keras-hub 0.32 has no YOLO, and its RetinaNet (the maintained swap-in, stack.md section 3)
+would be one more adapter class with the same three methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from lepton_vision._keras import import_keras
+from lepton_vision.recipe import DETECTOR_SIZES, DetectorSpec
+
+#: Letterbox pad value (grey), as in YOLO practice; also what ignore regions are painted with.
+PAD_VALUE = 114
+#: Strides of the YOLOv8 heads; the network input must be a multiple of the largest.
+STRIDE = 32
+
+
+class DetectorAdapter(Protocol):
+    """What the engine needs from a detector library."""
+
+    def build(self, spec: DetectorSpec, n_classes: int, input_hw: tuple[int, int], seed: int) -> Any:
+        """An uncompiled Keras model taking float32 ``[B, H, W, 3]`` pixels in 0..255."""
+        ...
+
+    def compile(self, model: Any, spec: DetectorSpec, optimizer: Any) -> None:
+        """Compile ``model`` with the detector's losses."""
+        ...
+
+    def dense_predictions(self, model: Any, x: Any, training: bool = False) -> tuple[Any, Any]:
+        """Raw forward pass -> (boxes ``[B, A, 4]`` xyxy input pixels, scores ``[B, A, C]`` in 0..1)."""
+        ...
+
+
+class YoloV8Adapter:
+    """keras-cv 0.9 ``YOLOV8Detector`` (anchor-free; CIoU box loss + BCE class loss)."""
+
+    def build(self, spec: DetectorSpec, n_classes: int, input_hw: tuple[int, int], seed: int) -> Any:
+        tf, keras = import_keras()
+        import keras_cv
+
+        keras.utils.set_random_seed(seed)
+        channels, depth, fpn_depth = DETECTOR_SIZES[spec.size]
+        backbone = keras_cv.models.YOLOV8Backbone(
+            stackwise_channels=list(channels),
+            stackwise_depth=list(depth),
+            include_rescaling=True,  # the model takes 0..255 pixels: uint8 frames go straight in
+            activation="swish",
+            input_shape=(int(input_hw[0]), int(input_hw[1]), 3),
+        )
+        return keras_cv.models.YOLOV8Detector(
+            num_classes=n_classes, bounding_box_format="xyxy", backbone=backbone, fpn_depth=fpn_depth
+        )
+
+    def compile(self, model: Any, spec: DetectorSpec, optimizer: Any) -> None:
+        model.compile(
+            optimizer=optimizer,
+            classification_loss="binary_crossentropy",
+            box_loss="ciou",
+            box_loss_weight=spec.box_loss_weight,
+            classification_loss_weight=spec.class_loss_weight,
+        )
+
+    def dense_predictions(self, model: Any, x: Any, training: bool = False) -> tuple[Any, Any]:
+        from keras_cv.src.models.object_detection.yolo_v8.yolo_v8_detector import (
+            decode_regression_to_boxes,
+            dist2bbox,
+            get_anchors,
+        )
+
+        tf, _ = import_keras()
+        raw = model(x, training=training)
+        dist = decode_regression_to_boxes(raw["boxes"])
+        anchors, strides = get_anchors(image_shape=tuple(int(d) for d in x.shape[1:3]))
+        boxes = dist2bbox(dist, anchors) * tf.expand_dims(strides, -1)
+        return boxes, raw["classes"]
+
+
+ADAPTERS: dict[str, DetectorAdapter] = {"yolov8": YoloV8Adapter()}
+
+
+def adapter_for(spec: DetectorSpec) -> DetectorAdapter:
+    """The adapter of ``model.detector.architecture``."""
+    return ADAPTERS[spec.architecture]
+
+
+def nms_padded(boxes: Any, scores: Any, max_detections: int, iou: float, min_score: float) -> tuple[Any, ...]:
+    """Class-aware NMS for ONE image with TFLite builtin ops.
+
+    Each anchor keeps its best class (YOLOv8 practice). Boxes are shifted by ``class * offset``
+    so that one class-agnostic ``non_max_suppression_with_scores`` never suppresses a box of
+    another class.
+
+    Args:
+        boxes: ``[A, 4]`` xyxy.
+        scores: ``[A, C]`` in 0..1.
+        max_detections: Output length (padded).
+        iou: NMS IoU threshold.
+        min_score: Boxes below this score are dropped.
+
+    Returns:
+        (boxes ``[K, 4]``, scores ``[K]``, classes ``[K]`` int32, count int32) with
+        ``K = max_detections``; rows at and after ``count`` are zero (scores 0, classes -1).
+    """
+    tf, _ = import_keras()
+    best = tf.reduce_max(scores, axis=-1)
+    cls = tf.argmax(scores, axis=-1, output_type=tf.int32)
+    offset = tf.cast(cls, boxes.dtype)[:, None] * 4096.0  # inputs are at most 2048 px
+    # non_max_suppression wants [y1, x1, y2, x2]; the order does not change IoU, only the layout.
+    shifted = tf.gather(boxes + offset, [1, 0, 3, 2], axis=-1)
+    idx, sel_scores = tf.image.non_max_suppression_with_scores(
+        shifted, best, max_output_size=max_detections, iou_threshold=iou, score_threshold=min_score
+    )
+    count = tf.shape(idx)[0]
+    pad = max_detections - count
+    out_boxes = tf.pad(tf.gather(boxes, idx), [[0, pad], [0, 0]])
+    out_scores = tf.pad(sel_scores, [[0, pad]])
+    out_classes = tf.pad(tf.gather(cls, idx), [[0, pad]], constant_values=-1)
+    return (
+        tf.reshape(out_boxes, [max_detections, 4]),
+        tf.reshape(out_scores, [max_detections]),
+        tf.reshape(out_classes, [max_detections]),
+        count,
+    )
