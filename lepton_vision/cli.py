@@ -199,23 +199,33 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from lepton_vision.report import print_summary
     from lepton_vision.runio import RunDir, atomic_write_json
 
+    from lepton_vision.det_crossval import rescore_detection_run, run_kind
+
     policy = parse_policy(args.policy) if args.policy else None
-    metrics = rescore(RunDir(args.run_dir), policy)
+    detection = run_kind(args.run_dir) == "object_detection"
+    metrics = rescore_detection_run(args.run_dir, policy) if detection else rescore(RunDir(args.run_dir), policy)
     # Another policy must not overwrite the metrics the exported threshold came from.
     default = RunDir(args.run_dir).metrics
     if args.policy:
         default = default.with_name(f"metrics_{args.policy.replace(':', '_')}.json")
     out = args.out or default
     atomic_write_json(out, metrics)
-    print_summary(metrics)
+    if detection:
+        from lepton_vision.det_crossval import _console, _print_summary
+
+        _print_summary(metrics, _console())
+    else:
+        print_summary(metrics)
     print(f"metrics written to {out}")
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from lepton_vision.crossval import export_run
+    from lepton_vision.det_crossval import export_detection_from_run, run_kind
 
-    out = export_run(args.run_dir)
+    detection = run_kind(args.run_dir) == "object_detection"
+    out = export_detection_from_run(args.run_dir) if detection else export_run(args.run_dir)
     print(f"export written to {out}")
     return 0
 

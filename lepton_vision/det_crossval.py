@@ -376,3 +376,84 @@ def export_detection_run(resolved: Resolved, run: RunDir, model: Any, table: pd.
         formats=tuple(r.export.formats),
         max_pixels=r.data.max_image_pixels,
     )
+
+
+def run_kind(run_dir: Path) -> str:
+    """The task kind a run directory was trained for (from run.json; classification if unknown)."""
+    info = RunDir(Path(run_dir)).run_info
+    if info.is_file():
+        return str(json.loads(info.read_text()).get("task", {}).get("kind", "binary_classification"))
+    return "binary_classification"
+
+
+def _run_resolved(run: RunDir) -> Resolved:
+    from lepton_vision.cards import resolve
+    from lepton_vision.crossval import _recipe_anchor
+    from lepton_vision.recipe import recipe_from_text
+
+    recipe = recipe_from_text(run.recipe.read_text(), file=str(run.recipe))
+    return resolve(recipe, _recipe_anchor(run))
+
+
+def _read_run_tables(run: RunDir) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    from lepton_vision.errors import LeptonError
+
+    det_path = run.root / "oof_detections.csv"
+    for need in (run.recipe, run.samples, det_path, run.oof):
+        if not need.is_file():
+            raise LeptonError(
+                f"{run.root}: {need.name} is missing",
+                hint="Finish the run first: lepton-vision train RECIPE --resume " + str(run.root),
+            )
+    str_cols = {"sample_id": str, "group": str}
+    table = pd.read_csv(run.samples, dtype=str_cols, keep_default_na=False)
+    dets = pd.read_csv(det_path, dtype={"sample_id": str})
+    images = pd.read_csv(run.oof, dtype=str_cols, keep_default_na=False)
+    return table, dets, images
+
+
+def rescore_detection_run(run_dir: Path, policy: Any = None) -> dict[str, Any]:
+    """``lepton-vision evaluate RUN`` for detection: metrics again from the saved OOF files
+    (no TensorFlow); ``policy`` replaces the image-level threshold policy."""
+    from lepton_vision.detection_metrics import score_detection_oof
+    from lepton_vision.metrics import parse_policy
+
+    run = RunDir(Path(run_dir))
+    resolved = _run_resolved(run)
+    table, dets, images = _read_run_tables(run)
+    if isinstance(policy, str):
+        policy = parse_policy(policy)
+    ev = resolved.recipe.evaluate
+    assert resolved.task.detection is not None
+    metrics = score_detection_oof(
+        table, dets, images, list(resolved.task.classes), resolved.task.detection,
+        policy or resolved.threshold, ev.n_bootstrap, ev.ci, resolved.recipe.seed,
+    )
+    folds = [json.loads(run.fold_done(k).read_text()) for k in range(resolved.recipe.cv.n_splits)
+             if run.fold_done(k).is_file()]
+    metrics["folds"] = folds
+    return metrics
+
+
+def export_detection_from_run(run_dir: Path) -> Path:
+    """``lepton-vision export RUN`` for detection: re-export final/model.keras without retraining."""
+    from lepton_vision._keras import import_keras
+    from lepton_vision.errors import LeptonError
+
+    run = RunDir(Path(run_dir))
+    for need in (run.metrics, run.data_report, run.final_dir / "model.keras"):
+        if not need.is_file():
+            raise LeptonError(
+                f"{run_dir}: cannot export, {need.name} is missing",
+                hint="Finish the run first: lepton-vision train RECIPE --resume " + str(run_dir),
+            )
+    resolved = _run_resolved(run)
+    table, _, _ = _read_run_tables(run)
+    _, keras = import_keras()
+    import keras_cv  # noqa: F401 - registers the YOLOv8 classes for load_model
+
+    model = keras.models.load_model(run.final_dir / "model.keras", compile=False)
+    metrics = json.loads(run.metrics.read_text())
+    fingerprint = json.loads(run.data_report.read_text())["fingerprint"]
+    export_detection_run(resolved, run, model, table, None, metrics, fingerprint)
+    return run.export_dir

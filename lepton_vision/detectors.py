@@ -117,14 +117,17 @@ def nms_padded(boxes: Any, scores: Any, max_detections: int, iou: float, min_sco
     offset = tf.cast(cls, boxes.dtype)[:, None] * 4096.0  # inputs are at most 2048 px
     # non_max_suppression wants [y1, x1, y2, x2]; the order does not change IoU, only the layout.
     shifted = tf.gather(boxes + offset, [1, 0, 3, 2], axis=-1)
-    idx, sel_scores = tf.image.non_max_suppression_with_scores(
-        shifted, best, max_output_size=max_detections, iou_threshold=iou, score_threshold=min_score
+    # Padded NMS with an explicit valid count: TFLite's NON_MAX_SUPPRESSION_V5 always returns
+    # max_detections rows, so tf.shape(idx)[0] is K there and the padding (index 0) looked like
+    # real class-0 boxes with score 0. Masking by the count makes TF and TFLite agree.
+    idx, sel_scores, count = tf.raw_ops.NonMaxSuppressionV5(
+        boxes=shifted, scores=best, max_output_size=max_detections, iou_threshold=iou,
+        score_threshold=min_score, soft_nms_sigma=0.0, pad_to_max_output_size=True,
     )
-    count = tf.shape(idx)[0]
-    pad = max_detections - count
-    out_boxes = tf.pad(tf.gather(boxes, idx), [[0, pad], [0, 0]])
-    out_scores = tf.pad(sel_scores, [[0, pad]])
-    out_classes = tf.pad(tf.gather(cls, idx), [[0, pad]], constant_values=-1)
+    keep = tf.range(max_detections) < count
+    out_boxes = tf.where(keep[:, None], tf.gather(boxes, idx), tf.zeros([], boxes.dtype))
+    out_scores = tf.where(keep, sel_scores, tf.zeros([], sel_scores.dtype))
+    out_classes = tf.where(keep, tf.gather(cls, idx), -1)
     return (
         tf.reshape(out_boxes, [max_detections, 4]),
         tf.reshape(out_scores, [max_detections]),

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from lepton_vision.kinds import classification
+from lepton_vision.kinds import classification, detection
 
 KINDS: dict[str, ModuleType] = {
     "binary_classification": classification,
+    "object_detection": detection,
 }

@@ -1,0 +1,146 @@
+"""Object detection end to end through the real CLI on tiny generated street scenes (tf tier).
+
+One module-scoped run (2 folds grouped by sequence, 1 epoch, 64x96 input, 20 frames with some
+empty) is shared: every artefact of the run directory, OOF boxes in original pixels, metrics
+with CIs, the export's parity and the SavedModel contract (any frame size in, boxes in that
+frame's pixels out, letterboxing identical to training), and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from lepton_vision.cli import main
+
+pytestmark = pytest.mark.tf
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "train.epochs=1",
+    "cv.n_splits=2",
+    "input.image_size=[64, 96]",
+    "evaluate.n_bootstrap=50",
+    "export.parity_samples=4",
+    "final.mode=best_fold",
+    "train.verbose=false",
+]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("detproj")
+    for d in ("tasks", "datasets", "recipes"):
+        shutil.copytree(REPO / d, root / d)
+    card = root / "datasets/synthetic_street/dataset.yaml"
+    data = yaml.safe_load(card.read_text())
+    data["synthetic"].update(n_images=20, frame_size=[120, 80], sequence_length=2, empty_fraction=0.25)
+    card.write_text(yaml.safe_dump(data, sort_keys=False))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LEPTON_GENERATED_ROOT", str(root / "generated"))
+    mp.setenv("LEPTON_HOME", str(root))
+    run = root / "run"
+    recipe = root / "recipes/person_detection/baseline.yaml"
+    rc = main(["train", str(recipe), *sum((["--set", s] for s in TINY), []), "--out", str(run)])
+    assert rc == 0
+    yield root, recipe, run
+    mp.undo()
+
+
+def test_run_directory_holds_every_detection_artefact(project):
+    _, _, run = project
+    for rel in ("recipe.resolved.yaml", "samples.csv", "folds.csv", "data_report.json", "run.json",
+                "oof_detections.csv", "oof_predictions.csv", "metrics.json", "report.html",
+                "final/model.keras", "export/bundle.json", "export/parity.json", "export/model.tflite",
+                "export/model_int8.tflite", "export/saved_model/saved_model.pb",
+                "folds/0/result.json", "folds/1/oof_detections.csv", "plots/pr_curves.png"):
+        assert (run / rel).exists(), rel
+    folds = pd.read_csv(run / "folds.csv", keep_default_na=False)
+    # Frames of one sequence never straddle folds.
+    assert (folds.groupby("group")["fold"].nunique() == 1).all()
+
+
+def test_oof_boxes_are_in_original_pixels_and_metrics_have_cis(project):
+    _, _, run = project
+    dets = pd.read_csv(run / "oof_detections.csv")
+    if len(dets):
+        assert dets["x1"].min() >= 0 and dets["y1"].min() >= 0
+        assert dets["x2"].max() <= 120 and dets["y2"].max() <= 80  # the 120x80 frames, not 96x64
+    m = json.loads((run / "metrics.json").read_text())
+    for key in ("ap50", "ap50_95", "precision", "recall", "f1"):
+        lo, hi = m["ci"][key]
+        assert 0.0 <= m[key] <= 1.0
+        assert lo is None or lo <= hi
+    assert m["n_empty_images"] == 5 and m["image_level"]["available"] is True
+    assert 0.0 <= m["image_level"]["auc"] <= 1.0
+    assert "AP50" in (run / "report.html").read_text()
+
+
+def test_export_contract_any_size_boxes_in_frame_pixels(project):
+    import tensorflow as tf
+
+    from lepton_vision.preprocess import read_image
+
+    _, _, run = project
+    bundle = json.loads((run / "export/bundle.json").read_text())
+    assert bundle["kind"] == "object_detection" and bundle["classes"] == ["person"]
+    assert json.loads((run / "export/parity.json").read_text())["pass"] is True
+    serve = tf.saved_model.load(str(run / "export/saved_model")).signatures["serve_uint8"]
+    frame = read_image(pd.read_csv(run / "samples.csv")["path"].iloc[0])
+    small = serve(image=tf.constant(frame))
+    big = serve(image=tf.constant(np.repeat(np.repeat(frame, 2, axis=0), 2, axis=1)))
+    assert set(small) >= {"boxes", "scores", "classes", "num_detections", "count", "image_score", "alarm"}
+    b = small["boxes"].numpy()
+    assert b[:, [0, 2]].max() <= frame.shape[1] and b[:, [1, 3]].max() <= frame.shape[0]
+    # Doubling the frame doubles the boxes of the top detections (letterbox maps back exactly).
+    n = int(min(small["num_detections"], big["num_detections"], 3))
+    if n:
+        np.testing.assert_allclose(big["boxes"].numpy()[:n], 2 * b[:n], atol=3.0)
+    with open(run / "samples.csv") as f:
+        first = pd.read_csv(f)["path"].iloc[0]
+    by_bytes = tf.saved_model.load(str(run / "export/saved_model")).signatures["serve_bytes"](
+        image_bytes=tf.constant(Path(first).read_bytes()))
+    np.testing.assert_allclose(by_bytes["scores"].numpy(), small["scores"].numpy(), atol=1e-5)
+
+
+def test_resume_skips_finished_folds(project, tmp_path, capsys):
+    root, recipe, run = project
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "folds/1")
+    for name in ("metrics.json", "report.html", "oof_detections.csv"):
+        (copy / name).unlink()
+    rc = main(["train", str(recipe), *sum((["--set", s] for s in TINY), []), "--resume", str(copy)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "fold 1/2: finished earlier" in out and (copy / "folds/1/result.json").is_file()
+    assert json.loads((copy / "metrics.json").read_text())["n_images"] == 20
+
+
+def test_evaluate_rescores_without_tensorflow_and_export_reexports(project, tmp_path):
+    import subprocess
+    import sys
+
+    _, _, run = project
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = json.loads((copy / "metrics.json").read_text())
+    code = (
+        "import sys; from lepton_vision.cli import main; rc = main(['evaluate', sys.argv[1]]); "
+        "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; "
+        "print('HEAVY', bad); sys.exit(rc)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout
+    after = json.loads((copy / "metrics.json").read_text())
+    assert after["ap50"] == before["ap50"] and after["ci"]["ap50"] == before["ci"]["ap50"]
+    (copy / "export/bundle.json").unlink()
+    assert main(["export", str(copy)]) == 0
+    assert json.loads((copy / "export/bundle.json").read_text())["kind"] == "object_detection"
