@@ -109,6 +109,8 @@ def _oof_rows(sample_ids: list[str], fold: int, dets: list[Any], data: Letterbox
         h0, w0 = data.orig_hw[i]
         ob = boxes_to_original(d.boxes, data.scales[i], h0, w0)
         for b, s, c in zip(ob, d.scores, d.classes):
+            if b[2] <= b[0] or b[3] <= b[1]:
+                continue  # predicted inside the letterbox padding: zero area in the frame
             rows.append({
                 "sample_id": sid, "fold": fold, "class_id": int(c), "class_name": class_names[int(c)],
                 "score": round(float(s), 6), "x1": round(float(b[0]), 3), "y1": round(float(b[1]), 3),

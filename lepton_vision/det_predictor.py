@@ -184,17 +184,21 @@ class DetPredictor:
             raise DataError(f"cannot use these pixels: {exc}. Expected H x W or H x W x 3.", file=where) from exc
         h, w = rgb.shape[:2]
         out = self.run_uint8(rgb)
-        n = int(out["num_detections"])
-        scores = out["scores"][:n].astype(np.float32)
+        scores = out["scores"].astype(np.float32).reshape(-1)
+        classes = out["classes"].astype(np.int32).reshape(-1)
+        # Rows past num_detections are padding. TFLite exports from before the nms_padded fix
+        # report num_detections = K and pad with score 0 / class 0, so padding is also told
+        # apart by its zero score (real boxes have score >= min_score > 0 in practice).
+        keep = (np.arange(len(scores)) < int(out["num_detections"])) & (classes >= 0) & (scores > 0)
         image_score = float(out["image_score"])
         alarm = self.image_threshold is not None and bool(np.float32(image_score) >= np.float32(self.image_threshold))
         return FrameDetections(
-            boxes=out["boxes"][:n].astype(np.float32).reshape(-1, 4),
-            scores=scores,
-            classes=out["classes"][:n].astype(np.int32),
+            boxes=out["boxes"].astype(np.float32).reshape(-1, 4)[keep],
+            scores=scores[keep],
+            classes=classes[keep],
             class_names=self.classes,
             threshold=self.score_threshold,
-            count=int((scores >= np.float32(self.score_threshold)).sum()),
+            count=int((scores[keep] >= np.float32(self.score_threshold)).sum()),
             image_score=image_score,
             alarm=alarm,
             width=int(w),

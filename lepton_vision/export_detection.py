@@ -83,6 +83,12 @@ def build_endpoints(model: Any, input_hw: tuple[int, int], policy: Any, score_th
         hw = tf.cast(tf.shape(img_u8)[:2], tf.float32)
         b = b / tf.stack([sx, sy, sx, sy])
         b = tf.minimum(tf.maximum(b, 0.0), tf.stack([hw[1], hw[0], hw[1], hw[0]]))
+        # A box predicted inside the letterbox padding clips to zero area in the frame: not a
+        # detection (same rule as the out-of-fold predictions and the parity check).
+        valid = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+        s = tf.where(valid, s, 0.0)
+        c = tf.where(valid & (s > 0.0), c, -1)
+        n = tf.reduce_sum(tf.cast(s > 0.0, tf.int32))
         image_score = tf.reduce_max(tf.concat([s, tf.zeros([1], tf.float32)], 0))
         return {
             "boxes": b,
@@ -179,8 +185,13 @@ def _match(a: dict[str, np.ndarray], b: dict[str, np.ndarray], thr: float) -> di
     else:
         min_iou = 1.0 if len(ba) == len(bb) else 0.0
     n = min(len(a["scores"]), len(b["scores"]))
+    # Scores within 1e-3 of the threshold may fall either side of it in another backend
+    # (float rounding, or near-ties in an undertrained model): such boxes may explain a
+    # count difference; anything else is a real disagreement.
+    near = int(np.sum(np.abs(a["scores"] - thr) <= 1e-3) + np.sum(np.abs(b["scores"] - thr) <= 1e-3))
     return {
         "count_a": int(ka.sum()), "count_b": int(kb.sum()), "min_iou": min_iou,
+        "count_ok": bool(abs(int(ka.sum()) - int(kb.sum())) <= near),
         "max_score_diff": float(np.max(np.abs(a["scores"][:n] - b["scores"][:n]))) if n else 0.0,
         "image_score_diff": float(abs(float(a["image_score"]) - float(b["image_score"]))),
     }
@@ -203,10 +214,12 @@ def _parity(model: Any, sm_path: Path, tfl: dict[str, Path], frames: list[np.nda
         d = predict(x[None])[0]
         k = len(d.scores)
         pad = policy.max_detections - k
+        ob = boxes_to_original(d.boxes, scale, *img.shape[:2])
+        sc = np.where((ob[:, 2] > ob[:, 0]) & (ob[:, 3] > ob[:, 1]), d.scores, 0.0).astype(np.float32)
         keras_out = {
-            "boxes": np.pad(boxes_to_original(d.boxes, scale, *img.shape[:2]), [[0, pad], [0, 0]]),
-            "scores": np.pad(d.scores, [0, pad]),
-            "image_score": np.float32(d.scores.max() if k else 0.0),
+            "boxes": np.pad(ob, [[0, pad], [0, 0]]),
+            "scores": np.pad(sc, [0, pad]),
+            "image_score": np.float32(sc.max() if k else 0.0),
         }
         sm = _as_numpy(serve(image=tf.constant(img)))
         per["saved_model_vs_keras"].append(_match(sm, keras_out, score_threshold))
@@ -216,7 +229,7 @@ def _parity(model: Any, sm_path: Path, tfl: dict[str, Path], frames: list[np.nda
     ok = True
     for pair, rows in per.items():
         quant = "int8" in pair
-        same_count = sum(r["count_a"] == r["count_b"] for r in rows) / max(1, len(rows))
+        same_count = sum(r["count_ok"] for r in rows) / max(1, len(rows))
         worst_iou = min(r["min_iou"] for r in rows) if rows else 1.0
         worst_img = max(r["image_score_diff"] for r in rows) if rows else 0.0
         # Float backends must agree to rounding; int8 is judged by a looser, stated tolerance.

@@ -205,6 +205,19 @@ class Optimizer(_Model):
     clipnorm: float | None = Field(
         1.0, gt=0, description="Clip each gradient to this L2 norm; null disables clipping."
     )
+    global_clipnorm: float | None = Field(
+        None, gt=0,
+        description="Clip all gradients together to this L2 norm (null: off). Detectors need it: "
+        "their first losses are in the hundreds, and without it Adam's second-moment estimate is "
+        "inflated for ~1000 steps (measured on USC pedestrians: val AP50 0.16 vs 0.68 after 30 "
+        "epochs). Use it instead of clipnorm, not with it.",
+    )
+
+    @model_validator(mode="after")
+    def _one_clip(self) -> Optimizer:
+        if self.global_clipnorm is not None and self.clipnorm is not None:
+            raise ValueError("set either clipnorm or global_clipnorm (the other to null), not both")
+        return self
 
 
 class Schedule(_Model):

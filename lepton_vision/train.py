@@ -245,6 +245,8 @@ def make_optimizer(recipe: Recipe, n_train: int, epochs: int) -> Any:
     common: dict[str, Any] = {"learning_rate": lr}
     if opt.clipnorm is not None:
         common["clipnorm"] = float(opt.clipnorm)
+    if opt.global_clipnorm is not None:
+        common["global_clipnorm"] = float(opt.global_clipnorm)
     if opt.name == "adam":
         return keras.optimizers.Adam(**common)
     if opt.name == "adamw":

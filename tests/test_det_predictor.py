@@ -1,0 +1,291 @@
+"""DetPredictor on a tiny exported YOLOv8 detector: backends, original-pixel boxes, COCO, video, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from lepton_vision.errors import DataError, ExportError
+
+pytestmark = pytest.mark.tf
+
+INPUT_HW = (128, 128)
+SCORE_THR = 0.3
+IMAGE_THR = 0.4
+
+
+def _scene(rng: np.random.Generator, h: int, w: int, noise: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
+    """A grey frame with 1-3 dark upright rectangles ("people") and their xyxy boxes."""
+    img = np.clip(rng.normal(150, noise, (h, w, 3)), 0, 255) if noise else np.full((h, w, 3), 150.0)
+    boxes = []
+    for _ in range(int(rng.integers(1, 4))):
+        bw, bh = int(rng.integers(w // 10, w // 5)), int(rng.integers(h // 4, h // 2))
+        x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+        img[y : y + bh, x : x + bw] = rng.integers(0, 60, 3)
+        boxes.append([x, y, x + bw, y + bh])
+    return img.astype(np.uint8), np.array(boxes, np.float32)
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: float = 5.0) -> Path:
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    assert writer.isOpened()
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="session")
+def det_export(tmp_path_factory) -> Path:
+    """A 128 px YOLOv8 'tiny' person detector, fitted for a few epochs, exported to all formats.
+
+    An untrained YOLOv8 scores every anchor ~equally (ties make NMS, hence the backends'
+    box counts, arbitrary), so it is fitted briefly on rectangles: scores then differ per box.
+    """
+    import keras
+
+    from lepton_vision.cards import DetectionPolicy
+    from lepton_vision.detectors import adapter_for
+    from lepton_vision.export_detection import export_detector
+    from lepton_vision.recipe import DetectorSpec
+
+    root = tmp_path_factory.mktemp("det_export")
+    rng = np.random.default_rng(0)
+    n = 32
+    x = np.zeros((n, *INPUT_HW, 3), np.float32)
+    boxes = -np.ones((n, 4, 4), np.float32)
+    classes = -np.ones((n, 4), np.float32)
+    for i in range(n):
+        img, b = _scene(rng, *INPUT_HW)
+        x[i], boxes[i, : len(b)], classes[i, : len(b)] = img, b, 0
+    spec = DetectorSpec(size="tiny")
+    adapter = adapter_for(spec)
+    model = adapter.build(spec, 1, INPUT_HW, 0)
+    adapter.compile(model, spec, keras.optimizers.Adam(2e-3))
+    model.fit(x, {"boxes": boxes, "classes": classes}, batch_size=8, epochs=8, verbose=0)
+    frames = [_write_png(root / "frames" / f"f{i}.png", _scene(rng, 96 + 16 * i, 160)[0]) for i in range(3)]
+    export_detector(
+        model, root / "export", input_hw=INPUT_HW, score_threshold=SCORE_THR, image_threshold=IMAGE_THR,
+        policy=DetectionPolicy(),
+        bundle_info={"task": "person_detection", "kind": "object_detection", "classes": ["person"]},
+        parity_paths=[str(p) for p in frames], calibration_paths=[str(p) for p in frames],
+        formats=("saved_model", "tflite"),
+    )
+    return root / "export"
+
+
+@pytest.fixture(scope="session")
+def predictors(det_export):
+    from lepton_vision.det_predictor import DetPredictor
+
+    return {b: DetPredictor.from_bundle(det_export, backend=b) for b in ("saved_model", "tflite", "tflite_int8")}
+
+
+def test_bundle_and_thresholds(predictors, det_export):
+    p = predictors["saved_model"]
+    assert p.classes == ["person"]
+    assert p.score_threshold == pytest.approx(SCORE_THR) and p.image_threshold == pytest.approx(IMAGE_THR)
+    assert {b: q.backend for b, q in predictors.items()} == {b: b for b in predictors}
+    from lepton_vision.det_predictor import DetPredictor
+
+    assert DetPredictor.from_bundle(det_export, score_threshold=0.9).score_threshold == 0.9
+    with pytest.raises(ExportError, match="score threshold override"):
+        DetPredictor.from_bundle(det_export, score_threshold=1.5)
+    with pytest.raises(ExportError, match="backend must be one of"):
+        DetPredictor.from_bundle(det_export, backend="onnx")
+
+
+def test_saved_model_and_tflite_agree(predictors):
+    rng = np.random.default_rng(1)
+    n_boxes = 0
+    for h, w in [(96, 160), (200, 120), (128, 128)]:
+        img, _ = _scene(rng, h, w)
+        sm = predictors["saved_model"].predict_array(img)
+        tfl = predictors["tflite"].predict_array(img)
+        assert sm.count == tfl.count
+        # No padding rows (TFLite pads NMS output to K rows with score 0 / class 0).
+        assert len(tfl.scores) == len(sm.scores) and len(sm.scores) < 100
+        for d in (sm, tfl):
+            assert (d.scores >= 0.01).all() and (d.classes == 0).all()
+        assert tfl.image_score == pytest.approx(sm.image_score, abs=1e-4)
+        assert sm.alarm == tfl.alarm
+        keep_sm, keep_tfl = sm.above(), tfl.above()
+        np.testing.assert_allclose(tfl.scores[keep_tfl], sm.scores[keep_sm], atol=1e-4)
+        # Same boxes in the same (score) order; coordinates, as clipped boxes can have zero area.
+        np.testing.assert_allclose(tfl.boxes[keep_tfl], sm.boxes[keep_sm], atol=0.05)
+        n_boxes += sm.count
+        int8 = predictors["tflite_int8"].predict_array(img)  # quantised: same contract, looser numbers
+        assert int8.boxes.shape == (len(int8.scores), 4) and int8.image_score == pytest.approx(sm.image_score, abs=0.1)
+    assert n_boxes > 0, "the fixture model should find boxes above the threshold on these scenes"
+
+
+def test_raw_outputs_follow_the_export_contract(predictors):
+    """num_detections and the padding rows (score 0, class -1, zero box) agree across backends."""
+    img, _ = _scene(np.random.default_rng(2), 96, 160)
+    outs = {b: p.run_uint8(img) for b, p in predictors.items()}
+    n = int(outs["saved_model"]["num_detections"])
+    assert 0 < n < 100
+    assert int(outs["tflite"]["num_detections"]) == n
+    for out in outs.values():
+        k = int(out["num_detections"])
+        assert out["boxes"].shape == (100, 4) and out["scores"].shape == (100,)
+        assert (out["classes"][k:] == -1).all() and (out["scores"][k:] == 0).all() and (out["boxes"][k:] == 0).all()
+        assert (out["classes"][:k] == 0).all() and (out["scores"][:k] >= 0.01).all()
+
+
+def test_boxes_come_back_in_original_pixels(predictors):
+    # Noise-free blocks on even coordinates: the 2x-downscaled image is exact, both letterbox
+    # to the same 128x64 network input up to resampling at block edges.
+    img_big, _ = _scene(np.random.default_rng(3), 200, 400, noise=0)
+    img_small = cv2.resize(img_big, (200, 100), interpolation=cv2.INTER_AREA)
+    for backend in ("saved_model", "tflite"):
+        big = predictors[backend].predict_array(img_big)
+        small = predictors[backend].predict_array(img_small)
+        assert (big.width, big.height, small.width, small.height) == (400, 200, 200, 100)
+        assert big.image_score == pytest.approx(small.image_score, abs=0.03)
+        # Coordinates, not IoU: boxes clipped to the frame edge can have zero area.
+        top = small.boxes[:5] * 2.0
+        gap = np.abs(top[:, None, :] - big.boxes[None, :, :]).max(axis=2).min(axis=1)
+        assert gap.max() < 2.0, gap  # pixels of the 400x200 frame
+        assert big.boxes[:, [0, 2]].max() <= 400 and big.boxes[:, [1, 3]].max() <= 200
+        assert big.boxes.max() > 128, "boxes must not stay in 128 px network coordinates"
+
+
+def test_coco_results(predictors, tmp_path):
+    from lepton_vision.det_predictor import to_coco_results
+
+    p = predictors["saved_model"]
+    img, _ = _scene(np.random.default_rng(4), 120, 180)
+    path = _write_png(tmp_path / "a.png", img)
+    d = p.predict_file(path)
+    assert d.path == str(path) and d.frame is None
+    rows = to_coco_results([d])
+    assert len(rows) == d.count
+    all_rows = to_coco_results([d], keep_all=True)
+    assert len(all_rows) == len(d.scores) >= len(rows)
+    assert min(r["score"] for r in all_rows) >= 0.01  # the policy's min_score, applied in the graph
+    for r in rows:
+        assert set(r) == {"file_name", "category_id", "category_name", "bbox", "score"}
+        assert r["file_name"] == str(path) and r["category_id"] == 1 and r["category_name"] == "person"
+        assert r["score"] >= SCORE_THR
+    x1, y1, x2, y2 = d.boxes[0].tolist()
+    assert all_rows[0]["bbox"] == [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
+    assert to_coco_results([d], threshold=1.0) == []
+    json.dumps(all_rows)  # plain JSON types
+
+
+def test_draw_detections(predictors):
+    from lepton_vision.det_predictor import draw_detections
+
+    img, _ = _scene(np.random.default_rng(5), 120, 180)
+    d = predictors["saved_model"].predict_array(img)
+    out = draw_detections(img, d, threshold=0.0)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert not np.array_equal(out, img) and np.array_equal(img, _scene(np.random.default_rng(5), 120, 180)[0])
+    assert np.array_equal(draw_detections(img, d, threshold=1.0), img)
+
+
+def test_video_frames_and_stride(predictors, tmp_path):
+    from lepton_vision.det_predictor import iter_video_frames, to_coco_results
+
+    rng = np.random.default_rng(6)
+    frames = [_scene(rng, 96, 160)[0] for _ in range(6)]
+    frames[0][:] = (220, 20, 20)  # solid red (RGB): checks OpenCV's BGR is turned into RGB
+    video = _write_video(tmp_path / "clip.mp4", frames)
+    decoded = list(iter_video_frames(video))
+    assert [i for i, _ in decoded] == list(range(6))
+    assert np.abs(decoded[0][1].reshape(-1, 3).mean(0) - (220, 20, 20)).max() < 12
+    dets = list(predictors["tflite"].iter_video(video, stride=2))
+    assert [d.frame for d in dets] == [0, 2, 4]
+    assert all(d.path == str(video) and (d.width, d.height) == (160, 96) for d in dets)
+    rows = to_coco_results(dets, keep_all=True)
+    assert rows and {r["frame"] for r in rows} <= {0, 2, 4} and all(r["file_name"] == str(video) for r in rows)
+
+
+def test_bad_inputs_name_the_file(predictors, tmp_path):
+    from lepton_vision.det_predictor import collect_inputs, iter_video_frames
+
+    p = predictors["saved_model"]
+    with pytest.raises(DataError, match="missing.png"):
+        p.predict_file(tmp_path / "missing.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(DataError, match="bad.png.*cannot decode"):
+        p.predict_file(bad)
+    junk = tmp_path / "junk.avi"
+    junk.write_bytes(b"garbage" * 50)
+    with pytest.raises(DataError, match="junk.avi"):
+        list(p.iter_video(junk))
+    with pytest.raises(DataError, match="nothere.mp4.*not found"):
+        next(iter_video_frames(tmp_path / "nothere.mp4"))
+    with pytest.raises(DataError, match="dtype float"):
+        p.predict_array(np.zeros((10, 10, 3), np.float32))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match=r"empty.*no images or videos.*\.png.*\.mp4"):
+        collect_inputs([empty])
+    with pytest.raises(DataError, match="gone"):
+        collect_inputs([tmp_path / "gone"])
+    with pytest.raises(DataError, match=r"notes.txt.*unsupported file type '.txt'"):
+        collect_inputs([empty / "notes.txt"])
+
+
+def test_kind_mismatch_is_explained(det_export, tmp_path):
+    from lepton_vision.det_predictor import DetPredictor
+    from lepton_vision.predictor import Predictor
+
+    with pytest.raises(ExportError, match="object-detection bundle.*DetPredictor"):
+        Predictor.from_bundle(det_export)
+    cls_dir = tmp_path / "cls"
+    cls_dir.mkdir()
+    (cls_dir / "bundle.json").write_text(json.dumps({"schema_version": 1, "kind": "binary_classification",
+                                                     "classes": ["a", "b"], "threshold": {"value": 0.5}}))
+    with pytest.raises(ExportError, match="'binary_classification' bundle.*Predictor.from_bundle"):
+        DetPredictor.from_bundle(cls_dir)
+
+
+def test_cli_end_to_end(det_export, tmp_path, capsys):
+    from lepton_vision.cli import main
+
+    rng = np.random.default_rng(7)
+    imgs = tmp_path / "imgs"
+    for i in range(2):
+        _write_png(imgs / "sub" / f"img{i}.png", _scene(rng, 100, 150)[0])
+    video = _write_video(tmp_path / "street.mp4", [_scene(rng, 96, 160)[0] for _ in range(4)])
+    out, ann = tmp_path / "preds.json", tmp_path / "annotated"
+    rc = main(["predict", str(det_export), str(imgs), str(video), "--out", str(out), "--annotate", str(ann),
+               "--all", "--backend", "tflite"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    rows = json.loads(out.read_text())
+    assert {Path(r["file_name"]).name for r in rows} == {"img0.png", "img1.png", "street.mp4"}
+    assert all(("frame" in r) == r["file_name"].endswith(".mp4") for r in rows)
+    assert all(len(r["bbox"]) == 4 and r["category_id"] == 1 and r["score"] >= 0.01 for r in rows)
+    assert "img0.png: " in text and "street.mp4: 4 frames" in text and "2 images, 1 videos (4 frames)" in text
+    assert sorted(p.name for p in ann.iterdir()) == ["img0.png", "img1.png", "street.mp4"]
+    cap = cv2.VideoCapture(str(ann / "street.mp4"))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+    cap.release()
+    # Default: only boxes at or above the (overridden) threshold are written.
+    rc = main(["predict", str(det_export), str(imgs), "--out", str(out), "--threshold", "0.35"])
+    assert rc == 0
+    assert all(r["score"] >= 0.35 for r in json.loads(out.read_text()))
+    # Bad input: a message naming the file and exit code 1, no traceback.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", str(det_export), str(empty), "--out", str(out)]) == 1
+    assert "empty: no images or videos" in capsys.readouterr().err
+    assert main(["predict", str(det_export), str(tmp_path / "nope.mp4"), "--out", str(out)]) == 1
+    assert "nope.mp4: no such file" in capsys.readouterr().err
