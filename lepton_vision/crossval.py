@@ -389,37 +389,51 @@ def _weights_path(resolved: Resolved, weights: str) -> Path:
     return p
 
 
-def _final_model(resolved: Resolved, run: RunDir, images: np.ndarray, labels: np.ndarray,
-                 results: dict[int, dict[str, Any]]):
-    from lepton_vision._keras import configure_devices, import_keras
-    from lepton_vision.train import fit_final
+def final_model(run: RunDir, recipe: Any, results: dict[int, dict[str, Any]], score_key: str,
+                n_images: int, refit: Any) -> Any:
+    """The final model of a run, for every kind: loaded when finished earlier, else the best fold's
+    model (``final.mode: best_fold``, best by ``score_key``) or ``refit(epochs)`` on all images
+    for the median best epoch; saved atomically with ``final/final.json``.
+    """
+    from lepton_vision._keras import import_keras
 
     _, keras = import_keras()
-    recipe = resolved.recipe
     final_path = run.final_dir / "model.keras"
     if final_path.is_file():
         _console().print(f"final model: finished earlier, loading {final_path}")
         return keras.models.load_model(final_path, compile=False)
     if recipe.final.mode == "best_fold":
-        best = max(results.values(), key=lambda r: r["best_val_auc"])
+        best = max(results.values(), key=lambda r: r[score_key])
         src = run.fold_dir(best["fold"]) / "best.keras"
         model = keras.models.load_model(src, compile=False)
         info = {"mode": "best_fold", "fold": best["fold"], "source": str(src)}
     else:
-        epochs = int(np.median([r["best_epoch"] for r in results.values()]))
-        epochs = max(1, epochs)
-        _console().print(f"final model: refit on all {len(labels)} images for {epochs} epochs (median best epoch)")
-        _, strategy = configure_devices(recipe.seed + 1000)
-        with strategy.scope():
-            model = fit_final(_model_builder(resolved, recipe.seed + 1000), images, labels, recipe,
-                              run.final_dir, epochs)
-        info = {"mode": "refit", "epochs": epochs, "n_images": int(len(labels))}
+        epochs = max(1, int(np.median([r["best_epoch"] for r in results.values()])))
+        _console().print(f"final model: refit on all {n_images} images for {epochs} epochs (median best epoch)")
+        model = refit(epochs)
+        info = {"mode": "refit", "epochs": epochs, "n_images": int(n_images)}
     run.final_dir.mkdir(parents=True, exist_ok=True)
     tmp = run.final_dir / ".model.keras.tmp.keras"
     model.save(tmp)
     tmp.replace(final_path)
     atomic_write_json(run.final_dir / "final.json", info)
     return model
+
+
+def _final_model(resolved: Resolved, run: RunDir, images: np.ndarray, labels: np.ndarray,
+                 results: dict[int, dict[str, Any]]):
+    from lepton_vision._keras import configure_devices
+    from lepton_vision.train import fit_final
+
+    recipe = resolved.recipe
+
+    def refit(epochs: int) -> Any:
+        _, strategy = configure_devices(recipe.seed + 1000)
+        with strategy.scope():
+            return fit_final(_model_builder(resolved, recipe.seed + 1000), images, labels, recipe,
+                             run.final_dir, epochs)
+
+    return final_model(run, recipe, results, "best_val_auc", len(labels), refit)
 
 
 def _parity_images(resolved: Resolved, table: pd.DataFrame) -> tuple[list[np.ndarray], list[str]]:

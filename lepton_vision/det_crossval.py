@@ -298,41 +298,25 @@ def _print_summary(metrics: dict[str, Any], console: Any) -> None:
 
 
 def _final_detector(resolved: Resolved, run: RunDir, data: LetterboxedData, results: dict[int, dict[str, Any]]):
-    from lepton_vision._keras import configure_devices, import_keras
+    from lepton_vision._keras import configure_devices
+    from lepton_vision.crossval import final_model
     from lepton_vision.det_train import fit_detection_final
 
-    _, keras = import_keras()
     import keras_cv  # noqa: F401 - registers the YOLOv8 classes for load_model
 
     recipe = resolved.recipe
-    final_path = run.final_dir / "model.keras"
-    if final_path.is_file():
-        _console().print(f"final model: finished earlier, loading {final_path}")
-        return keras.models.load_model(final_path, compile=False)
-    if recipe.final.mode == "best_fold":
-        best = max(results.values(), key=lambda r: r["best_val_ap50"])
-        src = run.fold_dir(best["fold"]) / "best.keras"
-        model = keras.models.load_model(src, compile=False)
-        info = {"mode": "best_fold", "fold": best["fold"], "source": str(src)}
-    else:
-        epochs = max(1, int(np.median([r["best_epoch"] for r in results.values()])))
-        n = len(data.images)
-        _console().print(f"final model: refit on all {n} images for {epochs} epochs (median best epoch)")
+    n = len(data.images)
+
+    def refit(epochs: int) -> Any:
         build, adapter = _build(resolved, recipe.seed + 1000)
-        idx = np.arange(n)
         _, strategy = configure_devices(recipe.seed + 1000)
         with strategy.scope():
-            model = fit_detection_final(
-                build, adapter, (data.training_images(idx), data.net_boxes, data.classes), recipe,
+            return fit_detection_final(
+                build, adapter, (data.training_images(np.arange(n)), data.net_boxes, data.classes), recipe,
                 run.final_dir, epochs,
             )
-        info = {"mode": "refit", "epochs": epochs, "n_images": n}
-    run.final_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run.final_dir / ".model.keras.tmp.keras"
-    model.save(tmp)
-    tmp.replace(final_path)
-    atomic_write_json(run.final_dir / "final.json", info)
-    return model
+
+    return final_model(run, recipe, results, "best_val_ap50", n, refit)
 
 
 def export_detection_run(resolved: Resolved, run: RunDir, model: Any, table: pd.DataFrame,

@@ -115,14 +115,7 @@ def make_dataset(
             parts[2].set_shape((None,))
         return parts[0] if len(parts) == 1 else tuple(parts)
 
-    ds = tf.data.Dataset.range(n)
-    if training:
-        ds = ds.shuffle(n, seed=int(seed), reshuffle_each_iteration=True)
-    if use_aug:
-        seeds = tf.data.Dataset.random(seed=int(seed) + 1, rerandomize_each_iteration=True)
-    else:
-        seeds = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).repeat()
-    ds = tf.data.Dataset.zip(ds, seeds).batch(int(batch_size))
+    ds = _index_batches(n, batch_size, training, use_aug, seed)
     if _parallel_input():
         ds = ds.map(tf_gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.prefetch(tf.data.AUTOTUNE)
@@ -131,6 +124,21 @@ def make_dataset(
     # 830-880 img/s (no augmentation: 865). Running Python augmentation beside oneDNN's
     # intra-op threads oversubscribes the cores and stalls both.
     return ds.map(tf_gather)
+
+
+def _index_batches(n: int, batch_size: int, training: bool, use_aug: bool, seed: int,
+                   drop_remainder: bool = False) -> Any:
+    """Batches of (sample indices, per-sample augmentation seeds): shuffled every epoch when
+    training; the seeds change every epoch only when augmenting (else constant 0)."""
+    tf, _ = import_keras()
+    ds = tf.data.Dataset.range(n)
+    if training:
+        ds = ds.shuffle(n, seed=int(seed), reshuffle_each_iteration=True)
+    if use_aug:
+        seeds = tf.data.Dataset.random(seed=int(seed) + 1, rerandomize_each_iteration=True)
+    else:
+        seeds = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).repeat()
+    return tf.data.Dataset.zip(ds, seeds).batch(int(batch_size), drop_remainder=drop_remainder)
 
 
 def _parallel_input() -> bool:
@@ -288,15 +296,8 @@ def make_detection_dataset(
         c.set_shape((None, max_boxes))
         return x, {"boxes": b, "classes": c}
 
-    ds = tf.data.Dataset.range(n)
-    if training:
-        ds = ds.shuffle(n, seed=int(seed), reshuffle_each_iteration=True)
-    if use_aug:
-        seeds = tf.data.Dataset.random(seed=int(seed) + 1, rerandomize_each_iteration=True)
-    else:
-        seeds = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).repeat()
     # drop_remainder in training: a last batch of one image gives a noisy BatchNorm step.
-    ds = tf.data.Dataset.zip(ds, seeds).batch(int(batch_size), drop_remainder=bool(training and n > batch_size))
+    ds = _index_batches(n, batch_size, training, use_aug, seed, drop_remainder=bool(training and n > batch_size))
     if _parallel_input():
         return ds.map(tf_gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
     return ds.map(tf_gather)
