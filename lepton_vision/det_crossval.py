@@ -28,6 +28,12 @@ from lepton_vision.runio import RunDir, atomic_write_csv, atomic_write_json
 #: Columns of oof_detections.csv (contract D2).
 DET_COLUMNS = ("sample_id", "fold", "class_id", "class_name", "score", "x1", "y1", "x2", "y2")
 
+#: int8 calibration frames. TFLite calibrates each activation's range by its min/max over ALL
+#: frames, so a bigger set widens the ranges with outlier frames and coarsens every other
+#: frame. Measured on the street detector (48 random frames, image-score difference to the
+#: SavedModel): 32 random frames median 0.021 / max 0.062, 100 frames median 0.105 / max 0.290.
+INT8_CALIBRATION_FRAMES = 32
+
 
 def _console():
     from rich.console import Console
@@ -358,7 +364,8 @@ def export_detection_run(resolved: Resolved, run: RunDir, model: Any, table: pd.
         policy=policy,
         bundle_info=bundle_info,
         parity_paths=list(rows["path"]),
-        calibration_paths=list(table["path"].sample(n=min(100, len(table)), random_state=r.seed + 1)),
+        calibration_paths=list(table["path"].sample(n=min(INT8_CALIBRATION_FRAMES, len(table)),
+                                                    random_state=r.seed + 1)),
         formats=tuple(r.export.formats),
         max_pixels=r.data.max_image_pixels,
     )

@@ -36,8 +36,13 @@ class DetectorAdapter(Protocol):
         """Compile ``model`` with the detector's losses."""
         ...
 
-    def dense_predictions(self, model: Any, x: Any, training: bool = False) -> tuple[Any, Any]:
-        """Raw forward pass -> (boxes ``[B, A, 4]`` xyxy input pixels, scores ``[B, A, C]`` in 0..1)."""
+    def dense_predictions(self, model: Any, x: Any, training: bool = False,
+                          network_scope: str | None = None) -> tuple[Any, Any]:
+        """Raw forward pass -> (boxes ``[B, A, 4]`` xyxy input pixels, scores ``[B, A, C]`` in 0..1).
+
+        ``network_scope``: a graph name scope around the network alone (not the box decoding),
+        so an exporter can tell the network's ops from the post-processing (int8 export
+        quantises only the network)."""
         ...
 
 
@@ -70,7 +75,10 @@ class YoloV8Adapter:
             classification_loss_weight=spec.class_loss_weight,
         )
 
-    def dense_predictions(self, model: Any, x: Any, training: bool = False) -> tuple[Any, Any]:
+    def dense_predictions(self, model: Any, x: Any, training: bool = False,
+                          network_scope: str | None = None) -> tuple[Any, Any]:
+        import contextlib
+
         from keras_cv.src.models.object_detection.yolo_v8.yolo_v8_detector import (
             decode_regression_to_boxes,
             dist2bbox,
@@ -78,7 +86,8 @@ class YoloV8Adapter:
         )
 
         tf, _ = import_keras()
-        raw = model(x, training=training)
+        with tf.name_scope(network_scope) if network_scope else contextlib.nullcontext():
+            raw = model(x, training=training)
         dist = decode_regression_to_boxes(raw["boxes"])
         anchors, strides = get_anchors(image_shape=tuple(int(d) for d in x.shape[1:3]))
         boxes = dist2bbox(dist, anchors) * tf.expand_dims(strides, -1)

@@ -5,8 +5,9 @@ boxes in that frame's own pixels, without lepton-vision::
 
     saved_model/          endpoints serve_uint8 (= serving_default) and serve_bytes
     model.tflite          float32, builtin ops only (serve_uint8: any H x W, resized inside)
-    model_int8.tflite     int8 weights and activations (representative frames from the data);
-                          float input/output, NMS stays float
+    model_int8.tflite     the network in int8 (weights and activations, calibrated on frames
+                          from the data); letterbox, box decoding and NMS stay float32;
+                          float input/output
     model.keras           the Keras detector (raw YOLO heads)
     parity.json           Keras vs SavedModel vs TFLite detections on real frames
     bundle.json           written LAST: classes, thresholds, input contract, metrics, versions
@@ -44,6 +45,13 @@ TFLITE_INT8_FILE = "model_int8.tflite"
 PARITY_FILE = "parity.json"
 BUNDLE_FILE = "bundle.json"
 DEFAULT_SIGNATURE = "serve_uint8"
+#: Graph name scope of the network's own ops (int8 export quantises these and nothing else).
+NETWORK_SCOPE = "lepton_network"
+#: Parity tolerances: float backends must agree to rounding; int8 by a looser, stated one
+#: (image score within 0.1; box counts equal on 80 % of frames, where boxes scoring within
+#: 0.03 of the threshold — a few int8 steps of a sigmoid — may flip either way).
+FLOAT_TOLERANCE = {"image_score": 1e-3, "same_count_fraction": 1.0, "near_threshold": 1e-3}
+INT8_TOLERANCE = {"image_score": 0.1, "same_count_fraction": 0.8, "near_threshold": 0.03}
 OUTPUT_KEYS = ("boxes", "scores", "classes", "num_detections", "count", "image_score", "alarm")
 
 
@@ -78,7 +86,7 @@ def build_endpoints(model: Any, input_hw: tuple[int, int], policy: Any, score_th
 
     def detect(img_u8: Any) -> dict[str, Any]:
         x, sx, sy = letterbox_tf(img_u8, input_hw)
-        boxes, scores = adapter.dense_predictions(model, x[None], training=False)
+        boxes, scores = adapter.dense_predictions(model, x[None], training=False, network_scope=NETWORK_SCOPE)
         b, s, c, n = nms_padded(boxes[0], scores[0], policy.max_detections, policy.nms_iou, policy.min_score)
         hw = tf.cast(tf.shape(img_u8)[:2], tf.float32)
         b = b / tf.stack([sx, sy, sx, sy])
@@ -133,25 +141,59 @@ def _write_saved_model(model: Any, export_dir: Path, endpoints: dict[str, Any]) 
     return final
 
 
-def _convert_tflite(sm_path: Path, out: Path, calibration: Sequence[np.ndarray] | None) -> Path:
-    """serve_uint8 -> TFLite with builtin ops (int8 when calibration frames are given)."""
+def _float_only_nodes(float_tflite: Path) -> list[str]:
+    """Ops of a converted graph outside :data:`NETWORK_SCOPE` (letterbox, decode, NMS), by the
+    name of their first output tensor — the node names the TFLite quantiser understands."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(float_tflite))
+    names = {t["index"]: t["name"] for t in interp.get_tensor_details()}
+    out = []
+    for op in interp._get_ops_details():
+        if not len(op["outputs"]):
+            continue
+        name = names[op["outputs"][0]]
+        if not any(part.startswith(NETWORK_SCOPE + "/") for part in name.split(";")):
+            out.append(name)
+    return out
+
+
+def _convert_tflite(sm_path: Path, out: Path, calibration: Sequence[np.ndarray] | None,
+                    float_tflite: Path | None = None) -> Path:
+    """serve_uint8 -> TFLite with builtin ops.
+
+    With ``calibration`` frames: int8. Only the network is quantised; the ops of
+    ``float_tflite`` outside :data:`NETWORK_SCOPE` are kept float32. Measured on a trained
+    street-scene detector (16 held-out frames): quantising the whole graph moved the image
+    score by up to 0.45 and kept the box count on 12 % of frames; the network alone, 0.04 and
+    69 %. Box coordinates in frame pixels, the DFL softmax and NMS do not survive 8 bits.
+    """
     import tensorflow as tf
 
     conv = tf.lite.TFLiteConverter.from_saved_model(str(sm_path), signature_keys=[DEFAULT_SIGNATURE])
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if calibration is not None:
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        frames = list(calibration)
-
-        def representative() -> Any:
-            for f in frames:
-                yield {"image": f}
-
-        conv.representative_dataset = representative
-        # int8 where an int8 kernel exists, float elsewhere (NMS has no int8 kernel).
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     try:
-        flat = conv.convert()
+        if calibration is None:
+            flat = conv.convert()
+        else:
+            frames = list(calibration)
+
+            def representative() -> Any:
+                for f in frames:
+                    yield {"image": f}
+
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            conv.representative_dataset = representative
+            # int8 where an int8 kernel exists, float elsewhere (NMS has no int8 kernel).
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+            if float_tflite is None:
+                flat = conv.convert()
+            else:
+                options = tf.lite.experimental.QuantizationDebugOptions(
+                    denylisted_nodes=_float_only_nodes(float_tflite))
+                debugger = tf.lite.experimental.QuantizationDebugger(
+                    converter=conv, debug_dataset=representative, debug_options=options)
+                flat = debugger.get_nondebug_quantized_model()
     except Exception as exc:
         raise ExportError(
             f"{out}: TFLite conversion with builtin ops failed: {type(exc).__name__}: {str(exc)[:500]}. "
@@ -172,8 +214,11 @@ def _as_numpy(out: dict[str, Any]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def _match(a: dict[str, np.ndarray], b: dict[str, np.ndarray], thr: float) -> dict[str, Any]:
-    """Compare detections above ``thr``: count, and for each box of a the best IoU in b."""
+def _match(a: dict[str, np.ndarray], b: dict[str, np.ndarray], thr: float, near_tol: float = 1e-3) -> dict[str, Any]:
+    """Compare detections above ``thr``: count, and for each box of a the best IoU in b.
+
+    ``near_tol``: boxes scoring within this of ``thr`` (in either backend) may explain a count
+    difference."""
     from lepton_vision.det_train import _xywh
     from lepton_vision.detection_metrics import box_overlap
 
@@ -185,10 +230,10 @@ def _match(a: dict[str, np.ndarray], b: dict[str, np.ndarray], thr: float) -> di
     else:
         min_iou = 1.0 if len(ba) == len(bb) else 0.0
     n = min(len(a["scores"]), len(b["scores"]))
-    # Scores within 1e-3 of the threshold may fall either side of it in another backend
-    # (float rounding, or near-ties in an undertrained model): such boxes may explain a
-    # count difference; anything else is a real disagreement.
-    near = int(np.sum(np.abs(a["scores"] - thr) <= 1e-3) + np.sum(np.abs(b["scores"] - thr) <= 1e-3))
+    # Scores near the threshold may fall either side of it in another backend (float rounding,
+    # int8 rounding, or near-ties in an undertrained model): such boxes may explain a count
+    # difference; anything else is a real disagreement.
+    near = int(np.sum(np.abs(a["scores"] - thr) <= near_tol) + np.sum(np.abs(b["scores"] - thr) <= near_tol))
     return {
         "count_a": int(ka.sum()), "count_b": int(kb.sum()), "min_iou": min_iou,
         "count_ok": bool(abs(int(ka.sum()) - int(kb.sum())) <= near),
@@ -224,7 +269,8 @@ def _parity(model: Any, sm_path: Path, tfl: dict[str, Path], frames: list[np.nda
         sm = _as_numpy(serve(image=tf.constant(img)))
         per["saved_model_vs_keras"].append(_match(sm, keras_out, score_threshold))
         for name, r in runners.items():
-            per[f"saved_model_vs_{name}"].append(_match(sm, _as_numpy(r(image=img)), score_threshold))
+            near = INT8_TOLERANCE["near_threshold"] if "int8" in name else FLOAT_TOLERANCE["near_threshold"]
+            per[f"saved_model_vs_{name}"].append(_match(sm, _as_numpy(r(image=img)), score_threshold, near))
     summary: dict[str, Any] = {}
     ok = True
     for pair, rows in per.items():
@@ -233,7 +279,7 @@ def _parity(model: Any, sm_path: Path, tfl: dict[str, Path], frames: list[np.nda
         worst_iou = min(r["min_iou"] for r in rows) if rows else 1.0
         worst_img = max(r["image_score_diff"] for r in rows) if rows else 0.0
         # Float backends must agree to rounding; int8 is judged by a looser, stated tolerance.
-        tol = {"image_score": 0.1, "same_count_fraction": 0.8} if quant else {"image_score": 1e-3, "same_count_fraction": 1.0}
+        tol = INT8_TOLERANCE if quant else FLOAT_TOLERANCE
         passed = worst_img <= tol["image_score"] and same_count >= tol["same_count_fraction"]
         ok &= passed or quant  # an int8 mismatch is reported, not fatal: the float model is the reference
         summary[pair] = {
@@ -307,7 +353,8 @@ def export_detector(
         tfl["tflite"] = _convert_tflite(sm_path, export_dir / TFLITE_FILE, None)
         timings["tflite"] = round(time.perf_counter() - t, 2)
         t = time.perf_counter()
-        tfl["tflite_int8"] = _convert_tflite(sm_path, export_dir / TFLITE_INT8_FILE, frames(calibration_paths))
+        tfl["tflite_int8"] = _convert_tflite(sm_path, export_dir / TFLITE_INT8_FILE, frames(calibration_paths),
+                                             float_tflite=tfl["tflite"])
         timings["tflite_int8"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     parity = _parity(model, sm_path, tfl, frames(parity_paths), input_hw, policy, score_threshold)
@@ -323,7 +370,8 @@ def export_detector(
                              "keras": {"path": "model.keras"}, "parity": {"path": PARITY_FILE}}
     for name, p in tfl.items():
         files[name] = {"path": p.name, "signature": DEFAULT_SIGNATURE, "bytes": p.stat().st_size,
-                       "dtype": "int8 (float input/output)" if "int8" in name else "float32"}
+                       "dtype": ("int8 network; letterbox, decoding and NMS float32; float input/output"
+                                 if "int8" in name else "float32")}
     info = dict(bundle_info)
     bundle = {
         "schema_version": 1,

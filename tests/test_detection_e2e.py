@@ -109,6 +109,31 @@ def test_export_contract_any_size_boxes_in_frame_pixels(project):
     np.testing.assert_allclose(by_bytes["scores"].numpy(), small["scores"].numpy(), atol=1e-5)
 
 
+def test_int8_tflite_quantises_the_network_and_keeps_post_processing_float(project):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from lepton_vision.export_detection import NETWORK_SCOPE
+
+    _, _, run = project
+    interp = Interpreter(model_path=str(run / "export/model_int8.tflite"))
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    net_dtypes, post_dtypes = set(), {}
+    for op in interp._get_ops_details():
+        if not len(op["outputs"]):
+            continue
+        t = tensors[op["outputs"][0]]
+        if NETWORK_SCOPE + "/" in t["name"]:
+            if op["op_name"] == "CONV_2D":
+                net_dtypes.add(np.dtype(t["dtype"]).name)
+        elif op["op_name"] in ("NON_MAX_SUPPRESSION_V5", "SOFTMAX", "RESIZE_BILINEAR"):
+            post_dtypes[op["op_name"]] = np.dtype(tensors[op["inputs"][0]]["dtype"]).name
+    assert net_dtypes == {"int8"}  # every convolution of the network runs in int8
+    # Letterbox resize, DFL softmax and NMS stay float32.
+    assert post_dtypes == {"NON_MAX_SUPPRESSION_V5": "float32", "SOFTMAX": "float32", "RESIZE_BILINEAR": "float32"}
+    pairs = json.loads((run / "export/parity.json").read_text())["pairs"]
+    assert pairs["saved_model_vs_tflite_int8"]["tolerance"]["near_threshold"] == 0.03
+
+
 def test_resume_skips_finished_folds(project, tmp_path, capsys):
     root, recipe, run = project
     copy = tmp_path / "run"
