@@ -286,13 +286,16 @@ def _model_and_data(model_builder: Callable[[], Any], x: np.ndarray, y: np.ndarr
 
 def _nan_error(fold_label: str, where: tuple[int, int], recipe: Recipe) -> TrainError:
     epoch, batch = where
-    clip = recipe.train.optimizer.clipnorm
+    opt = recipe.train.optimizer
+    clip = (f"global_clipnorm {opt.global_clipnorm:g}" if opt.global_clipnorm is not None
+            else f"clipnorm {opt.clipnorm}")
     return TrainError(
         f"{fold_label}: the loss became NaN/inf at epoch {epoch}, batch {batch}. "
-        f"Got learning_rate {recipe.train.optimizer.learning_rate:g}, clipnorm {clip}.",
-        hint="Lower train.optimizer.learning_rate (e.g. --set train.optimizer.learning_rate=1e-4), "
-        "enable clipping (train.optimizer.clipnorm: 1.0), and check the data for corrupt "
-        "images (NaN/inf pixels).",
+        f"Got learning_rate {opt.learning_rate:g}, {clip}.",
+        hint="Lower train.optimizer.learning_rate (e.g. --set train.optimizer.learning_rate="
+        f"{opt.learning_rate / 2:g}), keep gradient clipping on (train.optimizer.clipnorm: 1.0, or "
+        "global_clipnorm for detectors), lengthen train.schedule.warmup_epochs, and check the "
+        "data for corrupt images (NaN/inf pixels).",
     )
 
 
