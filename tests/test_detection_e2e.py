@@ -132,6 +132,10 @@ def test_int8_tflite_quantises_the_network_and_keeps_post_processing_float(proje
     assert post_dtypes == {"NON_MAX_SUPPRESSION_V5": "float32", "SOFTMAX": "float32", "RESIZE_BILINEAR": "float32"}
     pairs = json.loads((run / "export/parity.json").read_text())["pairs"]
     assert pairs["saved_model_vs_tflite_int8"]["tolerance"]["near_threshold"] == 0.03
+    # The bundle tells an embedder whether each TFLite file met its parity tolerance.
+    files = json.loads((run / "export/bundle.json").read_text())["files"]
+    assert files["tflite"]["parity_pass"] is True
+    assert files["tflite_int8"]["parity_pass"] is pairs["saved_model_vs_tflite_int8"]["pass"]
 
 
 def test_resume_skips_finished_folds(project, tmp_path, capsys):
