@@ -3,8 +3,8 @@
 Both sides train the same model (the recipe's backbone, freshly built from the same seed) on the
 same images with the same albumentations pipeline, batch size and optimizer, in this process,
 one after the other. The framework side is what ``lepton-vision train`` runs for a fold
-(``pipeline.make_dataset`` → ``model.fit`` with the compiled loss/metrics and balanced sample
-weights); the baseline is a Python loop that augments each batch in numpy and calls a
+(``pipeline.make_dataset`` → ``model.fit`` with the compiled loss/metrics, ``steps_per_execution``,
+balanced sample weights and the per-batch NaN guard); the baseline is a Python loop that augments each batch in numpy and calls a
 ``tf.function`` GradientTape step. Each side gets one untimed warm-up epoch (graph tracing),
 then ``--epochs`` timed epochs; the script prints images/s for both and the ratio
 framework / baseline (target ≥ 0.95), plus peak RSS.
@@ -50,16 +50,18 @@ def framework_epochs(recipe, x, y, epochs: int) -> float:
     from lepton_vision.augment import build_augment
     from lepton_vision.kinds.classification import build_model
     from lepton_vision.pipeline import make_dataset
-    from lepton_vision.train import _compile, _sample_weights
+    from lepton_vision.train import _compile, _NanGuard, _sample_weights
 
     model = build_model(recipe, seed=recipe.seed)
     _compile(model, recipe, len(x), epochs + 1)
     aug = build_augment([op.model_dump() for op in recipe.augment], recipe.seed)
     ds = make_dataset(x, y, recipe.train.batch_size, training=True, augment=aug, seed=recipe.seed,
                       sample_weights=_sample_weights(y, recipe))
-    model.fit(ds, epochs=1, verbose=0)
+    # The NaN guard is the one callback fit_fold runs on every batch; the others (validation,
+    # checkpoint, logs) run once per epoch and are evaluation, not the train step.
+    model.fit(ds, epochs=1, verbose=0, callbacks=[_NanGuard()])
     t0 = time.perf_counter()
-    model.fit(ds, epochs=epochs, verbose=0)
+    model.fit(ds, epochs=epochs, verbose=0, callbacks=[_NanGuard()])
     return time.perf_counter() - t0
 
 

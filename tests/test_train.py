@@ -117,7 +117,7 @@ def test_nan_loss_is_a_train_error(data, tmp_path):
     tx, ty, vx, vy = data
     bad = tx.copy()
     bad[3] = np.nan
-    with pytest.raises(TrainError, match=r"fold 3/5: the loss became NaN/inf at epoch 1") as e:
+    with pytest.raises(TrainError, match=r"fold 3/5: the loss became NaN/inf in epoch 1, by batch \d+") as e:
         fit_fold(_builder(), bad, ty, vx, vy, _recipe(epochs=2), tmp_path, fold_label="fold 3/5")
     assert "learning_rate" in str(e.value) and "clipnorm" in str(e.value)
 
@@ -185,13 +185,25 @@ def test_make_dataset_augmentation_reproducible(data):
         ds = make_dataset(tx, ty, 16, training=True, augment=build_augment(ops, seed), seed=seed)
         return [np.concatenate([x.numpy() for x, _ in ds]) for _ in range(n)]
 
+    before = tx.copy()
     a, b, c = epochs(1), epochs(1), epochs(2)
+    np.testing.assert_array_equal(tx, before)  # augmentation works on copies
     for ea, eb in zip(a, b):
         np.testing.assert_array_equal(ea, eb)
     assert not np.array_equal(a[0], a[1])  # new order and new augmentations each epoch
     assert not np.array_equal(a[0], c[0])
     assert a[0].shape == tx.shape and a[0].dtype == np.float32
     assert 0.0 <= a[0].min() and a[0].max() <= 1.0
+    # One seed per batch, but each image of the batch draws its own transform from that stream.
+    same = np.repeat(tx[:1], 16, axis=0)
+    ds = make_dataset(same, np.arange(16) % 2, 16, training=True, augment=build_augment(ops, 3), seed=3)
+    xb = np.concatenate([x.numpy() for x, _ in ds])
+    assert len({xb[j].tobytes() for j in range(16)}) >= 4  # one shared transform would give 1
+    # 2-core CPU host: the inline pipeline runs with tf.data's autotuner off (it stalled epochs).
+    from lepton_vision.pipeline import _parallel_input
+
+    if not _parallel_input():
+        assert ds.options().autotune.enabled is False
     # Not training: original order, no augmentation, labels and weights come along.
     w = np.linspace(0.5, 2.0, len(ty)).astype(np.float32)
     ds = make_dataset(tx, ty, 16, training=False, augment=build_augment(ops, 1), sample_weights=w)
