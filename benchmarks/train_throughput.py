@@ -3,9 +3,9 @@
 Both sides train the same model (the recipe's backbone, freshly built from the same seed) on the
 same images with the same albumentations pipeline, batch size and optimizer, in this process,
 one after the other. The framework side is what ``lepton-vision train`` runs for a fold
-(``pipeline.make_dataset`` → ``model.fit`` with the compiled loss/metrics, ``steps_per_execution``,
-balanced sample weights and the per-batch NaN guard); the baseline is a Python loop that augments each batch in numpy and calls a
-``tf.function`` GradientTape step. Each side gets one untimed warm-up epoch (graph tracing),
+(``pipeline.make_dataset`` → ``model.fit`` with the compiled loss/metrics,
+``steps_per_execution``, balanced sample weights and the per-batch NaN guard); the baseline is a
+Python loop that augments each batch in numpy and calls a ``tf.function`` GradientTape step. Each side gets one untimed warm-up epoch (graph tracing),
 then ``--epochs`` timed epochs; the script prints images/s for both and the ratio
 framework / baseline (target ≥ 0.95), plus peak RSS.
 

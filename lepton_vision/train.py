@@ -264,7 +264,8 @@ def make_optimizer(recipe: Recipe, n_train: int, epochs: int) -> Any:
 #: loop and callback dispatch on the critical path: on 2 cores (small_cnn 64 px, batch 32) fit
 #: ran at 0.95x a hand-written GradientTape loop with 1 and at 0.99x with 4
 #: (benchmarks/train_throughput.py). Batch-level callbacks then see every 4th step; the NaN guard
-#: still catches a NaN at once, because the logged loss is the epoch's running mean.
+#: still stops within the execution that hit the NaN, because the logged loss is the epoch's
+#: running mean.
 STEPS_PER_EXECUTION = 4
 
 
