@@ -42,6 +42,7 @@ EXAMPLES = {
     "export": """
         examples:
           lepton-vision export runs/ct_screening-baseline-20261123-101500
+          lepton-vision export runs/RUN --format tflite,tflite_int8,onnx    # add ONNX to a finished run
     """,
     "predict": """
         examples:
@@ -120,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="re-export a finished run without retraining",
                        epilog=_epilog("export"), formatter_class=fmt)
     x.add_argument("run_dir", type=Path)
+    x.add_argument("--format", dest="formats", metavar="LIST",
+                   help="comma-separated artefacts, replacing the recipe's export.formats: saved_model "
+                   "(always), tflite, tflite_int8, onnx (needs the [onnx] extra)")
     x.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
 
     pr = sub.add_parser("predict", help="score images (PNG/JPEG/DICOM files or folders) or, with a "
@@ -220,12 +224,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_formats(text: str) -> tuple[str, ...]:
+    from lepton_vision.export import KNOWN_FORMATS
+
+    items = [f.strip() for f in text.split(",") if f.strip()]
+    bad = [f for f in items if f not in KNOWN_FORMATS]
+    if bad or not items:
+        raise LeptonError(f"--format: unknown format(s) {bad or [text]}. Expected a comma-separated "
+                          f"list of {list(KNOWN_FORMATS)}.")
+    return tuple(dict.fromkeys(["saved_model", *items]))  # saved_model first: the others convert from it
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from lepton_vision.crossval import export_run
     from lepton_vision.det_crossval import export_detection_from_run, run_kind
 
+    formats = _parse_formats(args.formats) if args.formats else None
     detection = run_kind(args.run_dir) == "object_detection"
-    out = export_detection_from_run(args.run_dir) if detection else export_run(args.run_dir)
+    out = (export_detection_from_run(args.run_dir, formats) if detection
+           else export_run(args.run_dir, formats))
     print(f"export written to {out}")
     return 0
 

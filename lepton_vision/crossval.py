@@ -448,7 +448,7 @@ def _parity_images(resolved: Resolved, table: pd.DataFrame) -> tuple[list[np.nda
 
 
 def _export(resolved: Resolved, run: RunDir, model, table: pd.DataFrame, metrics: dict[str, Any],
-            fingerprint: str) -> dict[str, Any]:
+            fingerprint: str, formats: tuple[str, ...] | None = None) -> dict[str, Any]:
     from lepton_vision.export import export_classifier
 
     r = resolved.recipe
@@ -473,12 +473,52 @@ def _export(resolved: Resolved, run: RunDir, model, table: pd.DataFrame, metrics
     window = r.input.window_spec() if data_has_hu(table) else None
     temperature = metrics.get("temperature")
     threshold = metrics["final_threshold_calibrated"] if temperature is not None else metrics["final_threshold"]
-    return export_classifier(
+    formats = tuple(formats or r.export.formats)
+    calibration, quant_eval = None, None
+    if "tflite_int8" in formats:
+        calibration, quant_eval = _int8_data(resolved, run, table)
+    result = export_classifier(
         model, run.export_dir, image_size_hw=tuple(r.input.image_size), channels=r.input.channels,
         window=window, threshold=float(threshold), bundle_info=bundle_info,
-        parity_images=imgs, reference_scores=None, formats=tuple(r.export.formats),
+        parity_images=imgs, reference_scores=None, formats=formats,
         parity_atol=r.export.parity_atol, temperature=temperature,
+        calibration_images=calibration, quant_eval=quant_eval, int8_max_drop=r.export.int8_max_drop,
     )
+    report_export(result)
+    return result
+
+
+def report_export(result: dict[str, Any]) -> None:
+    """Print the export's parity, int8 change and warnings (loudly) to the console."""
+    con = _console()
+    q = result.get("quantization")
+    if q:
+        c = q["change"]
+        if c.get("drop") is not None:
+            con.print(f"int8 check ({q['n_images']} images, {q['evaluated_on']}): {c['metric']} "
+                      f"{c['float']:.4f} float -> {c['int8']:.4f} int8 (drop {c['drop']:+.4f})")
+    for w in result.get("warnings", []):
+        con.print(f"[bold red]WARNING[/]: {w}", highlight=False)
+
+
+def _int8_data(resolved: Resolved, run: RunDir, table: pd.DataFrame) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """int8 calibration images (training data) and the labelled images its AUC change is measured on."""
+    from lepton_vision.folds import read_folds
+    from lepton_vision.preprocess import read_image, to_uint8
+    from lepton_vision.quantization import evaluation_rows
+
+    r = resolved.recipe
+    if "fold" not in table.columns and run.folds.is_file():
+        table = table.merge(read_folds(run.folds)[["sample_id", "fold"]], on="sample_id", how="left")
+
+    def load(paths: Any) -> list[np.ndarray]:
+        return [to_uint8(read_image(p, r.data.max_image_pixels), r.input.channels, r.input.window_spec())
+                for p in paths]
+
+    calib_rows = table.sample(n=min(r.export.int8_calibration_samples, len(table)), random_state=r.seed + 2)
+    rows, what = evaluation_rows(table, run.final_dir / "final.json", r.export.int8_eval_samples, r.seed + 3)
+    return load(calib_rows["path"]), {"images": load(rows["path"]), "labels": rows["label"].to_numpy(int),
+                                      "evaluated_on": what}
 
 
 def _gradcam_panel(resolved: Resolved, run: RunDir, model, oof: pd.DataFrame,
@@ -494,8 +534,11 @@ def _gradcam_panel(resolved: Resolved, run: RunDir, model, oof: pd.DataFrame,
     )
 
 
-def export_run(run_dir: Path) -> Path:
-    """Re-export a finished run (final/model.keras + metrics.json) without retraining."""
+def export_run(run_dir: Path, formats: tuple[str, ...] | None = None) -> Path:
+    """Re-export a finished run (final/model.keras + metrics.json) without retraining.
+
+    ``formats`` replaces the recipe's ``export.formats`` (e.g. add onnx to an old run).
+    """
     from lepton_vision._keras import import_keras
 
     run = RunDir(Path(run_dir))
@@ -514,7 +557,7 @@ def export_run(run_dir: Path) -> Path:
     _, keras = import_keras()
     model = keras.models.load_model(run.final_dir / "model.keras", compile=False)
     fingerprint = json.loads(run.data_report.read_text())["fingerprint"]
-    _export(resolved, run, model, table, metrics, fingerprint)
+    _export(resolved, run, model, table, metrics, fingerprint, formats)
     return run.export_dir
 
 

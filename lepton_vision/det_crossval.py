@@ -32,7 +32,6 @@ DET_COLUMNS = ("sample_id", "fold", "class_id", "class_name", "score", "x1", "y1
 #: frames, so a bigger set widens the ranges with outlier frames and coarsens every other
 #: frame. Measured on the street detector (48 random frames, image-score difference to the
 #: SavedModel): 32 random frames median 0.021 / max 0.062, 100 frames median 0.105 / max 0.290.
-INT8_CALIBRATION_FRAMES = 32
 
 
 def _console():
@@ -326,8 +325,9 @@ def _final_detector(resolved: Resolved, run: RunDir, data: LetterboxedData, resu
 
 
 def export_detection_run(resolved: Resolved, run: RunDir, model: Any, table: pd.DataFrame,
-                         data: LetterboxedData | None, metrics: dict[str, Any], fingerprint: str) -> dict[str, Any]:
-    """Export the final detector with the run's thresholds (SavedModel, TFLite, parity)."""
+                         data: LetterboxedData | None, metrics: dict[str, Any], fingerprint: str,
+                         formats: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Export the final detector with the run's thresholds (SavedModel, TFLite, parity, int8 AP50 change)."""
     from lepton_vision.crossval import versions
     from lepton_vision.export_detection import export_detector
 
@@ -356,7 +356,18 @@ def export_detection_run(resolved: Resolved, run: RunDir, model: Any, table: pd.
         "versions": versions(),
     }
     image_thr = il.get("final_threshold")
-    return export_detector(
+    formats = tuple(formats or r.export.formats)
+    quant_rows, evaluated_on = None, ""
+    if "tflite_int8" in formats:
+        from lepton_vision.folds import read_folds
+        from lepton_vision.quantization import evaluation_rows
+
+        t = table
+        if "fold" not in t.columns and run.folds.is_file():
+            t = t.merge(read_folds(run.folds)[["sample_id", "fold"]], on="sample_id", how="left")
+        quant_rows, evaluated_on = evaluation_rows(t, run.final_dir / "final.json", r.export.int8_eval_samples,
+                                                   r.seed + 3, stratify=None)
+    result = export_detector(
         model, run.export_dir,
         input_hw=tuple(r.input.image_size),
         score_threshold=float(metrics["final_score_threshold"]),
@@ -364,11 +375,18 @@ def export_detection_run(resolved: Resolved, run: RunDir, model: Any, table: pd.
         policy=policy,
         bundle_info=bundle_info,
         parity_paths=list(rows["path"]),
-        calibration_paths=list(table["path"].sample(n=min(INT8_CALIBRATION_FRAMES, len(table)),
+        calibration_paths=list(table["path"].sample(n=min(r.export.int8_calibration_samples, len(table)),
                                                     random_state=r.seed + 1)),
-        formats=tuple(r.export.formats),
+        formats=formats,
         max_pixels=r.data.max_image_pixels,
+        quant_rows=quant_rows,
+        evaluated_on=evaluated_on,
+        int8_max_drop=r.export.int8_max_drop,
     )
+    from lepton_vision.crossval import report_export
+
+    report_export(result)
+    return result
 
 
 def run_kind(run_dir: Path) -> str:
@@ -428,8 +446,9 @@ def rescore_detection_run(run_dir: Path, policy: Any = None) -> dict[str, Any]:
     return metrics
 
 
-def export_detection_from_run(run_dir: Path) -> Path:
-    """``lepton-vision export RUN`` for detection: re-export final/model.keras without retraining."""
+def export_detection_from_run(run_dir: Path, formats: tuple[str, ...] | None = None) -> Path:
+    """``lepton-vision export RUN`` for detection: re-export final/model.keras without retraining
+    (``formats`` replaces the recipe's export.formats)."""
     from lepton_vision._keras import import_keras
     from lepton_vision.errors import LeptonError
 
@@ -448,5 +467,5 @@ def export_detection_from_run(run_dir: Path) -> Path:
     model = keras.models.load_model(run.final_dir / "model.keras", compile=False)
     metrics = json.loads(run.metrics.read_text())
     fingerprint = json.loads(run.data_report.read_text())["fingerprint"]
-    export_detection_run(resolved, run, model, table, None, metrics, fingerprint)
+    export_detection_run(resolved, run, model, table, None, metrics, fingerprint, formats)
     return run.export_dir

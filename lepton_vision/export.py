@@ -9,6 +9,12 @@ Layout of ``export_dir`` after a successful export::
     saved_model/    tf.saved_model with endpoints serve_uint8 (= serving_default), serve,
                     serve_bytes and (CT only) serve_hu
     model.tflite    float32, builtin ops only, converted from serve_uint8
+    model_int8.tflite
+                    full int8 (weights and activations, calibrated on training images), uint8
+                    image in, float32 score out; its AUC change against float32 is measured
+                    on labelled images and recorded (``quantization`` in bundle.json)
+    model.onnx      optional (formats: onnx; needs the [onnx] extra): serve_uint8 via tf2onnx,
+                    kept only when onnxruntime loads it and it matches the SavedModel
     model.keras     the Keras model itself, for Grad-CAM (lepton_vision.explain)
     parity.json     Keras vs SavedModel vs TFLite scores on real samples, pass/fail
     bundle.json     self-description (input contract, threshold, metrics, versions); written
@@ -46,11 +52,12 @@ from lepton_vision.runio import atomic_write_bytes, atomic_write_json
 SCHEMA_VERSION = 1
 SAVED_MODEL_DIR = "saved_model"
 TFLITE_FILE = "model.tflite"
+TFLITE_INT8_FILE = "model_int8.tflite"
 PARITY_FILE = "parity.json"
 BUNDLE_FILE = "bundle.json"
 #: The endpoint registered first; Keras' ExportArchive also publishes it as "serving_default".
 DEFAULT_SIGNATURE = "serve_uint8"
-KNOWN_FORMATS = ("saved_model", "tflite")
+KNOWN_FORMATS = ("saved_model", "tflite", "tflite_int8", "onnx")
 #: bundle_info keys the bundle cannot do without (the Predictor needs them to label results).
 REQUIRED_INFO = ("task", "classes", "positive_class")
 
@@ -69,6 +76,9 @@ def export_classifier(
     formats: Sequence[str] = ("saved_model", "tflite"),
     parity_atol: float = 1e-4,
     temperature: float | None = None,
+    calibration_images: Sequence[np.ndarray] | None = None,
+    quant_eval: dict[str, Any] | None = None,
+    int8_max_drop: float = 0.02,
 ) -> dict[str, Any]:
     """Export a Keras binary classifier with preprocessing and threshold inside the graph.
 
@@ -86,18 +96,27 @@ def export_classifier(
             ``preprocess.to_uint8``, i.e. what the training pipeline saw before resizing.
         reference_scores: Optional scores for ``parity_images`` from elsewhere (e.g. the model
             that produced the out-of-fold predictions); compared with the same tolerance.
-        formats: Subset of ("saved_model", "tflite"); saved_model is required.
-        parity_atol: Largest allowed absolute score difference between any two backends.
+        formats: Subset of :data:`KNOWN_FORMATS`; saved_model is required.
+        parity_atol: Largest allowed absolute score difference between any two float backends
+            (Keras, SavedModel, TFLite float32, ONNX).
         temperature: Temperature T fitted on out-of-fold scores; when given, the graph returns
             ``sigmoid(logit(clip(p, 1e-6, 1-1e-6)) / T)`` (``metrics.apply_temperature``) and
             ``threshold`` must already be on that calibrated scale.
+        calibration_images: uint8 images (as ``parity_images``) for the int8 representative
+            dataset; defaults to ``parity_images``.
+        quant_eval: ``{"images": [...], "labels": [...], "evaluated_on": "..."}``: labelled
+            images the int8 model is re-scored on (AUC change against the float model).
+        int8_max_drop: Largest acceptable AUC drop of int8; beyond it the run warns and the
+            bundle marks model_int8.tflite ``recommended: false``.
 
     Returns:
-        ``{"export_dir", "files", "parity", "bundle", "timings_s"}``.
+        ``{"export_dir", "files", "parity", "quantization", "warnings", "bundle", "timings_s"}``.
 
     Raises:
         ExportError: Bad arguments, a TFLite conversion that needs non-builtin ops, or a parity
-            failure (parity.json is written first, with ``"pass": false``).
+            failure of a float backend (parity.json is written first, with ``"pass": false``).
+            A rejected ONNX file or an int8 model beyond its tolerance is not an error: it is
+            reported in ``warnings``, parity.json and bundle.json.
     """
     t_total = time.perf_counter()
     export_dir = Path(export_dir)
@@ -126,10 +145,53 @@ def export_classifier(
     else:
         (export_dir / TFLITE_FILE).unlink(missing_ok=True)
 
+    warnings: list[str] = []
+    int8_path = None
+    (export_dir / TFLITE_INT8_FILE).unlink(missing_ok=True)
+    if "tflite_int8" in formats:
+        t = time.perf_counter()
+        calib = images if calibration_images is None else [_as_hwc(im, channels) for im in calibration_images]
+        int8_path, int8_mode = _write_tflite_int8(sm_path, export_dir / TFLITE_INT8_FILE, calib)
+        timings["tflite_int8"] = time.perf_counter() - t
+
+    onnx_path, onnx_reject = None, None
+    if "onnx" in formats:
+        from lepton_vision.onnx_export import ONNX_FILE, write_onnx
+
+        t = time.perf_counter()
+        try:
+            onnx_path = write_onnx(sm_path, export_dir / ONNX_FILE, DEFAULT_SIGNATURE)
+        except ExportError as exc:
+            onnx_reject = str(exc)
+        timings["onnx"] = time.perf_counter() - t
+    else:
+        (export_dir / "model.onnx").unlink(missing_ok=True)
+
     t = time.perf_counter()
     parity = _parity(model, sm_path, tflite_path, images, (h, w), reference_scores, parity_atol,
                      temperature)
+    if onnx_path is not None:
+        parity["onnx"] = _onnx_parity(onnx_path, images, parity["samples"], parity_atol)
+        if not parity["onnx"]["pass"]:
+            onnx_reject = (f"{onnx_path}: onnxruntime scores differ from the SavedModel by "
+                           f"{parity['onnx']['max_abs_diff']:.3g} > {parity_atol:g}")
+            onnx_path.unlink(missing_ok=True)
+            onnx_path = None
+    if onnx_reject is not None:
+        parity["onnx"] = {**parity.get("onnx", {}), "pass": False, "rejected": onnx_reject}
+        warnings.append(f"ONNX export rejected: {onnx_reject}")
     timings["parity"] = time.perf_counter() - t
+
+    quant = None
+    if int8_path is not None:
+        t = time.perf_counter()
+        quant = _int8_check(model, int8_path, images, quant_eval, (h, w), float(threshold),
+                            temperature, int8_max_drop)
+        quant["int8_mode"] = int8_mode
+        parity["tflite_int8"] = quant
+        if not quant["verdict"]["recommended"]:
+            warnings.append(f"int8 model not recommended: {quant['verdict']['reason']}")
+        timings["int8_check"] = time.perf_counter() - t
     atomic_write_json(export_dir / PARITY_FILE, parity)
     if not parity["pass"]:
         worst = parity["worst"]
@@ -143,6 +205,34 @@ def export_classifier(
 
     t = time.perf_counter()
     bundle = _bundle(sm_path, tflite_path, (h, w), channels, window, float(threshold), bundle_info)
+    if int8_path is not None and quant is not None:
+        bundle["files"]["tflite_int8"] = {
+            "path": TFLITE_INT8_FILE,
+            "signature": DEFAULT_SIGNATURE,
+            "dtype": ("int8 weights and activations, uint8 image in, float32 score out"
+                      if int8_mode == "full" else
+                      "int8 where LiteRT has int8 kernels, float32 elsewhere; uint8 image in, "
+                      "float32 score out"),
+            "bytes": int8_path.stat().st_size,
+            "recommended": quant["verdict"]["recommended"],
+            "metric_change": {k: quant["change"][k] for k in ("metric", "float", "int8", "drop")},
+        }
+        bundle["quantization"] = {
+            "evaluated_on": quant["evaluated_on"],
+            "n_images": quant["change"]["n"],
+            "change": quant["change"],
+            "verdict": quant["verdict"],
+        }
+    if onnx_path is not None:
+        from lepton_vision.onnx_export import OPSET
+
+        bundle["files"]["onnx"] = {
+            "path": onnx_path.name, "signature": DEFAULT_SIGNATURE, "opset": OPSET,
+            "bytes": onnx_path.stat().st_size,
+            "max_abs_diff_vs_saved_model": parity["onnx"]["max_abs_diff"],
+        }
+    if onnx_reject is not None:
+        bundle["rejected_files"] = {"onnx": onnx_reject}
     bundle["calibration"] = (
         {"temperature": float(temperature),
          "formula": "score = sigmoid(logit(clip(p, 1e-6, 1 - 1e-6)) / temperature)"}
@@ -169,6 +259,8 @@ def export_classifier(
         "export_dir": str(export_dir),
         "files": bundle["files"],
         "parity": {k: parity[k] for k in ("pass", "max_abs_diff", "tolerance", "n_samples")},
+        "quantization": bundle.get("quantization"),
+        "warnings": warnings,
         "bundle": bundle,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
@@ -386,6 +478,99 @@ def _tflite_runner(model_content: bytes) -> Any:
 def _tflite_score(model_content: bytes | Any, image: np.ndarray) -> float:
     runner = _tflite_runner(model_content) if isinstance(model_content, bytes) else model_content
     return float(np.asarray(runner(image=image)["score"]).reshape(-1)[0])
+
+
+def _as_hwc(img: np.ndarray, channels: int) -> np.ndarray:
+    img = np.asarray(img)
+    return img[..., None] if img.ndim == 2 and channels == 1 else img
+
+
+def _write_tflite_int8(sm_path: Path, out: Path, calibration: Sequence[np.ndarray]) -> tuple[Path, str]:
+    """Full-integer TFLite of serve_uint8: uint8 image in, float32 score out.
+
+    Calibrated on ``calibration`` (training images). Strict int8 kernels first ("full"); if
+    an op has none (e.g. the log/sigmoid of temperature scaling), int8 where possible and
+    float32 for the rest ("mixed"). Returns (path, mode).
+    """
+    import tensorflow as tf
+
+    frames = [np.asarray(f, np.uint8) for f in calibration]
+    if not frames:
+        raise ExportError(f"{out}: int8 calibration needs at least one image. Got none.")
+
+    def representative() -> Any:
+        for f in frames:
+            yield {"image": f}
+
+    last: Exception | None = None
+    for mode, ops in (("full", [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]),
+                      ("mixed", [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS])):
+        conv = tf.lite.TFLiteConverter.from_saved_model(str(sm_path), signature_keys=[DEFAULT_SIGNATURE])
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = ops
+        conv.inference_input_type = tf.uint8
+        try:
+            flat = conv.convert()
+            _tflite_score(flat, frames[0])
+        except Exception as exc:  # try the next mode; report the last failure
+            last = exc
+            continue
+        atomic_write_bytes(out, flat)
+        return out, mode
+    raise ExportError(
+        f"{out}: int8 TFLite conversion of '{DEFAULT_SIGNATURE}' failed: {type(last).__name__}: "
+        f"{str(last)[:500]}. Drop 'tflite_int8' from export.formats."
+    )
+
+
+def _onnx_parity(onnx_path: Path, images: list[np.ndarray], samples: list[dict[str, Any]],
+                 atol: float) -> dict[str, Any]:
+    """onnxruntime scores vs the SavedModel's on the parity images (same tolerance as TFLite)."""
+    from lepton_vision import onnx_export
+
+    sess = onnx_export.session(onnx_path)
+    scores = np.array([float(onnx_export.run(sess, img)["score"].reshape(-1)[0]) for img in images])
+    ref = np.array([s["saved_model"] for s in samples])
+    diff = float(np.max(np.abs(scores - ref)))
+    return {"pass": bool(diff <= atol), "tolerance": atol, "max_abs_diff": diff,
+            "scores": scores.tolist()}
+
+
+def _int8_check(model: Any, int8_path: Path, parity_images: list[np.ndarray],
+                quant_eval: dict[str, Any] | None, size_hw: tuple[int, int], threshold: float,
+                temperature: float | None, max_drop: float) -> dict[str, Any]:
+    """Re-score labelled images through the int8 file and the float model: the metric change."""
+    from lepton_vision import preprocess
+    from lepton_vision.quantization import classification_change, verdict
+
+    if quant_eval is None:  # no labels given: score agreement on the parity images only
+        images, labels = parity_images, None
+        evaluated_on = "the parity images (no labels given: score agreement only)"
+    else:
+        channels = parity_images[0].shape[-1]
+        images = [_as_hwc(im, channels) for im in quant_eval["images"]]
+        labels = np.asarray(quant_eval["labels"], dtype=int)
+        evaluated_on = str(quant_eval.get("evaluated_on", "labelled images"))
+    f_scores = []
+    for i in range(0, len(images), 64):
+        batch = np.stack([preprocess.to_model_input(im, size_hw) for im in images[i:i + 64]]).astype(np.float32)
+        f_scores.append(np.asarray(model(batch, training=False), np.float64).reshape(-1))
+    float_scores = np.concatenate(f_scores)
+    if temperature is not None:
+        from lepton_vision.metrics import apply_temperature
+
+        float_scores = np.asarray(apply_temperature(float_scores, float(temperature)), np.float64)
+    runner = _tflite_runner(int8_path.read_bytes())
+    int8_scores = np.array([_tflite_score(runner, im) for im in images])
+    if labels is None:
+        diff = np.abs(float_scores - int8_scores)
+        change = {"metric": "roc_auc", "n": len(images), "float": None, "int8": None, "drop": None,
+                  "why": "no labels", "max_abs_score_diff": float(diff.max()),
+                  "decision_agreement": float(np.mean((float_scores >= threshold) == (int8_scores >= threshold)))}
+    else:
+        change = classification_change(labels, float_scores, int8_scores, threshold)
+    return {"evaluated_on": evaluated_on, "change": change, "verdict": verdict(change, max_drop)}
 
 
 # --------------------------------------------------------------------------------------------

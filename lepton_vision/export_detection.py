@@ -303,8 +303,11 @@ def export_detector(
     bundle_info: dict[str, Any],
     parity_paths: Sequence[str],
     calibration_paths: Sequence[str],
-    formats: Sequence[str] = ("saved_model", "tflite"),
+    formats: Sequence[str] = ("saved_model", "tflite", "tflite_int8"),
     max_pixels: int = 50_000_000,
+    quant_rows: Any = None,
+    evaluated_on: str = "",
+    int8_max_drop: float = 0.02,
 ) -> dict[str, Any]:
     """Export a detector with letterbox, decode, NMS and thresholds inside the graph.
 
@@ -319,14 +322,21 @@ def export_detector(
         bundle_info: Merged into bundle.json (task, classes, metrics, recipe, dataset, ...).
         parity_paths: Real frames for the parity check.
         calibration_paths: Real frames for int8 calibration.
-        formats: saved_model (required) and optionally tflite (float + int8).
+        formats: saved_model (required) and optionally tflite (float32), tflite_int8 and onnx.
         max_pixels: Refuse bigger images (decompression bombs).
+        quant_rows: Sample-table rows (path, sample_id, label, boxes, classes, ignore) the int8
+            model's AP50 change is measured on; None: not measured.
+        evaluated_on: What ``quant_rows`` are to the exported model (held out or not).
+        int8_max_drop: Largest acceptable AP50 drop float32 -> int8; beyond it the run warns and
+            the bundle marks model_int8.tflite ``recommended: false``.
 
     Returns:
-        ``{"export_dir", "files", "parity", "timings_s"}``.
+        ``{"export_dir", "files", "parity", "quantization", "warnings", "timings_s"}``.
 
     Raises:
-        ExportError: Conversion or parity failed (parity.json is written first).
+        ExportError: Conversion or parity of a float backend failed (parity.json is written
+            first). A rejected ONNX file or an int8 model beyond tolerance is reported in
+            ``warnings``, parity.json and bundle.json instead.
     """
     from lepton_vision.export import _signatures_json, _versions
     from lepton_vision.preprocess import read_image, to_uint8
@@ -350,17 +360,56 @@ def export_detector(
         return [to_uint8(read_image(p, max_pixels), 3, None) for p in paths]
 
     tfl: dict[str, Path] = {}
-    if "tflite" in formats:
+    for name in (TFLITE_FILE, TFLITE_INT8_FILE, "model.onnx"):
+        (export_dir / name).unlink(missing_ok=True)
+    if "tflite" in formats or "tflite_int8" in formats:
         t = time.perf_counter()
+        # The float file is also the int8 conversion's map of which ops stay float32.
         tfl["tflite"] = _convert_tflite(sm_path, export_dir / TFLITE_FILE, None)
         timings["tflite"] = round(time.perf_counter() - t, 2)
+    if "tflite_int8" in formats:
         t = time.perf_counter()
         tfl["tflite_int8"] = _convert_tflite(sm_path, export_dir / TFLITE_INT8_FILE, frames(calibration_paths),
                                              float_tflite=tfl["tflite"])
         timings["tflite_int8"] = round(time.perf_counter() - t, 2)
+    warnings: list[str] = []
+    onnx_path, onnx_reject = None, None
+    if "onnx" in formats:
+        from lepton_vision.onnx_export import ONNX_FILE, write_onnx
+
+        t = time.perf_counter()
+        try:
+            onnx_path = write_onnx(sm_path, export_dir / ONNX_FILE, DEFAULT_SIGNATURE)
+        except ExportError as exc:
+            onnx_reject = str(exc)
+        timings["onnx"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
-    parity = _parity(model, sm_path, tfl, frames(parity_paths), input_hw, policy, score_threshold)
+    parity_frames = frames(parity_paths)
+    parity = _parity(model, sm_path, tfl, parity_frames, input_hw, policy, score_threshold)
+    if onnx_path is not None:
+        parity["onnx"] = _onnx_parity(onnx_path, sm_path, parity_frames, score_threshold)
+        if not parity["onnx"]["pass"]:
+            onnx_reject = (f"{onnx_path}: onnxruntime detections differ from the SavedModel "
+                           f"(same count on {parity['onnx']['same_count_fraction']:.0%} of frames, "
+                           f"image score diff {parity['onnx']['worst_image_score_diff']:.3g})")
+            onnx_path.unlink(missing_ok=True)
+            onnx_path = None
+    if onnx_reject is not None:
+        parity["onnx"] = {**parity.get("onnx", {}), "pass": False, "rejected": onnx_reject}
+        warnings.append(f"ONNX export rejected: {onnx_reject}")
     timings["parity"] = round(time.perf_counter() - t, 2)
+    quant = None
+    if "tflite_int8" in tfl and quant_rows is not None and len(quant_rows):
+        t = time.perf_counter()
+        quant = _int8_check(tfl, quant_rows, evaluated_on, list(bundle_info["classes"]), policy,
+                            int8_max_drop, max_pixels)
+        parity["tflite_int8"] = quant
+        if not quant["verdict"]["recommended"]:
+            warnings.append(f"int8 model not recommended: {quant['verdict']['reason']}")
+        timings["int8_check"] = round(time.perf_counter() - t, 2)
+    if "tflite" not in formats and "tflite" in tfl:
+        tfl.pop("tflite").unlink(missing_ok=True)  # only needed to convert and judge int8
+        parity["pairs"].pop("saved_model_vs_tflite", None)
     atomic_write_json(export_dir / PARITY_FILE, parity)
     if not parity["pass"]:
         bad = {k: v for k, v in parity["pairs"].items() if not v["pass"]}
@@ -376,6 +425,18 @@ def export_detector(
                                  if "int8" in name else "float32"),
                        # int8 may miss its looser tolerance without failing the export: say so here.
                        "parity_pass": bool(parity["pairs"][f"saved_model_vs_{name}"]["pass"])}
+    if quant is not None:
+        files["tflite_int8"]["recommended"] = quant["verdict"]["recommended"]
+        files["tflite_int8"]["metric_change"] = {k: quant["change"][k] for k in ("metric", "float", "int8", "drop")}
+    elif "tflite_int8" in files:
+        # Without labelled frames, the parity tolerance is the only evidence.
+        files["tflite_int8"]["recommended"] = files["tflite_int8"]["parity_pass"]
+    if onnx_path is not None:
+        from lepton_vision.onnx_export import OPSET
+
+        files["onnx"] = {"path": onnx_path.name, "signature": DEFAULT_SIGNATURE, "opset": OPSET,
+                         "bytes": onnx_path.stat().st_size,
+                         "worst_image_score_diff_vs_saved_model": parity["onnx"]["worst_image_score_diff"]}
     info = dict(bundle_info)
     bundle = {
         "schema_version": 1,
@@ -403,6 +464,45 @@ def export_detector(
         "versions": {**_versions(), **info.pop("versions", {})},
         **info,
     }
+    if quant is not None:
+        bundle["quantization"] = {"evaluated_on": quant["evaluated_on"], "n_images": quant["change"]["n"],
+                                  "change": quant["change"], "verdict": quant["verdict"]}
+    if onnx_reject is not None:
+        bundle["rejected_files"] = {"onnx": onnx_reject}
     atomic_write_json(export_dir / BUNDLE_FILE, bundle)  # last: the export is complete
     timings["total"] = round(time.perf_counter() - t_all, 2)
-    return {"export_dir": str(export_dir), "files": files, "parity": parity["pass"], "timings_s": timings}
+    return {"export_dir": str(export_dir), "files": files, "parity": parity["pass"],
+            "quantization": bundle.get("quantization"), "warnings": warnings, "timings_s": timings}
+
+
+def _onnx_parity(onnx_path: Path, sm_path: Path, frames: list[np.ndarray], score_threshold: float) -> dict[str, Any]:
+    """onnxruntime vs SavedModel detections on the parity frames, judged like TFLite float."""
+    import tensorflow as tf
+
+    from lepton_vision import onnx_export
+
+    sess = onnx_export.session(onnx_path)
+    serve = tf.saved_model.load(str(sm_path)).signatures[DEFAULT_SIGNATURE]
+    rows = [_match(_as_numpy(serve(image=tf.constant(img))), onnx_export.run(sess, img), score_threshold,
+                   FLOAT_TOLERANCE["near_threshold"]) for img in frames]
+    same = sum(r["count_ok"] for r in rows) / max(1, len(rows))
+    worst = max((r["image_score_diff"] for r in rows), default=0.0)
+    return {"pass": bool(worst <= FLOAT_TOLERANCE["image_score"] and same >= FLOAT_TOLERANCE["same_count_fraction"]),
+            "tolerance": FLOAT_TOLERANCE, "same_count_fraction": same, "worst_image_score_diff": worst,
+            "worst_min_iou": min((r["min_iou"] for r in rows), default=1.0)}
+
+
+def _int8_check(tfl: dict[str, Path], rows: Any, evaluated_on: str, class_names: list[str], policy: Any,
+                max_drop: float, max_pixels: int) -> dict[str, Any]:
+    """AP50 of TFLite float32 vs int8 on labelled frames (boxes in original pixels)."""
+    from lepton_vision.preprocess import read_image, to_uint8
+    from lepton_vision.quantization import detection_change, verdict
+
+    runners = {k: tflite_runner(tfl[k]) for k in ("tflite", "tflite_int8")}
+    outs: dict[str, list[dict[str, np.ndarray]]] = {k: [] for k in runners}
+    for path in rows["path"]:
+        img = to_uint8(read_image(path, max_pixels), 3, None)
+        for k, r in runners.items():
+            outs[k].append(_as_numpy(r(image=img)))
+    change = detection_change(rows, outs["tflite"], outs["tflite_int8"], class_names, policy.max_detections)
+    return {"evaluated_on": evaluated_on, "change": change, "verdict": verdict(change, max_drop)}

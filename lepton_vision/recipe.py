@@ -342,14 +342,27 @@ class FinalSpec(_Model):
 class ExportSpec(_Model):
     """Export formats and the parity check."""
 
-    formats: list[Literal["saved_model", "tflite"]] = Field(
-        default_factory=lambda: ["saved_model", "tflite"],
-        description="Artefacts to write under export/.",
+    formats: list[Literal["saved_model", "tflite", "tflite_int8", "onnx"]] = Field(
+        default_factory=lambda: ["saved_model", "tflite", "tflite_int8"],
+        description="Artefacts to write under export/: saved_model (required), tflite (float32), "
+        "tflite_int8 (int8, calibrated on training images, its metric change measured), onnx "
+        "(needs the [onnx] extra; kept only when onnxruntime loads it and it matches).",
     )
     parity_atol: float = Field(
-        1.0e-4, gt=0, description="Largest allowed score difference Keras vs SavedModel vs TFLite."
+        1.0e-4, gt=0, description="Largest allowed score difference Keras vs SavedModel vs TFLite float vs ONNX."
     )
     parity_samples: int = Field(32, ge=1, description="Real samples used for the parity check.")
+    int8_calibration_samples: int = Field(
+        64, ge=1, description="Training images (frames) in the int8 representative dataset."
+    )
+    int8_eval_samples: int = Field(
+        512, ge=1, description="Labelled images (detection: frames) re-scored through the int8 model to measure its metric change."
+    )
+    int8_max_drop: float = Field(
+        0.02, ge=0, le=1,
+        description="Largest acceptable drop of ROC AUC (classification) or AP50 (detection) from float32 to int8; "
+        "beyond it the run warns and bundle.json marks model_int8.tflite recommended: false.",
+    )
 
     @field_validator("formats")
     @classmethod

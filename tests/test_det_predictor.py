@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 from lepton_vision.errors import DataError, ExportError
@@ -74,14 +75,23 @@ def det_export(tmp_path_factory) -> Path:
     model = adapter.build(spec, 1, INPUT_HW, 0)
     adapter.compile(model, spec, keras.optimizers.Adam(2e-3))
     model.fit(x, {"boxes": boxes, "classes": classes}, batch_size=8, epochs=8, verbose=0)
-    frames = [_write_png(root / "frames" / f"f{i}.png", _scene(rng, 96 + 16 * i, 160)[0]) for i in range(3)]
-    export_detector(
+    scenes = [_scene(rng, 96 + 16 * (i % 3), 160) for i in range(8)]
+    frames = [_write_png(root / "frames" / f"f{i}.png", img) for i, (img, _) in enumerate(scenes)]
+    # Labelled frames the int8 model's AP50 change is measured on (sample-table rows).
+    rows = pd.DataFrame({
+        "sample_id": [f"f{i}" for i in range(len(frames))], "path": [str(p) for p in frames],
+        "label": 1, "boxes": [json.dumps(b.tolist()) for _, b in scenes],
+        "classes": [json.dumps([0] * len(b)) for _, b in scenes], "ignore": "[]",
+    })
+    result = export_detector(
         model, root / "export", input_hw=INPUT_HW, score_threshold=SCORE_THR, image_threshold=IMAGE_THR,
         policy=DetectionPolicy(),
         bundle_info={"task": "person_detection", "kind": "object_detection", "classes": ["person"]},
-        parity_paths=[str(p) for p in frames], calibration_paths=[str(p) for p in frames],
-        formats=("saved_model", "tflite"),
+        parity_paths=[str(p) for p in frames[:3]], calibration_paths=[str(p) for p in frames[:3]],
+        formats=("saved_model", "tflite", "tflite_int8", "onnx"), quant_rows=rows, evaluated_on="test frames",
     )
+    (root / "export_result.json").write_text(json.dumps({"rows": rows.to_dict(orient="list"),
+                                                         "warnings": result["warnings"]}))
     return root / "export"
 
 
@@ -128,6 +138,53 @@ def test_saved_model_and_tflite_agree(predictors):
         int8 = predictors["tflite_int8"].predict_array(img)  # quantised: same contract, looser numbers
         assert int8.boxes.shape == (len(int8.scores), 4) and int8.image_score == pytest.approx(sm.image_score, abs=0.1)
     assert n_boxes > 0, "the fixture model should find boxes above the threshold on these scenes"
+
+
+def test_int8_ap50_change_and_onnx_are_recorded(det_export, predictors):
+    """The bundle's int8 AP50s are those of the float and int8 files on the labelled frames,
+    recomputed here independently with pycocotools; ONNX matches the SavedModel."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    bundle = json.loads((det_export / "bundle.json").read_text())
+    q = bundle["quantization"]
+    assert q["evaluated_on"] == "test frames" and q["change"]["metric"] == "ap50"
+    rows = json.loads((det_export.parent / "export_result.json").read_text())["rows"]
+
+    def ap50(backend: str) -> float:
+        gt = COCO()
+        gt.dataset = {"images": [{"id": i + 1} for i in range(len(rows["path"]))], "categories": [{"id": 1}],
+                      "annotations": [{"id": 1000 * i + j + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+                                       "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1])}
+                                      for i, bs in enumerate(rows["boxes"]) for j, b in enumerate(json.loads(bs))]}
+        gt.createIndex()
+        res = []
+        for i, path in enumerate(rows["path"]):
+            out = predictors[backend].run_uint8(cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB))
+            res += [{"image_id": i + 1, "category_id": 1, "score": float(sc),
+                     "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]}
+                    for b, sc in zip(out["boxes"], out["scores"]) if sc > 0]
+        ev = COCOeval(gt, gt.loadRes(res), iouType="bbox")
+        ev.params.maxDets = [100]
+        ev.params.areaRng, ev.params.areaRngLbl = [[0.0, 1e10]], ["all"]
+        ev.evaluate(), ev.accumulate()
+        return float(ev.eval["precision"][0, :, 0, 0, 0].mean())
+
+    c = q["change"]
+    assert c["float"] == pytest.approx(ap50("tflite"), abs=1e-9)
+    assert c["int8"] == pytest.approx(ap50("tflite_int8"), abs=1e-9)
+    assert bundle["files"]["tflite_int8"]["recommended"] is bool(c["drop"] <= 0.02)
+    assert bundle["files"]["onnx"]["path"] == "model.onnx" and "rejected_files" not in bundle
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(det_export / "model.onnx"), providers=["CPUExecutionProvider"])
+    img, _ = _scene(np.random.default_rng(4), 96, 160)
+    names = [o.name for o in sess.get_outputs()]
+    onnx_out = dict(zip(names, sess.run(names, {"image": img})))
+    sm = predictors["saved_model"].run_uint8(img)
+    assert int(onnx_out["count"]) == int(sm["count"])
+    np.testing.assert_allclose(onnx_out["scores"], sm["scores"], atol=1e-4)
+    np.testing.assert_allclose(onnx_out["boxes"], sm["boxes"], atol=1e-2)
 
 
 def test_raw_outputs_follow_the_export_contract(predictors):

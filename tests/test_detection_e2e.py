@@ -172,4 +172,9 @@ def test_evaluate_rescores_without_tensorflow_and_export_reexports(project, tmp_
     assert after["ap50"] == before["ap50"] and after["ci"]["ap50"] == before["ci"]["ap50"]
     (copy / "export/bundle.json").unlink()
     assert main(["export", str(copy)]) == 0
-    assert json.loads((copy / "export/bundle.json").read_text())["kind"] == "object_detection"
+    bundle = json.loads((copy / "export/bundle.json").read_text())
+    assert bundle["kind"] == "object_detection"
+    # best_fold export: int8 is judged on that fold's validation frames, which it never saw.
+    q = bundle["quantization"]
+    assert q["evaluated_on"].startswith("held out") and q["change"]["metric"] == "ap50"
+    assert bundle["files"]["tflite_int8"]["metric_change"]["drop"] == q["change"]["drop"]

@@ -205,3 +205,104 @@ def test_bad_arguments_are_export_errors(exported, tmp_path):
         export_classifier(exported["model"], tmp_path / "e", bundle_info=INFO,
                           **{**kw, "parity_images": [np.zeros((8, 8, 3), np.float32)]})
     assert not os.path.exists(tmp_path / "e" / "saved_model")
+
+
+# --------------------------------------------------------------------------------------------
+# int8 and ONNX
+
+
+def _labelled(model, n: int = 48, seed: int = 5) -> tuple[list[np.ndarray], np.ndarray]:
+    """Images of varied brightness with labels the tiny model can rank (mean > 0.5 = positive)."""
+    rng = np.random.default_rng(seed)
+    images = [np.clip(rng.normal(rng.uniform(60, 200), 30, (40, 48, 3)), 0, 255).astype(np.uint8)
+              for _ in range(n)]
+    labels = np.array([int(im.mean() > 128) for im in images])
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def exported_all(tmp_path_factory, tiny_model_factory):
+    from lepton_vision.export import export_classifier
+
+    model = tiny_model_factory(SIZE, 3)
+    images, labels = _labelled(model)
+    export_dir = tmp_path_factory.mktemp("run_all") / "export"
+    result = export_classifier(
+        model, export_dir, image_size_hw=SIZE, channels=3, window=None, threshold=THRESHOLD,
+        bundle_info=INFO, parity_images=sample_images(3),
+        formats=("saved_model", "tflite", "tflite_int8", "onnx"),
+        calibration_images=images[:16],
+        quant_eval={"images": images, "labels": labels, "evaluated_on": "test images"},
+    )
+    return {"model": model, "dir": export_dir, "result": result, "images": images, "labels": labels}
+
+
+def test_int8_file_takes_uint8_and_records_metric_change(exported_all):
+    from ai_edge_litert.interpreter import Interpreter
+
+    d = exported_all["dir"]
+    runner = Interpreter(model_path=str(d / "model_int8.tflite")).get_signature_runner("serve_uint8")
+    assert runner.get_input_details()["image"]["dtype"] == np.uint8
+    assert any(t["dtype"] == np.int8 for t in Interpreter(model_path=str(d / "model_int8.tflite")).get_tensor_details()), \
+        "weights/activations must be int8"
+    bundle = json.loads((d / "bundle.json").read_text())
+    f = bundle["files"]["tflite_int8"]
+    assert f["bytes"] == (d / "model_int8.tflite").stat().st_size
+    q = bundle["quantization"]
+    c = q["change"]
+    assert q["evaluated_on"] == "test images" and c["n"] == len(exported_all["labels"])
+    # The AUCs are the real ones on these labels: recompute them independently.
+    from sklearn.metrics import roc_auc_score
+
+    scores8 = np.array([float(runner(image=im)["score"][0]) for im in exported_all["images"]])
+    assert c["int8"] == pytest.approx(roc_auc_score(exported_all["labels"], scores8), abs=1e-12)
+    keras = keras_scores(exported_all["model"], exported_all["images"])
+    assert c["float"] == pytest.approx(roc_auc_score(exported_all["labels"], keras), abs=1e-9)
+    assert c["drop"] == pytest.approx(c["float"] - c["int8"])
+    assert f["recommended"] is bool(c["drop"] <= 0.02) and f["metric_change"]["drop"] == c["drop"]
+    parity = json.loads((d / "parity.json").read_text())
+    assert parity["tflite_int8"]["change"] == c
+
+
+def test_onnx_matches_saved_model(exported_all):
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    d = exported_all["dir"]
+    bundle = json.loads((d / "bundle.json").read_text())
+    assert bundle["files"]["onnx"]["path"] == "model.onnx" and "rejected_files" not in bundle
+    sess = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
+    serve = tf.saved_model.load(str(d / "saved_model")).signatures["serve_uint8"]
+    for im in exported_all["images"][:6]:
+        onnx_score = sess.run(["score"], {"image": im})[0][0]
+        assert onnx_score == pytest.approx(float(serve(image=tf.constant(im))["score"][0]), abs=1e-4)
+    assert json.loads((d / "parity.json").read_text())["onnx"]["pass"] is True
+
+
+def test_int8_beyond_tolerance_is_marked_not_recommended(exported_all, tmp_path):
+    from lepton_vision.export import export_classifier
+
+    images, labels = exported_all["images"], exported_all["labels"]
+    # A negative tolerance: any int8 result is "beyond" it, so the not-recommended path runs.
+    res = export_classifier(
+        exported_all["model"], tmp_path / "export", image_size_hw=SIZE, channels=3, window=None,
+        threshold=THRESHOLD, bundle_info=INFO, parity_images=sample_images(3),
+        formats=("saved_model", "tflite_int8"), calibration_images=images[:8],
+        quant_eval={"images": images, "labels": labels, "evaluated_on": "test"}, int8_max_drop=-1.0,
+    )
+    bundle = json.loads((tmp_path / "export" / "bundle.json").read_text())
+    assert bundle["files"]["tflite_int8"]["recommended"] is False
+    assert "NOT RECOMMENDED" in bundle["quantization"]["verdict"]["reason"]
+    assert any("int8 model not recommended" in w for w in res["warnings"])
+    assert "tflite" not in bundle["files"] and not (tmp_path / "export" / "model.tflite").exists()
+
+
+def test_onnx_converter_that_succeeds_with_unsupported_ops_does_not_pass(exported_all, tmp_path):
+    """serve_bytes decodes images (DecodeImage), which ONNX lacks: tf2onnx logs it and exits 0."""
+    from lepton_vision.onnx_export import write_onnx
+
+    out = tmp_path / "model.onnx"
+    with pytest.raises(ExportError, match="serve_bytes") as err:
+        write_onnx(exported_all["dir"] / "saved_model", out, signature="serve_bytes")
+    assert "not written" in str(err.value)
+    assert not out.exists() and not list(tmp_path.glob(".*tmp"))

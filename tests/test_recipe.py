@@ -29,7 +29,7 @@ def test_minimal_recipe_fills_defaults():
     r = recipe_from_text(MINIMAL)
     assert r.cv.n_splits == 5
     assert r.input.window.level_width() == (-600.0, 1500.0)
-    assert r.export.formats == ["saved_model", "tflite"]
+    assert r.export.formats == ["saved_model", "tflite", "tflite_int8"]
 
 
 def test_every_field_is_described():

@@ -144,6 +144,15 @@ def test_export_command_re_exports(project):
     after = json.loads((run / "export/bundle.json").read_text())
     assert after["threshold"] == before["threshold"]
     assert (run / "export/model.tflite").is_file()
+    # --format replaces the recipe's formats: ONNX added, float TFLite left out.
+    assert main(["export", str(run), "--format", "tflite_int8,onnx"]) == 0
+    again = json.loads((run / "export/bundle.json").read_text())
+    assert set(again["files"]) >= {"saved_model", "tflite_int8", "onnx"} and "tflite" not in again["files"]
+    assert not (run / "export/model.tflite").exists() and (run / "export/model.onnx").is_file()
+    # The refit model saw every image: the int8 check says so instead of posing as held-out.
+    assert again["quantization"]["evaluated_on"].startswith("in-sample")
+    assert again["quantization"]["change"]["drop"] is not None
+    assert main(["export", str(run), "--format", "tflite,pb"]) == 1
 
 
 def test_check_reports_versions_and_devices(capsys):
