@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threshold", type=float, help="override the exported threshold (detection: the box "
                     "score threshold)")
     pr.add_argument("--backend", choices=["auto", "saved_model", "tflite", "tflite_int8"], default="saved_model",
-                    help="tflite_int8: detection exports only (default: saved_model)")
+                    help="tflite: float32 LiteRT; tflite_int8: the int8 file (see bundle.json "
+                    "files.tflite_int8.recommended); auto: tflite when LiteRT is installed (default: saved_model)")
     pr.add_argument("--all", dest="keep_all", action="store_true",
                     help="detection: write every box the model returns (score >= the task's min_score), "
                     "not only those at or above the threshold, as mAP tools need")

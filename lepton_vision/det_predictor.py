@@ -216,6 +216,28 @@ class DetPredictor:
         """
         return self.predict_array(read_rgb(path), path=str(path))
 
+    def predict(self, image_or_path: str | Path | np.ndarray) -> FrameDetections:
+        """Detect objects in one image: a file path or a uint8 RGB array (same as the
+        classification Predictor's ``predict``)."""
+        if isinstance(image_or_path, (str, Path)):
+            return self.predict_file(image_or_path)
+        return self.predict_array(image_or_path)
+
+    def predict_many(self, paths: Iterable[str | Path]) -> list[FrameDetections]:
+        """Detect objects in several files, in order."""
+        return [self.predict_file(p) for p in paths]
+
+    def iter_folder(self, folder: str | Path, recursive: bool = False) -> Iterator[FrameDetections]:
+        """Detect objects in every image of a folder, in sorted path order.
+
+        Raises:
+            DataError: The folder does not exist.
+        """
+        from lepton_vision.predictor import list_images
+
+        for p in list_images(folder, recursive=recursive):
+            yield self.predict_file(p)
+
     def iter_video(self, path: str | Path, stride: int = 1) -> Iterator[FrameDetections]:
         """Detect objects in every ``stride``-th frame of a video, in order.
 

@@ -28,7 +28,8 @@ SUPPORTED_SCHEMA_VERSIONS = (1,)
 PREDICT_EXTENSIONS = tuple(preprocess.IMAGE_EXTENSIONS) + tuple(preprocess.DICOM_EXTENSIONS)
 _SIGNATURE = "serve_uint8"
 
-Backend = Literal["auto", "saved_model", "tflite"]
+Backend = Literal["auto", "saved_model", "tflite", "tflite_int8"]
+_BACKENDS = ("auto", "saved_model", "tflite", "tflite_int8")
 
 
 @dataclass(frozen=True)
@@ -78,41 +79,55 @@ class Predictor:
     # ---------------------------------------------------------------------------------------
     @classmethod
     def from_bundle(cls, export_dir: str | Path, backend: Backend = "auto",
-                    threshold: float | None = None) -> Predictor:
-        """Load ``export_dir/bundle.json`` and the model it describes.
+                    threshold: float | None = None, num_threads: int | None = None) -> Any:
+        """Load ``export_dir/bundle.json`` and the model it describes, whatever its kind.
+
+        A classification bundle gives a :class:`Predictor` (``predict`` -> :class:`Prediction`);
+        an object-detection bundle gives a :class:`lepton_vision.det_predictor.DetPredictor`
+        (``predict`` -> ``FrameDetections``, ``threshold`` overriding the box score threshold).
 
         Args:
-            export_dir: An export folder written by ``export.export_classifier``.
-            backend: "tflite" (LiteRT), "saved_model" (TensorFlow) or "auto": TFLite when
-                model.tflite exists and ai_edge_litert is installed, else the SavedModel.
+            export_dir: An export folder (``RUN/export``).
+            backend: "tflite" (LiteRT, float32), "tflite_int8" (LiteRT, int8), "saved_model"
+                (TensorFlow) or "auto": float TFLite when model.tflite exists and ai_edge_litert
+                is installed, else the SavedModel.
             threshold: Override the bundle's operating threshold (0..1).
+            num_threads: LiteRT interpreter threads (None: LiteRT's default).
 
         Raises:
             ExportError: The bundle is missing, unreadable, of an unknown schema version, or
                 lacks the requested model file.
         """
         export_dir = Path(export_dir)
+        if _load_bundle_json(export_dir).get("kind") == "object_detection":
+            from lepton_vision.det_predictor import DetPredictor
+
+            return DetPredictor.from_bundle(export_dir, backend=backend, score_threshold=threshold,
+                                            num_threads=num_threads)
         bundle = _read_bundle(export_dir)
-        if backend not in ("auto", "saved_model", "tflite"):
+        if backend not in _BACKENDS:
             raise ExportError(
-                f"backend must be 'auto', 'saved_model' or 'tflite'. Got {backend!r}.",
+                f"backend must be one of {', '.join(_BACKENDS)}. Got {backend!r}.",
                 file=str(export_dir),
             )
-        tflite_path = export_dir / bundle.get("files", {}).get("tflite", {}).get("path", "model.tflite")
-        sm_path = export_dir / bundle.get("files", {}).get("saved_model", {}).get("path", "saved_model")
+        files = bundle.get("files", {})
+        tfl = {name: export_dir / files.get(name, {}).get("path", default)
+               for name, default in (("tflite", "model.tflite"), ("tflite_int8", "model_int8.tflite"))}
+        sm_path = export_dir / files.get("saved_model", {}).get("path", "saved_model")
         if backend == "auto":
-            backend = "tflite" if tflite_path.is_file() and _has_litert() else "saved_model"
-        if backend == "tflite":
-            if not tflite_path.is_file():
+            backend = "tflite" if tfl["tflite"].is_file() and _has_litert() else "saved_model"
+        if backend in tfl:
+            path = tfl[backend]
+            if not path.is_file():
                 raise ExportError(
-                    f"backend 'tflite' needs {tflite_path.name}, which is missing. Got files "
-                    f"{sorted(p.name for p in export_dir.iterdir())}. Re-export with 'tflite' in "
-                    "export.formats or use backend='saved_model'.",
+                    f"backend '{backend}' needs {path.name}, which is missing. Got files "
+                    f"{sorted(p.name for p in export_dir.iterdir())}. Re-export with "
+                    f"'lepton-vision export RUN --format {backend}' or use backend='saved_model'.",
                     file=str(export_dir),
                 )
             from ai_edge_litert.interpreter import Interpreter
 
-            runner = Interpreter(model_path=str(tflite_path)).get_signature_runner(_SIGNATURE)
+            runner = Interpreter(model_path=str(path), num_threads=num_threads).get_signature_runner(_SIGNATURE)
         else:
             if not (sm_path / "saved_model.pb").is_file():
                 raise ExportError(
@@ -158,7 +173,7 @@ class Predictor:
     def score_uint8(self, img: np.ndarray) -> float:
         """Score a uint8 HxWxC image (any size) with the serve_uint8 signature."""
         img = np.ascontiguousarray(img, dtype=np.uint8)
-        if self.backend == "tflite":
+        if self.backend.startswith("tflite"):
             out = self._runner(image=img)
         else:
             import tensorflow as tf
@@ -191,6 +206,19 @@ class Predictor:
         """
         for p in list_images(folder, recursive=recursive):
             yield self.predict(p)
+
+    def iter_video(self, path: str | Path, stride: int = 1) -> Iterator[Prediction]:
+        """Score every ``stride``-th frame of a video (e.g. a cine loop), in order; each
+        result's ``path`` is ``file#frame``.
+
+        Raises:
+            DataError: The video is missing, cannot be opened, or yields no decodable frame.
+        """
+        from lepton_vision.det_predictor import iter_video_frames
+
+        for index, rgb in iter_video_frames(path, stride=stride):
+            p = self.predict(rgb)
+            yield Prediction(p.score, p.decision, p.label, p.threshold, path=f"{path}#{index}")
 
 
 def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +92,46 @@ def write_ct_dicom():
 def tiny_model_factory():
     """``tiny_model_factory(size_hw, channels=3, seed=0) -> keras.Model`` (tf tests only)."""
     return _tiny_model
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_block(marker: str) -> str:
+    """The python block after ``<!-- marker`` in README.md (so the README's code is what is tested)."""
+    after = README.read_text().split(f"<!-- {marker}", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def _run_readme_example(marker: str, tmp_path: Path, *args: str) -> tuple[str, dict]:
+    """Run a README example in a subprocess outside the repo; (stdout, its last-line JSON)."""
+    script = tmp_path / f"{marker}.py"
+    script.write_text(readme_block(marker))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # cwd outside the repo, so nothing can import lepton_vision from the working directory.
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _schema_fields() -> set[str]:
+    """Field names in the first column of the README's bundle schema table."""
+    text = README.read_text().split("### The bundle schema", 1)[1].split("**Signatures**", 1)[0]
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("| `"):
+            names |= {n.split(".")[0] for n in line.split("|")[1].replace("`", "").replace(",", " ").split()}
+    return names
+
+
+@pytest.fixture(scope="session")
+def readme_example():
+    """``readme_example(marker, tmp_path, *args) -> (stdout, last-line JSON)``: run a README block."""
+    return _run_readme_example
+
+
+@pytest.fixture(scope="session")
+def readme_schema_fields() -> set[str]:
+    """Top-level field names documented in the README's bundle schema table."""
+    return _schema_fields()

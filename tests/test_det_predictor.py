@@ -299,12 +299,49 @@ def test_bad_inputs_name_the_file(predictors, tmp_path):
         collect_inputs([empty / "notes.txt"])
 
 
+def test_one_predictor_entry_point_for_every_kind(det_export, predictors):
+    """``from lepton_vision import Predictor``: a detection bundle gives a DetPredictor with the
+    same predict / predict_many / iter_folder API as the classifier's."""
+    from lepton_vision import Predictor
+    from lepton_vision.det_predictor import DetPredictor
+
+    p = Predictor.from_bundle(det_export, backend="tflite", threshold=0.35, num_threads=1)
+    assert isinstance(p, DetPredictor) and p.backend == "tflite" and p.score_threshold == 0.35
+    frames = sorted((det_export.parent / "frames").glob("*.png"))
+    by_path = p.predict(frames[0])
+    by_array = p.predict(cv2.cvtColor(cv2.imread(str(frames[0])), cv2.COLOR_BGR2RGB))
+    np.testing.assert_array_equal(by_path.boxes, by_array.boxes)
+    assert by_path.path == str(frames[0]) and by_array.path is None
+    folder = list(p.iter_folder(det_export.parent / "frames"))
+    assert [d.path for d in folder] == [str(f) for f in frames]
+    assert [d.count for d in folder] == [d.count for d in p.predict_many(frames)]
+    ref = predictors["tflite"].predict_file(frames[0])
+    np.testing.assert_allclose(by_path.scores, ref.scores, atol=1e-6)
+
+
+def test_readme_examples_reproduce_the_predictor_on_a_detector(det_export, predictors, tmp_path, readme_example,
+                                                                 readme_schema_fields):
+    """The README's plain-TF and LiteRT scripts (no lepton_vision) give the Predictor's outputs."""
+    frame = str(sorted((det_export.parent / "frames").glob("*.png"))[1])
+    stdout, out = readme_example("plain-tf-example", tmp_path, str(det_export), frame)
+    ref = predictors["saved_model"].run_uint8(cv2.cvtColor(cv2.imread(frame), cv2.COLOR_BGR2RGB))
+    np.testing.assert_allclose(out["boxes"], ref["boxes"], atol=1e-3)
+    np.testing.assert_allclose(out["scores"], ref["scores"], atol=1e-6)
+    assert out["count"] == int(ref["count"]) and out["alarm"] == int(ref["alarm"])
+    assert len(stdout.splitlines()) - 1 == predictors["saved_model"].predict_file(frame).count  # one line per box
+    for backend, name in (("tflite", "model.tflite"), ("tflite_int8", "model_int8.tflite")):
+        _, out = readme_example("litert-example", tmp_path, str(det_export), frame, name)
+        ref = predictors[backend].run_uint8(cv2.cvtColor(cv2.imread(frame), cv2.COLOR_BGR2RGB))
+        np.testing.assert_allclose(out["boxes"], ref["boxes"], atol=1e-4)
+        np.testing.assert_allclose(out["scores"], ref["scores"], atol=1e-6)
+        assert out["count"] == int(ref["count"])
+    bundle = json.loads((det_export / "bundle.json").read_text())
+    assert not set(bundle) - readme_schema_fields, set(bundle) - readme_schema_fields
+
+
 def test_kind_mismatch_is_explained(det_export, tmp_path):
     from lepton_vision.det_predictor import DetPredictor
-    from lepton_vision.predictor import Predictor
 
-    with pytest.raises(ExportError, match="object-detection bundle.*DetPredictor"):
-        Predictor.from_bundle(det_export)
     cls_dir = tmp_path / "cls"
     cls_dir.mkdir()
     (cls_dir / "bundle.json").write_text(json.dumps({"schema_version": 1, "kind": "binary_classification",

@@ -82,7 +82,7 @@ def test_oof_boxes_are_in_original_pixels_and_metrics_have_cis(project):
     assert "AP50" in (run / "report.html").read_text()
 
 
-def test_export_contract_any_size_boxes_in_frame_pixels(project):
+def test_export_contract_any_size_boxes_in_frame_pixels(project, readme_schema_fields):
     import tensorflow as tf
 
     from lepton_vision.preprocess import read_image
@@ -90,6 +90,7 @@ def test_export_contract_any_size_boxes_in_frame_pixels(project):
     _, _, run = project
     bundle = json.loads((run / "export/bundle.json").read_text())
     assert bundle["kind"] == "object_detection" and bundle["classes"] == ["person"]
+    assert not set(bundle) - readme_schema_fields, set(bundle) - readme_schema_fields
     assert json.loads((run / "export/parity.json").read_text())["pass"] is True
     serve = tf.saved_model.load(str(run / "export/saved_model")).signatures["serve_uint8"]
     frame = read_image(pd.read_csv(run / "samples.csv")["path"].iloc[0])

@@ -28,18 +28,6 @@ INFO = {
     "threshold_policy": "max_f1",
 }
 
-#: Using an export with nothing but TensorFlow, NumPy and OpenCV (README example).
-#: Usage: python plain_tf.py EXPORT_DIR IMAGE.png  -> prints "score decision".
-def _readme_plain_tf_script() -> str:
-    """The plain-TensorFlow example from README.md (so the README's code is what is tested)."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    after = readme.split("<!-- plain-tf-example", 1)[1]
-    return after.split("```python\n", 1)[1].split("```", 1)[0]
-
-
-PLAIN_TF_SCRIPT = _readme_plain_tf_script()
-
-
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, tiny_model_factory, write_ct_dicom):
     from lepton_vision.export import export_classifier
@@ -60,7 +48,8 @@ def bundle(tmp_path_factory, tiny_model_factory, write_ct_dicom):
     parity = [preprocess.to_uint8(preprocess.read_image(p), 3, WINDOW) for p in [*pngs, dcm]]
     export_dir = root / "export"
     export_classifier(model, export_dir, image_size_hw=SIZE, channels=3, window=WINDOW,
-                      threshold=THRESHOLD, bundle_info=INFO, parity_images=parity)
+                      threshold=THRESHOLD, bundle_info=INFO, parity_images=parity,
+                      formats=("saved_model", "tflite", "tflite_int8"))
     return {"model": model, "dir": export_dir, "pngs": pngs, "dcm": dcm, "root": root}
 
 
@@ -167,18 +156,31 @@ def test_float_array_without_window_is_refused(tmp_path, tiny_model_factory):
         pred.predict(np.zeros((20, 20), np.float32))
 
 
-def test_plain_tensorflow_script_matches_predictor(bundle, tmp_path):
-    from lepton_vision.predictor import Predictor
+def test_plain_tensorflow_example_matches_predictor(bundle, tmp_path, readme_example):
+    from lepton_vision import Predictor
 
-    script = tmp_path / "plain_tf.py"
-    script.write_text(PLAIN_TF_SCRIPT)
     png = bundle["pngs"][2]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    # Run outside the repo so nothing can import lepton_vision from the working directory.
-    proc = subprocess.run([sys.executable, str(script), str(bundle["dir"]), str(png)],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    score, decision = proc.stdout.split()[-2:]
+    stdout, out = readme_example("plain-tf-example", tmp_path, str(bundle["dir"]), str(png))
     expected = Predictor.from_bundle(bundle["dir"], backend="saved_model").predict(png)
-    assert abs(float(score) - expected.score) <= 1e-4
-    assert bool(int(decision)) == expected.decision
+    assert abs(out["score"][0] - expected.score) <= 1e-4
+    assert bool(out["decision"][0]) == expected.decision
+    assert stdout.splitlines()[0].split()[0] == expected.label
+
+
+@pytest.mark.parametrize("backend", ["tflite", "tflite_int8"])
+def test_litert_example_matches_predictor(bundle, tmp_path, backend, readme_example):
+    from lepton_vision import Predictor
+
+    files = {"tflite": "model.tflite", "tflite_int8": "model_int8.tflite"}
+    for png in bundle["pngs"]:
+        _, out = readme_example("litert-example", tmp_path, str(bundle["dir"]), str(png), files[backend])
+        expected = Predictor.from_bundle(bundle["dir"], backend=backend).predict(png)
+        assert abs(out["score"][0] - expected.score) <= 1e-6  # same file, same runtime
+        assert bool(out["decision"][0]) == expected.decision
+
+
+def test_every_bundle_field_is_in_the_readme_schema(bundle, readme_schema_fields):
+    fields = json.loads((bundle["dir"] / "bundle.json").read_text())
+    undocumented = set(fields) - readme_schema_fields
+    assert not undocumented, f"bundle.json fields missing from the README schema table: {undocumented}"
+    assert set(fields["files"]) <= {"saved_model", "tflite", "tflite_int8", "onnx", "keras_model", "parity"}

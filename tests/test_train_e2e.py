@@ -56,7 +56,7 @@ def project(tmp_path_factory):
     mp.undo()
 
 
-def test_run_directory_holds_every_artefact(project):
+def test_run_directory_holds_every_artefact(project, readme_schema_fields):
     _, _, run = project
     for rel in [
         "recipe.resolved.yaml", "run.json", "samples.csv", "data_report.json", "folds.csv",
@@ -78,6 +78,9 @@ def test_run_directory_holds_every_artefact(project):
     bundle = json.loads((run / "export/bundle.json").read_text())
     assert bundle["threshold"]["value"] == pytest.approx(metrics["final_threshold"])
     assert bundle["positive_class"] == "abnormal"
+    # A product engineer writes a loader from the README: every field must be documented there.
+    assert not set(bundle) - readme_schema_fields, set(bundle) - readme_schema_fields
+    assert (run / "export/model_int8.tflite").is_file() and "quantization" in bundle
     html = (run / "report.html").read_text()
     assert "data:image/png;base64," in html and "AUC" in html
 
