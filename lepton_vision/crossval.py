@@ -597,4 +597,5 @@ def _report_info(resolved: Resolved, data_report: dict[str, Any], folds: pd.Data
         "recipe_yaml": dump_recipe(resolved.recipe),
         "intended_use": resolved.task.intended_use,
         "seconds": info.get("seconds"),
+        "export": info.get("export"),
     }

@@ -35,6 +35,7 @@ from lepton_vision.report import (
     _render_value,
     _save,
     _table,
+    export_section,
 )
 from lepton_vision.runio import RunDir, atomic_write_text
 
@@ -414,6 +415,8 @@ def write_detection_report(
         _image_level_html(m),
         "<h2>Per fold</h2>",
         _per_fold_table(m),
+        "<h2>Export</h2>",
+        export_section(info.get("export")),
         "<h2>Data</h2>",
         _data_section(info.get("data") or {}),
         "<h2>Plots</h2><div class='plots'>",

@@ -234,7 +234,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}tr.summary td{font-wei
 tr.highlight td{font-weight:bold;background:#fff4d6}
 .plots{display:flex;flex-wrap:wrap;gap:1em}.plots figure{margin:0;flex:1 1 460px}
 .plots img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:.9em}
-pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:.85em}.note{color:#555;font-size:.9em}
+pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:.85em}.note{color:#555;font-size:.9em}.warn{color:#b00020}
 """
 
 
@@ -267,6 +267,36 @@ def _table(headers: list[str], rows: list[list[Any]], numeric_from: int = 1, row
         out.append("</tr>")
     out.append("</tbody></table>")
     return "".join(out)
+
+
+def export_section(export: dict[str, Any] | None) -> str:
+    """The export's artefacts, parity and int8 metric change (with its verdict), as HTML."""
+    if not export:
+        return "<p class='note'>No export summary in this run.</p>"
+    rows = []
+    for name, f in export.get("files", {}).items():
+        if name in ("parity",):
+            continue
+        rec = f.get("recommended")
+        rows.append([name, f.get("path", ""), "" if f.get("bytes") is None else f"{f['bytes'] / 1e6:.2f} MB",
+                     "" if rec is None else ("recommended" if rec else "NOT recommended")])
+    parts = [_table(["artefact", "file", "size", ""], rows, numeric_from=2)]
+    parity = export.get("parity")
+    ok = parity.get("pass") if isinstance(parity, dict) else parity
+    parts.append(f"<p>Parity (Keras vs SavedModel vs TFLite float{' vs ONNX' if 'onnx' in export.get('files', {}) else ''} "
+                 f"on real images): <b>{'pass' if ok else 'FAIL'}</b> (details in export/parity.json).</p>")
+    q = export.get("quantization")
+    if q:
+        c, v = q["change"], q["verdict"]
+        parts.append(f"<p>int8 check on {_e(q['n_images'])} images ({_e(q['evaluated_on'])}): "
+                     f"<b>{_e(v['reason'])}</b>.</p>")
+        if c.get("decision_agreement") is not None:
+            parts.append(f"<p class='note'>Decisions at the exported threshold agree on "
+                         f"{c['decision_agreement']:.1%} of images; largest score difference "
+                         f"{c['max_abs_score_diff']:.3g}.</p>")
+    for w in export.get("warnings", []):
+        parts.append(f"<p class='warn'><b>Warning:</b> {_e(w)}</p>")
+    return "".join(parts)
 
 
 def _render_value(value: Any) -> str:
@@ -535,6 +565,8 @@ def write_report(
         _calibration_html(metrics),
         "<h2>Per fold</h2>",
         _per_fold_table(metrics),
+        "<h2>Export</h2>",
+        export_section(info.get("export")),
         "<h2>Data</h2>",
         _data_section(info.get("data") or {}),
         "<h2>Folds</h2>",

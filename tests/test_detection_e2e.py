@@ -79,7 +79,8 @@ def test_oof_boxes_are_in_original_pixels_and_metrics_have_cis(project):
         assert lo is None or lo <= hi
     assert m["n_empty_images"] == 5 and m["image_level"]["available"] is True
     assert 0.0 <= m["image_level"]["auc"] <= 1.0
-    assert "AP50" in (run / "report.html").read_text()
+    html = (run / "report.html").read_text()
+    assert "AP50" in html and "int8 check on" in html and "held out" in html
 
 
 def test_export_contract_any_size_boxes_in_frame_pixels(project, readme_schema_fields):

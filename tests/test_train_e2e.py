@@ -83,6 +83,7 @@ def test_run_directory_holds_every_artefact(project, readme_schema_fields):
     assert (run / "export/model_int8.tflite").is_file() and "quantization" in bundle
     html = (run / "report.html").read_text()
     assert "data:image/png;base64," in html and "AUC" in html
+    assert "<h2>Export</h2>" in html and "int8 check on" in html
 
 
 def test_predict_reproduces_final_model_scores(project, tmp_path):
