@@ -184,3 +184,19 @@ def test_every_bundle_field_is_in_the_readme_schema(bundle, readme_schema_fields
     undocumented = set(fields) - readme_schema_fields
     assert not undocumented, f"bundle.json fields missing from the README schema table: {undocumented}"
     assert set(fields["files"]) <= {"saved_model", "tflite", "tflite_int8", "onnx", "keras_model", "parity"}
+
+
+def test_predictor_imports_no_training_code(bundle, tmp_path):
+    """A product that scores with LiteRT pays for neither TensorFlow nor Keras nor our training code."""
+    code = (
+        "import sys; from lepton_vision import Predictor; "
+        "p = Predictor.from_bundle(sys.argv[1], backend='tflite'); r = p.predict(sys.argv[2]); "
+        "heavy = sorted(m for m in ('tensorflow', 'keras', 'keras_cv', 'albumentations', 'lepton_vision.train', "
+        "'lepton_vision.crossval', 'lepton_vision.pipeline', 'sklearn') if m in sys.modules); "
+        "print(r.score, heavy)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(bundle["dir"]), str(bundle["pngs"][0])],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    score, heavy = proc.stdout.strip().split(" ", 1)
+    assert heavy == "[]" and 0.0 <= float(score) <= 1.0
