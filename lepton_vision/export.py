@@ -40,6 +40,7 @@ import math
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,7 @@ def export_classifier(
     else:
         (export_dir / TFLITE_FILE).unlink(missing_ok=True)
 
-    warnings: list[str] = []
+    notes: list[str] = []
     int8_path = None
     (export_dir / TFLITE_INT8_FILE).unlink(missing_ok=True)
     if "tflite_int8" in formats:
@@ -179,7 +180,7 @@ def export_classifier(
             onnx_path = None
     if onnx_reject is not None:
         parity["onnx"] = {**parity.get("onnx", {}), "pass": False, "rejected": onnx_reject}
-        warnings.append(f"ONNX export rejected: {onnx_reject}")
+        notes.append(f"ONNX export rejected: {onnx_reject}")
     timings["parity"] = time.perf_counter() - t
 
     quant = None
@@ -190,7 +191,7 @@ def export_classifier(
         quant["int8_mode"] = int8_mode
         parity["tflite_int8"] = quant
         if not quant["verdict"]["recommended"]:
-            warnings.append(f"int8 model not recommended: {quant['verdict']['reason']}")
+            notes.append(f"int8 model not recommended: {quant['verdict']['reason']}")
         timings["int8_check"] = time.perf_counter() - t
     atomic_write_json(export_dir / PARITY_FILE, parity)
     if not parity["pass"]:
@@ -260,7 +261,7 @@ def export_classifier(
         "files": bundle["files"],
         "parity": {k: parity[k] for k in ("pass", "max_abs_diff", "tolerance", "n_samples")},
         "quantization": bundle.get("quantization"),
-        "warnings": warnings,
+        "warnings": notes,
         "bundle": bundle,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
@@ -511,7 +512,10 @@ def _write_tflite_int8(sm_path: Path, out: Path, calibration: Sequence[np.ndarra
         conv.target_spec.supported_ops = ops
         conv.inference_input_type = tf.uint8
         try:
-            flat = conv.convert()
+            with warnings.catch_warnings():
+                # Calibration runs TF's own (deprecated) tf.lite.Interpreter: not the user's concern.
+                warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+                flat = conv.convert()
             _tflite_score(flat, frames[0])
         except Exception as exc:  # try the next mode; report the last failure
             last = exc

@@ -30,6 +30,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -189,13 +190,17 @@ def _convert_tflite(sm_path: Path, out: Path, calibration: Sequence[np.ndarray] 
             # int8 where an int8 kernel exists, float elsewhere (NMS has no int8 kernel).
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
             if float_tflite is None:
-                flat = conv.convert()
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+                    flat = conv.convert()
             else:
                 options = tf.lite.experimental.QuantizationDebugOptions(
                     denylisted_nodes=_float_only_nodes(float_tflite))
                 debugger = tf.lite.experimental.QuantizationDebugger(
                     converter=conv, debug_dataset=representative, debug_options=options)
-                flat = debugger.get_nondebug_quantized_model()
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+                    flat = debugger.get_nondebug_quantized_model()
     except Exception as exc:
         raise ExportError(
             f"{out}: TFLite conversion with builtin ops failed: {type(exc).__name__}: {str(exc)[:500]}. "
@@ -372,7 +377,7 @@ def export_detector(
         tfl["tflite_int8"] = _convert_tflite(sm_path, export_dir / TFLITE_INT8_FILE, frames(calibration_paths),
                                              float_tflite=tfl["tflite"])
         timings["tflite_int8"] = round(time.perf_counter() - t, 2)
-    warnings: list[str] = []
+    notes: list[str] = []
     onnx_path, onnx_reject = None, None
     if "onnx" in formats:
         from lepton_vision.onnx_export import ONNX_FILE, write_onnx
@@ -396,7 +401,7 @@ def export_detector(
             onnx_path = None
     if onnx_reject is not None:
         parity["onnx"] = {**parity.get("onnx", {}), "pass": False, "rejected": onnx_reject}
-        warnings.append(f"ONNX export rejected: {onnx_reject}")
+        notes.append(f"ONNX export rejected: {onnx_reject}")
     timings["parity"] = round(time.perf_counter() - t, 2)
     quant = None
     if "tflite_int8" in tfl and quant_rows is not None and len(quant_rows):
@@ -405,7 +410,7 @@ def export_detector(
                             int8_max_drop, max_pixels)
         parity["tflite_int8"] = quant
         if not quant["verdict"]["recommended"]:
-            warnings.append(f"int8 model not recommended: {quant['verdict']['reason']}")
+            notes.append(f"int8 model not recommended: {quant['verdict']['reason']}")
         timings["int8_check"] = round(time.perf_counter() - t, 2)
     if "tflite" not in formats and "tflite" in tfl:
         tfl.pop("tflite").unlink(missing_ok=True)  # only needed to convert and judge int8
@@ -472,7 +477,7 @@ def export_detector(
     atomic_write_json(export_dir / BUNDLE_FILE, bundle)  # last: the export is complete
     timings["total"] = round(time.perf_counter() - t_all, 2)
     return {"export_dir": str(export_dir), "files": files, "parity": parity["pass"],
-            "quantization": bundle.get("quantization"), "warnings": warnings, "timings_s": timings}
+            "quantization": bundle.get("quantization"), "warnings": notes, "timings_s": timings}
 
 
 def _onnx_parity(onnx_path: Path, sm_path: Path, frames: list[np.ndarray], score_threshold: float) -> dict[str, Any]:
