@@ -196,10 +196,10 @@ def _convert_tflite(sm_path: Path, out: Path, calibration: Sequence[np.ndarray] 
             else:
                 options = tf.lite.experimental.QuantizationDebugOptions(
                     denylisted_nodes=_float_only_nodes(float_tflite))
-                debugger = tf.lite.experimental.QuantizationDebugger(
-                    converter=conv, debug_dataset=representative, debug_options=options)
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+                    debugger = tf.lite.experimental.QuantizationDebugger(
+                        converter=conv, debug_dataset=representative, debug_options=options)
                     flat = debugger.get_nondebug_quantized_model()
     except Exception as exc:
         raise ExportError(
