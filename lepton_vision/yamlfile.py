@@ -112,8 +112,18 @@ def load_yaml_text(text: str, file: str = "<string>") -> YamlDoc:
     Raises:
         RecipeError: On a YAML syntax error (with its line) or a duplicate key.
     """
+    lines: dict[str, int] = {}
     try:
         node = yaml.compose(text, Loader=_Loader)
+        # Constructing can fail too (an unknown tag such as "!0", a list used as a key).
+        data = {} if node is None else _construct(node, (), lines, file)
+    except TypeError as e:  # e.g. "unhashable type: 'list'" for `? [a, b]: 1`
+        raise RecipeError(
+            "not a usable YAML mapping",
+            file=file,
+            problems=[Problem("", f"a mapping key must be a plain value (text or number) ({e})")],
+            hint="Use plain keys: `name: value`.",
+        ) from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -126,8 +136,6 @@ def load_yaml_text(text: str, file: str = "<string>") -> YamlDoc:
         ) from e
     if node is None:
         return YamlDoc(data={}, file=file)
-    lines: dict[str, int] = {}
-    data = _construct(node, (), lines, file)
     return YamlDoc(data=data, lines=lines, file=file)
 
 

@@ -128,6 +128,9 @@ def list_csv(
         if not raw_path.strip():
             problems.append(Problem(path_col, "the path is empty", line=line))
             continue
+        if "\x00" in raw_path:
+            problems.append(Problem(path_col, "the path contains a NUL character (binary data in the CSV?)", line=line))
+            continue
         if label not in classes:
             problems.append(unknown_label(label_col, label, classes, line))
         sid, p = _sample_id(raw_path, ds_dir)

@@ -213,6 +213,11 @@ def _coco_json(path: Path) -> dict[str, Any]:
     return doc
 
 
+def _is_id(value: Any) -> bool:
+    """COCO ids are integers (some exporters write strings); anything else cannot be an id."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 def read_coco(card: DatasetCard, ds_dir: Path) -> Parsed:
     """Parse a COCO JSON (``card.annotations``) into frames.
 
@@ -234,8 +239,8 @@ def read_coco(card: DatasetCard, ds_dir: Path) -> Parsed:
 
     categories: dict[Any, str] = {}
     for i, cat in enumerate(doc["categories"]):
-        if not isinstance(cat, dict) or "id" not in cat or not isinstance(cat.get("name"), str):
-            probs.add(f"categories[{i}]", f"needs an id and a name. Got {cat!r}")
+        if not isinstance(cat, dict) or not _is_id(cat.get("id")) or not isinstance(cat.get("name"), str):
+            probs.add(f"categories[{i}]", f"needs an id (integer) and a name. Got {str(cat)[:120]}")
         elif cat["id"] in categories:
             probs.add(f"categories[{i}]", f"category id {cat['id']} is listed twice")
         else:
@@ -246,8 +251,8 @@ def read_coco(card: DatasetCard, ds_dir: Path) -> Parsed:
     by_name: dict[str, Any] = {}
     own_group = 0
     for i, im in enumerate(doc["images"]):
-        if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str) or not im["file_name"]:
-            probs.add(f"images[{i}]", f"needs an id and a file_name. Got {str(im)[:120]}")
+        if not isinstance(im, dict) or not _is_id(im.get("id")) or not isinstance(im.get("file_name"), str) or not im["file_name"]:
+            probs.add(f"images[{i}]", f"needs an id (integer) and a file_name. Got {str(im)[:120]}")
             continue
         iid, name = im["id"], Path(im["file_name"]).as_posix()
         if iid in frames:
@@ -268,7 +273,11 @@ def read_coco(card: DatasetCard, ds_dir: Path) -> Parsed:
         frame = Frame(name, images_dir / name, source, width=declared[0], height=declared[1], group=group)
         if not frame.path.is_file():
             frame.bad = f"file not found: {frame.path} (listed in {source} as image id {iid})"
-        for k, b in enumerate(im.get("dontcare_boxes") or []):
+        dontcare = im.get("dontcare_boxes") or []
+        if not isinstance(dontcare, list):
+            probs.add(f"images[{i}] (id {iid}) dontcare_boxes", f"expected a list of [x, y, w, h]. Got {str(dontcare)[:60]}")
+            dontcare = []
+        for k, b in enumerate(dontcare):
             nums = [_number(v) for v in b] if isinstance(b, list) else []
             if len(nums) != 4 or any(v is None for v in nums):
                 probs.add(f"images[{i}] (id {iid}) dontcare_boxes[{k}]", f"expected [x, y, w, h] numbers. Got {b!r}")
@@ -284,13 +293,13 @@ def read_coco(card: DatasetCard, ds_dir: Path) -> Parsed:
         if not isinstance(ann, dict):
             probs.add(f"annotations[{i}]", f"expected an object. Got {ann!r}")
             continue
-        if ann.get("image_id") not in frames:
+        if not _is_id(ann.get("image_id")) or ann.get("image_id") not in frames:
             probs.add(
                 where,
                 f"image_id {ann.get('image_id')!r} is not in images[]; add the image entry or remove the annotation",
             )
             continue
-        if ann.get("category_id") not in categories:
+        if not _is_id(ann.get("category_id")) or ann.get("category_id") not in categories:
             probs.add(
                 where,
                 f"category_id {ann.get('category_id')!r} is not in categories[] "
