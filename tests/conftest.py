@@ -135,3 +135,28 @@ def readme_example():
 def readme_schema_fields() -> set[str]:
     """Top-level field names documented in the README's bundle schema table."""
     return _schema_fields()
+
+
+
+def make_tiny_ct_project(root: Path) -> Path:
+    """Copy tasks/datasets/recipes into ``root`` with the synthetic CT cards shrunk to 8 patients
+    x 4 slices at 64 px; returns the CT baseline recipe path."""
+    import shutil
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    for d in ("tasks", "datasets", "recipes"):
+        shutil.copytree(repo / d, root / d)
+    for name in ("synthetic_ct", "synthetic_ct_series", "synthetic_ct_nifti"):
+        card = root / f"datasets/{name}/dataset.yaml"
+        data = yaml.safe_load(card.read_text())
+        data["synthetic"].update(n_patients=8, slices_per_patient=4, image_size=64)
+        card.write_text(yaml.safe_dump(data, sort_keys=False))
+    return root / "recipes/ct_screening/baseline.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_ct_project():
+    """``tiny_ct_project(root) -> recipe path`` (see :func:`make_tiny_ct_project`)."""
+    return make_tiny_ct_project

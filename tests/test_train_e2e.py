@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from lepton_vision.cli import main
 
@@ -31,21 +30,10 @@ TINY = [
 ]
 
 
-def _tiny_project(root: Path) -> Path:
-    for d in ("tasks", "datasets", "recipes"):
-        shutil.copytree(REPO / d, root / d)
-    for name in ("synthetic_ct", "synthetic_ct_series", "synthetic_ct_nifti"):
-        card = root / f"datasets/{name}/dataset.yaml"
-        data = yaml.safe_load(card.read_text())
-        data["synthetic"].update(n_patients=8, slices_per_patient=4, image_size=64)
-        card.write_text(yaml.safe_dump(data, sort_keys=False))
-    return root / "recipes/ct_screening/baseline.yaml"
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, tiny_ct_project):
     root = tmp_path_factory.mktemp("proj")
-    recipe = _tiny_project(root)
+    recipe = tiny_ct_project(root)
     mp = pytest.MonkeyPatch()
     mp.setenv("LEPTON_GENERATED_ROOT", str(root / "generated"))
     mp.setenv("LEPTON_HOME", str(root))
