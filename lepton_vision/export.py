@@ -368,6 +368,8 @@ def _build_endpoints(model: Any, size_hw: tuple[int, int], channels: int,
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, channels], tf.uint8, name="image")])
     def serve_uint8(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        # A wrong rank or channel count fails here, naming the expected shape, not deep inside.
+        image = tf.ensure_shape(image, [None, None, channels], name="expect_HxWxC_uint8")
         return head(prep(image)[None])
 
     endpoints["serve_uint8"] = serve_uint8
@@ -400,6 +402,7 @@ def _build_endpoints(model: Any, size_hw: tuple[int, int], channels: int,
 
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="hu")])
         def serve_hu(hu: tf.Tensor) -> dict[str, tf.Tensor]:
+            hu = tf.ensure_shape(hu, [None, None], name="expect_HxW_hounsfield")
             hu64 = tf.cast(hu, tf.float64)
             u8 = tf.concat([win(hu64, lv, wd) for lv, wd in pairs], axis=-1)
             if len(pairs) == 1 and channels == 3:

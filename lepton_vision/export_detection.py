@@ -111,7 +111,8 @@ def build_endpoints(model: Any, input_hw: tuple[int, int], policy: Any, score_th
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8, name="image")], autograph=False)
     def serve_uint8(image: Any) -> dict[str, Any]:
-        return detect(image)
+        # A wrong rank or channel count fails here, naming the expected shape, not deep inside.
+        return detect(tf.ensure_shape(image, [None, None, 3], name="expect_HxWx3_uint8"))
 
     @tf.function(input_signature=[tf.TensorSpec([], tf.string, name="image_bytes")], autograph=False)
     def serve_bytes(image_bytes: Any) -> dict[str, Any]:

@@ -161,6 +161,8 @@ class Predictor:
                     "Pass uint8 pixels (HxW or HxWx3).",
                     file=where,
                 )
+        if raw.ndim in (2, 3):
+            preprocess.check_size(raw.shape[0], raw.shape[1], where)
         try:
             return preprocess.to_uint8(raw, self.channels, self.window)
         except ValueError as exc:

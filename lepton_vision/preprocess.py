@@ -85,6 +85,21 @@ def _is_dicom(path: Path, suffix: str) -> bool:
     return bool(is_dicom(path))
 
 
+#: Images smaller than this on either side are refused as degenerate (a 1x1 "image" is a
+#: tracking pixel or a broken export, not a scan or a frame).
+MIN_IMAGE_SIDE = 4
+
+
+def check_size(h: int, w: int, where: str) -> None:
+    """Refuse an image with a side under :data:`MIN_IMAGE_SIDE` pixels (DataError naming it)."""
+    if min(int(h), int(w)) < MIN_IMAGE_SIDE:
+        raise DataError(
+            f"image is {int(w)}x{int(h)} px; expected at least {MIN_IMAGE_SIDE} px on each side "
+            "(an empty or 1-pixel image is a broken file, not a picture)",
+            file=where,
+        )
+
+
 def _too_big(path: Path, h: int, w: int, max_pixels: int) -> DataError:
     return DataError(
         f"image is {w}x{h} = {w * h:,} pixels, more than data.max_image_pixels={max_pixels:,}. "
@@ -125,6 +140,7 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         hu = read_nifti_slice(path, z)
         if hu.shape[0] * hu.shape[1] > max_pixels:
             raise _too_big(path, hu.shape[0], hu.shape[1], max_pixels)
+        check_size(hu.shape[0], hu.shape[1], str(path))
         return hu
     suffix = path.suffix.lower()
     if suffix not in IMAGE_EXTENSIONS and _is_dicom(path, suffix):
@@ -133,6 +149,7 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         hu, _meta = read_dicom_hu(path)
         if hu.shape[0] * hu.shape[1] > max_pixels:
             raise _too_big(path, hu.shape[0], hu.shape[1], max_pixels)
+        check_size(hu.shape[0], hu.shape[1], str(path))
         return hu
     if suffix not in IMAGE_EXTENSIONS:
         raise DataError(
@@ -155,6 +172,7 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         )
     if img.shape[0] * img.shape[1] > max_pixels:
         raise _too_big(path, img.shape[0], img.shape[1], max_pixels)
+    check_size(img.shape[0], img.shape[1], str(path))
     if img.dtype not in (np.uint8, np.uint16):
         raise DataError(
             f"pixel type {img.dtype} is not supported; expected 8-bit or 16-bit images",

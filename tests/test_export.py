@@ -306,3 +306,31 @@ def test_onnx_converter_that_succeeds_with_unsupported_ops_does_not_pass(exporte
         write_onnx(exported_all["dir"] / "saved_model", out, signature="serve_bytes")
     assert "not written" in str(err.value)
     assert not out.exists() and not list(tmp_path.glob(".*tmp"))
+
+
+# --------------------------------------------------------------------------------------------
+# wrong inputs into the exported model
+
+
+@pytest.mark.parametrize("name, array, expect", [
+    ("float pixels", np.zeros((20, 24, 3), np.float32), "expected to be a uint8 tensor"),
+    ("a batch (rank 4)", np.zeros((1, 20, 24, 3), np.uint8), r"expected shape \[\?,\?,3\]"),
+    ("grey (rank 2)", np.zeros((20, 24), np.uint8), r"expected shape \[\?,\?,3\]"),
+    ("RGBA", np.zeros((20, 24, 4), np.uint8), r"expected shape \[\?,\?,3\]"),
+])
+def test_saved_model_signature_refuses_wrong_inputs_at_the_boundary(exported, name, array, expect):
+    """Wrong dtype, rank or channel count fail at the signature's first op with the expected
+    spec in the message, not deep inside a resize or a convolution."""
+    import tensorflow as tf
+
+    serve = exported["loaded"].signatures["serve_uint8"]
+    with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError), match=expect) as err:
+        serve(image=tf.constant(array))
+    assert "convolution" not in str(err.value) and "ResizeBilinear" not in str(err.value), name
+
+
+def test_tflite_still_converts_with_the_input_check(exported):
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(exported["dir"] / "model.tflite")).get_signature_runner("serve_uint8")
+    assert runner(image=exported["images"][0])["score"].shape == (1,)

@@ -200,3 +200,21 @@ def test_predictor_imports_no_training_code(bundle, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     score, heavy = proc.stdout.strip().split(" ", 1)
     assert heavy == "[]" and 0.0 <= float(score) <= 1.0
+
+
+@pytest.mark.parametrize("array, expect", [
+    (np.zeros((20, 20, 2), np.uint8), "expected HxW or HxWx1/3"),
+    (np.zeros((1, 20, 20, 3), np.uint8), "expected HxW or HxWx1/3"),
+    (np.zeros((20, 20), bool), "unsupported pixel type bool"),
+    (np.zeros((20, 20), np.int64), "unsupported pixel type int64"),
+    (np.zeros((0, 20), np.uint8), "at least 4 px"),
+    (np.zeros((1, 1, 3), np.uint8), "at least 4 px"),
+])
+@pytest.mark.parametrize("backend", ["saved_model", "tflite"])
+def test_predictor_refuses_wrong_arrays_with_a_data_error(bundle, array, expect, backend):
+    from lepton_vision import Predictor
+
+    pred = Predictor.from_bundle(bundle["dir"], backend=backend)
+    with pytest.raises(DataError, match=expect) as err:
+        pred.predict(array)
+    assert "image array" in str(err.value)

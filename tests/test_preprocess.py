@@ -24,24 +24,24 @@ from lepton_vision.preprocess import (
 
 
 def test_read_gray_color_rgba_16bit(tmp_path):
-    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    gray = np.arange(20, dtype=np.uint8).reshape(4, 5)
     cv2.imwrite(str(tmp_path / "g.png"), gray)
     out = read_image(tmp_path / "g.png")
-    assert out.dtype == np.uint8 and out.shape == (3, 4)
+    assert out.dtype == np.uint8 and out.shape == (4, 5)
     np.testing.assert_array_equal(out, gray)
 
-    bgr = np.zeros((2, 2, 3), np.uint8)
+    bgr = np.zeros((4, 4, 3), np.uint8)
     bgr[..., 0] = 200  # OpenCV writes BGR: this is blue
     cv2.imwrite(str(tmp_path / "c.png"), bgr)
     rgb = read_image(tmp_path / "c.png")
-    assert rgb.shape == (2, 2, 3)
+    assert rgb.shape == (4, 4, 3)
     assert (rgb[..., 2] == 200).all() and (rgb[..., 0] == 0).all()
 
-    bgra = np.dstack([bgr, np.full((2, 2), 7, np.uint8)])
+    bgra = np.dstack([bgr, np.full((4, 4), 7, np.uint8)])
     cv2.imwrite(str(tmp_path / "a.png"), bgra)
     np.testing.assert_array_equal(read_image(tmp_path / "a.png"), rgb)
 
-    deep = np.array([[0, 1000], [40000, 65535]], np.uint16)
+    deep = np.tile(np.array([[0, 1000], [40000, 65535]], np.uint16), (2, 2))
     cv2.imwrite(str(tmp_path / "d.png"), deep)
     out16 = read_image(tmp_path / "d.png")
     assert out16.dtype == np.uint16
@@ -57,6 +57,7 @@ def test_read_gray_color_rgba_16bit(tmp_path):
         ("bad.png", b"this is not a png at all", "cannot decode"),
         ("empty.jpg", b"", "empty"),
         ("movie.gif", b"GIF89a....", "unsupported file type '.gif'"),
+        ("dot.png", cv2.imencode(".png", np.zeros((1, 1), np.uint8))[1].tobytes(), "at least 4 px"),
     ],
 )
 def test_bad_files_name_the_file(tmp_path, name, content, expect):
@@ -83,13 +84,16 @@ def test_too_many_pixels(tmp_path):
 
 
 def test_read_dicom_gives_hu(tmp_path, write_ct_dicom):
-    stored = np.array([[0, 1024], [1064, 2024]], np.int16)
+    stored = np.tile(np.array([[0, 1024], [1064, 2024]], np.int16), (2, 2))  # 4x4: the smallest accepted
     p = write_ct_dicom(tmp_path / "ct.dcm", stored)
     hu = read_image(p)
     assert hu.dtype == np.float32
-    np.testing.assert_array_equal(hu, [[-1024, 0], [40, 1000]])
+    np.testing.assert_array_equal(hu, np.tile([[-1024, 0], [40, 1000]], (2, 2)))
     # mediastinum window (40, 400): -1024 -> 0, 0 -> floor(160/400*255+.5)=102, 40 -> 128, 1000 -> 255
-    np.testing.assert_array_equal(to_uint8(hu, 1, (40, 400))[..., 0], [[0, 102], [128, 255]])
+    np.testing.assert_array_equal(to_uint8(hu, 1, (40, 400))[..., 0], np.tile([[0, 102], [128, 255]], (2, 2)))
+    tiny = write_ct_dicom(tmp_path / "tiny.dcm", np.zeros((1, 1), np.int16))
+    with pytest.raises(DataError, match="1x1 px"):
+        read_image(tiny)
     corrupt = tmp_path / "corrupt.dcm"
     corrupt.write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
     with pytest.raises(DataError) as err:
