@@ -58,6 +58,8 @@ def test_read_gray_color_rgba_16bit(tmp_path):
         ("empty.jpg", b"", "empty"),
         ("movie.gif", b"GIF89a....", "unsupported file type '.gif'"),
         ("dot.png", cv2.imencode(".png", np.zeros((1, 1), np.uint8))[1].tobytes(), "at least 4 px"),
+        # A JPEG cut off after its header: the decoder gives up, the file is named.
+        ("cut.jpg", cv2.imencode(".jpg", np.full((64, 64, 3), 99, np.uint8))[1].tobytes()[:200], "cannot decode"),
     ],
 )
 def test_bad_files_name_the_file(tmp_path, name, content, expect):
@@ -178,3 +180,13 @@ def test_data_modules_do_not_import_tensorflow():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_cmyk_jpeg_is_read_as_rgb(tmp_path):
+    """Policy: CMYK JPEGs (print workflows) are converted to RGB by the decoder, not refused."""
+    from PIL import Image
+
+    Image.new("CMYK", (8, 6), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")  # pure red in CMYK
+    rgb = read_image(tmp_path / "cmyk.jpg")
+    assert rgb.shape == (6, 8, 3) and rgb.dtype == np.uint8
+    assert rgb[..., 0].mean() > 200 and rgb[..., 1].mean() < 60 and rgb[..., 2].mean() < 60
