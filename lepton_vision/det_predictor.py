@@ -10,7 +10,7 @@ annotated pictures. TensorFlow or LiteRT are imported only when a bundle is load
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -178,6 +178,8 @@ class DetPredictor:
                 "uint8 RGB frames (H x W x 3). Convert with np.clip(x, 0, 255).astype(np.uint8).",
                 file=where,
             )
+        if raw.ndim in (2, 3):
+            preprocess.check_size(raw.shape[0], raw.shape[1], where)
         try:
             rgb = preprocess.to_uint8(raw, 3, None)
         except ValueError as exc:
@@ -399,8 +401,16 @@ def to_coco_results(dets: Iterable[FrameDetections], threshold: float | None = N
     return rows
 
 
+#: Per-class box colours (RGB), e.g. ``draw_detections(..., colors=CLASS_COLORS_RGB)``; the first is
+#: the default single colour, the others are told apart from it and from each other.
+CLASS_COLORS_RGB = ((255, 40, 40), (30, 144, 255), (255, 170, 0), (0, 170, 90), (170, 60, 220),
+                    (0, 190, 190), (230, 60, 150), (120, 120, 120))
+
+
 def draw_detections(img: np.ndarray, det: FrameDetections, class_names: list[str] | None = None,
-                    threshold: float | None = None) -> np.ndarray:
+                    threshold: float | None = None,
+                    colors: Sequence[tuple[int, int, int]] | None = None,
+                    font_scale: float | None = None, thickness: int | None = None) -> np.ndarray:
     """A copy of a uint8 RGB frame with the boxes at or above the threshold drawn and labelled.
 
     Args:
@@ -408,21 +418,27 @@ def draw_detections(img: np.ndarray, det: FrameDetections, class_names: list[str
         det: Its detections.
         class_names: Labels (default ``det.class_names``).
         threshold: Draw boxes with ``score >= threshold`` (default: the threshold in use).
+        colors: RGB colour per class index (cycled); default: one red for every class.
+        font_scale: OpenCV font scale of the labels (default: from the frame's shorter side).
+        thickness: Box line width in pixels (default: from the frame's shorter side).
     """
     names = class_names or det.class_names
+    palette = tuple(colors) if colors else (_BOX_RGB,)
     out = np.ascontiguousarray(preprocess.to_uint8(np.asarray(img), 3, None)).copy()
     h, w = out.shape[:2]
-    thick = max(1, round(min(h, w) / 300))
-    font_scale = max(0.35, min(h, w) / 900)
+    thick = int(thickness) if thickness else max(1, round(min(h, w) / 300))
+    font_scale = float(font_scale) if font_scale else max(0.35, min(h, w) / 900)
     keep = det.above(threshold)
     for box, score, cls in zip(det.boxes[keep], det.scores[keep], det.classes[keep], strict=True):
         x1, y1, x2, y2 = (round(float(v)) for v in box)
-        cv2.rectangle(out, (x1, y1), (x2, y2), _BOX_RGB, thick)
+        colour = tuple(int(v) for v in palette[int(cls) % len(palette)])
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
         label = f"{names[int(cls)]} {float(score):.2f}"
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
         ty = y1 - 2 if y1 - th - base - 2 >= 0 else y1 + th + 2  # inside the box at the top edge
-        cv2.rectangle(out, (x1, ty - th - base + 1), (x1 + tw + 2, ty + base - 1), _BOX_RGB, -1)
-        cv2.putText(out, label, (x1 + 1, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1,
+        tx = max(0, min(x1, w - tw - 3))  # keep the label inside the frame at the right edge
+        cv2.rectangle(out, (tx, ty - th - base + 1), (tx + tw + 2, ty + base - 1), colour, -1)
+        cv2.putText(out, label, (tx + 1, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1,
                     cv2.LINE_AA)
     return out
 
@@ -439,22 +455,31 @@ def write_image_rgb(path: str | Path, rgb: np.ndarray) -> Path:
     return path
 
 
+#: (suffix, fourcc) tried in order by :class:`AnnotatedVideoWriter` by default.
+VIDEO_CODECS = ((".mp4", "mp4v"), (".avi", "MJPG"))
+#: Codecs a web browser plays (VP8 WebM; OpenCV's pip wheels cannot write H.264), then the default.
+BROWSER_VIDEO_CODECS = ((".webm", "VP80"), *VIDEO_CODECS)
+
+
 class AnnotatedVideoWriter:
     """Writes RGB frames to ``<stem>.mp4`` (mp4v), or ``<stem>.avi`` (MJPG) when mp4v cannot open.
 
     The frame size is taken from the first frame. Use as a context manager; ``path`` is the
-    file actually written.
+    file actually written. ``codecs`` replaces the (suffix, fourcc) pairs tried, e.g.
+    :data:`BROWSER_VIDEO_CODECS` for a file a browser can play.
     """
 
-    def __init__(self, path_without_suffix: str | Path, fps: float) -> None:
+    def __init__(self, path_without_suffix: str | Path, fps: float,
+                 codecs: Sequence[tuple[str, str]] = VIDEO_CODECS) -> None:
         self._base = Path(path_without_suffix)
         self.fps = fps if fps > 0 else 10.0
+        self.codecs = tuple(codecs)
         self.path: Path | None = None
         self._writer: Any = None
 
     def _open(self, w: int, h: int) -> None:
         self._base.parent.mkdir(parents=True, exist_ok=True)
-        for suffix, fourcc in ((".mp4", "mp4v"), (".avi", "MJPG")):
+        for suffix, fourcc in self.codecs:
             path = self._base.with_name(self._base.name + suffix)
             writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), self.fps, (w, h))
             if writer.isOpened():
@@ -462,8 +487,9 @@ class AnnotatedVideoWriter:
                 return
             writer.release()
             path.unlink(missing_ok=True)
-        raise DataError("OpenCV can write neither mp4v .mp4 nor MJPG .avi here; drop --annotate "
-                        "for videos.", file=str(self._base))
+        tried = ", ".join(f"{fourcc} {suffix}" for suffix, fourcc in self.codecs)
+        raise DataError(f"OpenCV can write none of {tried} here; drop --annotate for videos.",
+                        file=str(self._base))
 
     def write(self, rgb: np.ndarray) -> None:
         """Append one uint8 RGB frame."""

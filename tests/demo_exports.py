@@ -1,0 +1,197 @@
+"""Tiny exports for the demo tests (tests/test_serve.py, tests/test_browser.py); not a test module.
+
+Each builder trains a very small model for a few steps, exports it with the real exporters and
+writes the run's ``samples.csv`` next to the export (the demo's example gallery reads it), so the
+demo runs on the same files a real run leaves behind. The test files load it by path: the suite
+runs with ``--import-mode=importlib``, so test modules cannot import each other by name.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+CT_SIZE = (32, 32)
+CT_WINDOW = (-600.0, 1500.0)
+#: Between the fitted model's scores of the two labels' slices (about 0.94 and 0.996).
+CT_THRESHOLD = 0.97
+DET_INPUT_HW = (128, 128)
+DET_SCORE_THR = 0.05
+DET_IMAGE_THR = 0.1
+
+CT_INFO: dict[str, Any] = {
+    "task": "ct_screening",
+    "kind": "binary_classification",
+    "title": "CT screening (test export)",
+    "intended_use": "Test fixture. Not for diagnosis.",
+    "classes": ["normal", "abnormal"],
+    "positive_class": "abnormal",
+    "threshold_policy": {"policy": "min_sensitivity", "value": 0.95},
+    "metrics": {
+        "pooled": {"roc_auc": {"value": 0.81, "lo": 0.72, "hi": 0.89},
+                   "sensitivity": {"value": 0.95, "lo": 0.9, "hi": 0.99}},
+        "mean_sd": {"roc_auc": {"mean": 0.8, "sd": 0.05}},
+        "ci": 0.95,
+        "bootstrap_unit": "group",
+    },
+    "recipe": {"name": "ct_screening-test", "sha256": "ab" * 32, "seed": 7},
+    "dataset": {"name": "test_ct", "fingerprint": "cd" * 32, "n_samples": 6},
+    "versions": {"lepton_vision": "0.1.0", "tensorflow": "2.21.0"},
+}
+
+
+def _ct_model(seed: int = 0) -> Any:
+    """float32 [32, 32, 1] in [0, 1] -> conv 'last_conv' -> GAP -> Dense(1, sigmoid), fitted briefly so
+    the score rises with brightness (Grad-CAM then has positive evidence) and Grad-CAM finds its layer."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((*CT_SIZE, 1), name="image", dtype="float32")
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="last_conv")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(1, activation="sigmoid", name="score")(x)
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(seed)
+    base = rng.random((64, 1, 1, 1)).astype(np.float32)  # brightness decides the label
+    xs = np.clip(base + rng.normal(0, 0.1, (64, *CT_SIZE, 1)), 0, 1).astype(np.float32)
+    ys = (base.reshape(-1) > 0.5).astype(np.float32)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="binary_crossentropy")
+    model.fit(xs, ys, epochs=8, batch_size=16, verbose=0)
+    return model
+
+
+def make_ct_export(root: Path, write_ct_dicom: Any) -> dict[str, Any]:
+    """A 1-channel CT classifier export (SavedModel + float TFLite + model.keras) with DICOM and PNG
+    samples, a samples.csv of six DICOM slices (three per label) and a corrupt PNG."""
+    from lepton_vision import preprocess
+    from lepton_vision.export import export_classifier
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(11)
+    data = root / "data"
+    rows, dicoms = [], []
+    for i in range(6):
+        label = i % 2
+        # Brighter (denser) slices for the positive label, so the fitted model separates them.
+        base = 700 + 600 * label
+        stored = np.clip(rng.normal(base, 250, (48, 40)), 0, 2400).astype(np.int16)
+        path = write_ct_dicom(data / f"P{i:02d}" / "000.dcm", stored, patient_id=f"P{i:02d}")
+        dicoms.append(path)
+        rows.append({"sample_id": f"P{i:02d}/000.dcm", "path": str(path), "label": label,
+                     "label_name": ["normal", "abnormal"][label], "group": f"P{i:02d}"})
+    gray = rng.integers(0, 256, (40, 36), dtype=np.uint8)
+    png = data / "slice_gray.png"
+    cv2.imwrite(str(png), gray)
+    colour = data / "slice_colour.png"
+    cv2.imwrite(str(colour), rng.integers(0, 256, (30, 30, 3), dtype=np.uint8))
+    corrupt = data / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"this is not a PNG image" * 4)
+    text = data / "notes.txt"
+    text.write_text("not an image")
+    parity = [preprocess.to_uint8(preprocess.read_image(p), 1, CT_WINDOW) for p in [*dicoms[:3], png]]
+    export_dir = root / "run" / "export"
+    export_classifier(_ct_model(), export_dir, image_size_hw=CT_SIZE, channels=1, window=CT_WINDOW,
+                      threshold=CT_THRESHOLD, bundle_info=CT_INFO, parity_images=parity,
+                      formats=("saved_model", "tflite"))
+    _write_samples(root / "run" / "samples.csv", rows)
+    return {"dir": export_dir, "dicoms": dicoms, "png": png, "colour": colour, "corrupt": corrupt,
+            "text": text, "root": root}
+
+
+def _scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """A grey frame with 1-3 dark upright rectangles ("people") and their xyxy boxes."""
+    img = np.clip(rng.normal(150, 20, (h, w, 3)), 0, 255)
+    boxes = []
+    for _ in range(int(rng.integers(1, 4))):
+        bw, bh = int(rng.integers(w // 10, w // 5)), int(rng.integers(h // 4, h // 2))
+        x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+        img[y: y + bh, x: x + bw] = rng.integers(0, 60, 3)
+        boxes.append([x, y, x + bw, y + bh])
+    return img.astype(np.uint8), np.array(boxes, np.float32)
+
+
+def write_png(path: Path, rgb: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 5.0, fourcc: str = "mp4v") -> Path:
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    assert writer.isOpened(), f"OpenCV cannot write {fourcc} {path.suffix}"
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def make_det_export(root: Path) -> dict[str, Any]:
+    """A 128 px YOLOv8 'tiny' person detector fitted for a few epochs on rectangles and exported
+    (SavedModel + float TFLite), with frames (with and without objects), a samples.csv, a short
+    video and a corrupt PNG."""
+    import keras
+
+    from lepton_vision.cards import DetectionPolicy
+    from lepton_vision.detectors import adapter_for
+    from lepton_vision.export_detection import export_detector
+    from lepton_vision.recipe import DetectorSpec
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    n = 24
+    x = np.zeros((n, *DET_INPUT_HW, 3), np.float32)
+    boxes = -np.ones((n, 4, 4), np.float32)
+    classes = -np.ones((n, 4), np.float32)
+    for i in range(n):
+        img, b = _scene(rng, *DET_INPUT_HW)
+        x[i], boxes[i, : len(b)], classes[i, : len(b)] = img, b, 0
+    spec = DetectorSpec(size="tiny")
+    adapter = adapter_for(spec)
+    model = adapter.build(spec, 1, DET_INPUT_HW, 0)
+    adapter.compile(model, spec, keras.optimizers.Adam(2e-3))
+    model.fit(x, {"boxes": boxes, "classes": classes}, batch_size=8, epochs=5, verbose=0)
+    frames_dir = root / "frames"
+    scenes = [_scene(rng, 120, 160) for _ in range(5)]
+    frames = [write_png(frames_dir / f"f{i}.png", img) for i, (img, _) in enumerate(scenes)]
+    empty = write_png(frames_dir / "empty.png", np.clip(rng.normal(150, 20, (120, 160, 3)), 0, 255).astype(np.uint8))
+    export_dir = root / "run" / "export"
+    export_detector(
+        model, export_dir, input_hw=DET_INPUT_HW, score_threshold=DET_SCORE_THR, image_threshold=DET_IMAGE_THR,
+        policy=DetectionPolicy(),
+        bundle_info={"task": "person_detection", "kind": "object_detection", "classes": ["person"],
+                     "title": "Person detection (test export)", "intended_use": "Test fixture.",
+                     "threshold_policy": {"policy": "max_f1", "value": None},
+                     "detection": DetectionPolicy().model_dump(mode="json"),
+                     "metrics": {"ap50": 0.4, "ap50_95": 0.1, "precision": 0.5, "recall": 0.4, "f1": 0.44,
+                                 "ci": {"ap50": [0.3, 0.5]}, "bootstrap_unit": "group"},
+                     "dataset": {"name": "test_street", "fingerprint": "ef" * 32, "n_samples": 6}},
+        parity_paths=[str(p) for p in frames[:2]], calibration_paths=[str(p) for p in frames[:2]],
+        formats=("saved_model", "tflite"),
+    )
+    rows = [{"sample_id": p.name, "path": str(p), "label": 1, "label_name": "objects", "group": f"s{i}"}
+            for i, p in enumerate(frames)]
+    rows.append({"sample_id": empty.name, "path": str(empty), "label": 0, "label_name": "empty", "group": "s9"})
+    _write_samples(root / "run" / "samples.csv", rows)
+    video = write_video(root / "clip.mp4", [img for img, _ in scenes] * 2)
+    corrupt = root / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"this is not a PNG image" * 4)
+    return {"dir": export_dir, "frames": frames, "empty": empty, "video": video, "corrupt": corrupt,
+            "root": root, "scenes": scenes}
+
+
+def _write_samples(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def bundle(export_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(export_dir) / "bundle.json").read_text())
