@@ -642,7 +642,7 @@ def decision_html(result_or_score: ClassificationResult | float, threshold: floa
             f"<div>score {score:.4f} {rel} threshold {threshold:.4f}</div></div>")
 
 
-def _ct_blocks(demo: ClassificationDemo, examples: list[str]) -> gr.Blocks:
+def _ct_blocks(demo: ClassificationDemo, examples: list[str], png_file: ImageFiles) -> gr.Blocks:
     b = demo.bundle
     classes = demo.classes
     pol = _policy_text((b.get("threshold") or {}).get("policy"))
@@ -668,7 +668,7 @@ def _ct_blocks(demo: ClassificationDemo, examples: list[str]) -> gr.Blocks:
                                 label="Examples from the training data (file name = dataset label)",
                                 examples_per_page=12)
             with gr.Column(scale=1):
-                image_out = gr.Image(label="Slice as the model sees it", type="numpy", format="png",
+                image_out = gr.Image(label="Slice as the model sees it", type="filepath",
                                      interactive=False, elem_id="ct-image")
                 decision = gr.HTML(elem_id="ct-decision")
                 with gr.Row():
@@ -682,7 +682,7 @@ def _ct_blocks(demo: ClassificationDemo, examples: list[str]) -> gr.Blocks:
 
         def _outputs(r: ClassificationResult) -> tuple[Any, ...]:
             st = {"score": r.score, "display": r.display, "model_img": r.model_image, "heat": r.heat}
-            return (enlarge(r.image), decision_html(r, r.threshold, classes), f"{r.score:.4f}", r.label,
+            return (png_file(enlarge(r.image)), decision_html(r, r.threshold, classes), f"{r.score:.4f}", r.label,
                     f"**{html.escape(r.name)}** · " + " · ".join(r.details), st)
 
         @_with_friendly_errors
@@ -707,10 +707,10 @@ def _ct_blocks(demo: ClassificationDemo, examples: list[str]) -> gr.Blocks:
             if not st:
                 return gr.skip(), gr.skip()
             if not show_cam:
-                return enlarge(st["display"]), st
+                return png_file(enlarge(st["display"])), st
             if st.get("heat") is None:
                 st = {**st, "heat": demo.gradcam(st["model_img"])}
-            return enlarge(demo.overlay(st["model_img"], st["heat"])), st
+            return png_file(enlarge(demo.overlay(st["model_img"], st["heat"]))), st
 
         outs = [image_out, decision, score, label, details, state]
         common = dict(preprocess=False, concurrency_id="model", show_progress="minimal")
@@ -1061,11 +1061,48 @@ def _work_dir(owner: object, work_dir: str | Path | None) -> Path:
     return path
 
 
+class ImageFiles:
+    """Result images as PNG files with unique names, written atomically, the last ``keep`` kept.
+
+    Why not hand Gradio numpy arrays: it saves an array under a path derived from its content
+    and rewrites that file on every request, in place. Under concurrent requests with the same
+    result (50 users scoring the same example), one request's download then reads a file another
+    request is rewriting ("Too little data for declared Content-Length"). A file path instead is
+    copied into Gradio's cache once, under a temporary name renamed into place.
+    """
+
+    def __init__(self, folder: Path, keep: int = 512) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.keep = int(keep)
+        self._recent: list[Path] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, rgb: np.ndarray | None) -> str | None:
+        if rgb is None:
+            return None
+        img = np.asarray(rgb)
+        bgr = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+        ok, data = cv2.imencode(".png", bgr)
+        if not ok:
+            raise gr.Error("could not encode the result image as PNG")
+        path = self.folder / f"result_{uuid.uuid4().hex}.png"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data.tobytes())
+        tmp.replace(path)
+        with self._lock:
+            self._recent.append(path)
+            old, self._recent = self._recent[:-self.keep], self._recent[-self.keep:]
+        for o in old:  # long since copied into Gradio's cache and served
+            o.unlink(missing_ok=True)
+        return str(path)
+
+
 def _counts_table(per_class: dict[str, tuple[int, float]]) -> list[list[Any]]:
     return [[c, n, round(top, 3) if n else None] for c, (n, top) in per_class.items()]
 
 
-def _det_blocks(demo: DetectionDemo, examples: list[str]) -> gr.Blocks:
+def _det_blocks(demo: DetectionDemo, examples: list[str], png_file: ImageFiles) -> gr.Blocks:
     b = demo.bundle
     pol = _policy_text(b.get("threshold_policy"))
     headers = ["class", "boxes", "max score"]
@@ -1094,7 +1131,7 @@ def _det_blocks(demo: DetectionDemo, examples: list[str]) -> gr.Blocks:
                                         label="Examples from the training data (file name = with/without objects)",
                                         examples_per_page=12)
                     with gr.Column(scale=1):
-                        img_out = gr.Image(label="Detections", type="numpy", format="png", interactive=False,
+                        img_out = gr.Image(label="Detections", type="filepath", interactive=False,
                                            elem_id="det-image-out")
                         with gr.Row():
                             count = gr.Textbox(label="Boxes shown", interactive=False, elem_id="det-count")
@@ -1131,7 +1168,7 @@ def _det_blocks(demo: DetectionDemo, examples: list[str]) -> gr.Blocks:
 
         def _outputs(r: DetectionResult) -> tuple[Any, ...]:
             st = {"raw": r.raw, "frame": r.frame, "name": r.name, "latency": r.latency_ms, "decode": r.decode_ms}
-            return (r.image, str(r.count), f"{r.raw.image_score:.3f}", f"{r.latency_ms:.1f}",
+            return (png_file(r.image), str(r.count), f"{r.raw.image_score:.3f}", f"{r.latency_ms:.1f}",
                     _counts_table(r.per_class), demo.summary_markdown(r), st)
 
         empty = (None, "", "", "", _counts_table(demo.per_class([])), "", None)
@@ -1228,7 +1265,9 @@ def build_demo(export_dir: str | Path, backend: str = "auto",
     items = pick_examples(export_dir, extensions=exts) if examples is None else list(examples)
     work = demo.work_dir if isinstance(demo, DetectionDemo) else _work_dir(demo, None)
     staged = _stage_examples(items, work / "examples")
-    blocks = _det_blocks(demo, staged) if isinstance(demo, DetectionDemo) else _ct_blocks(demo, staged)
+    png_file = ImageFiles(work / "results")
+    blocks = (_det_blocks(demo, staged, png_file) if isinstance(demo, DetectionDemo)
+              else _ct_blocks(demo, staged, png_file))
     blocks.lepton_demo = demo  # type: ignore[attr-defined]
     blocks.lepton_examples = [[p] for p in staged]  # type: ignore[attr-defined]
     return blocks

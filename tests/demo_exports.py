@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +201,59 @@ def _write_samples(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def bundle(export_dir: Path) -> dict[str, Any]:
     return json.loads((Path(export_dir) / "bundle.json").read_text())
+
+
+# --------------------------------------------------------------------------------------------
+# A running demo (browser and load tests)
+
+OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+               "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+START_TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class DemoServer:
+    """`python -m lepton_vision demo EXPORT --port N` in a subprocess, with its output collected."""
+
+    def __init__(self, export_dir: Path, tmp: Path, *extra: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        env = {**os.environ, **OFFLINE_ENV, "GRADIO_TEMP_DIR": str(tmp / "gradio")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lepton_vision", "demo", str(export_dir), "--port", str(self.port), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp)
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        threading.Thread(target=self._pump, daemon=True).start()
+        t0 = time.monotonic()
+        while not self._ready.wait(0.2):
+            if self.proc.poll() is not None or time.monotonic() - t0 > START_TIMEOUT_S:
+                self.stop()
+                raise RuntimeError(f"the demo did not start within {START_TIMEOUT_S} s (exit {self.proc.returncode}):\n"
+                            + "".join(self.lines[-40:]))
+        self.start_s = time.monotonic() - t0
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if f"127.0.0.1:{self.port}" in line and "Running on" in line:
+                self._ready.set()
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)

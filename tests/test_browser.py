@@ -13,11 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,9 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("LEPTON_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-               "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-START_TIMEOUT_S = 120
 ARTIFACTS = Path(os.environ.get("LEPTON_TEST_ARTIFACTS", REPO / "test-artifacts")) / "browser"
 
 if not CHROMIUM.is_file():
@@ -49,54 +41,6 @@ _spec.loader.exec_module(demo_exports)
 VALUE_JS = "(id) => { const e = document.querySelector(`#${id} textarea, #${id} input`); return e ? e.value : null; }"
 FILLED_JS = ("(id) => { const e = document.querySelector(`#${id} textarea, #${id} input`); "
              "return !!e && e.value.length > 0; }")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class DemoServer:
-    """`python -m lepton_vision demo EXPORT --port N` in a subprocess, with its output collected."""
-
-    def __init__(self, export_dir: Path, tmp: Path, *extra: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        env = {**os.environ, **OFFLINE_ENV, "GRADIO_TEMP_DIR": str(tmp / "gradio")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lepton_vision", "demo", str(export_dir), "--port", str(self.port), *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp)
-        self.lines: list[str] = []
-        self._ready = threading.Event()
-        threading.Thread(target=self._pump, daemon=True).start()
-        t0 = time.monotonic()
-        while not self._ready.wait(0.2):
-            if self.proc.poll() is not None or time.monotonic() - t0 > START_TIMEOUT_S:
-                self.stop()
-                pytest.fail(f"the demo did not start within {START_TIMEOUT_S} s (exit {self.proc.returncode}):\n"
-                            + "".join(self.lines[-40:]))
-        self.start_s = time.monotonic() - t0
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if f"127.0.0.1:{self.port}" in line and "Running on" in line:
-                self._ready.set()
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 @pytest.fixture(scope="module")
@@ -129,20 +73,20 @@ def det(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ct_server(ct, tmp_path_factory) -> Iterator[DemoServer]:
-    server = DemoServer(ct["dir"], tmp_path_factory.mktemp("ct_server"), "--max-file-size", "1mb")
+def ct_server(ct, tmp_path_factory) -> Iterator[Any]:
+    server = demo_exports.DemoServer(ct["dir"], tmp_path_factory.mktemp("ct_server"), "--max-file-size", "1mb")
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def det_server(det, tmp_path_factory) -> Iterator[DemoServer]:
-    server = DemoServer(det["dir"], tmp_path_factory.mktemp("det_server"))
+def det_server(det, tmp_path_factory) -> Iterator[Any]:
+    server = demo_exports.DemoServer(det["dir"], tmp_path_factory.mktemp("det_server"))
     yield server
     server.stop()
 
 
-def _open(browser: Any, server: DemoServer, ready: str) -> tuple[Any, list[str]]:
+def _open(browser: Any, server: Any, ready: str) -> tuple[Any, list[str]]:
     page = browser.new_page()
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
@@ -169,7 +113,7 @@ def _toast(page: Any) -> str:
     return " ".join(page.locator(".toast-body").all_inner_texts())
 
 
-def _only_local(requests: list[str], server: DemoServer) -> None:
+def _only_local(requests: list[str], server: Any) -> None:
     outside = sorted({u for u in requests if not u.startswith(("http://127.0.0.1", "data:", "blob:"))})
     assert not outside, f"the page made requests outside 127.0.0.1: {outside[:5]}"
     assert requests, "no requests recorded"
