@@ -288,6 +288,12 @@ def test_bad_inputs_name_the_file(predictors, tmp_path):
         next(iter_video_frames(tmp_path / "nothere.mp4"))
     with pytest.raises(DataError, match="dtype float"):
         p.predict_array(np.zeros((10, 10, 3), np.float32))
+    for arr, expect in ((np.zeros((1, 1, 3), np.uint8), "at least 4 px"),
+                        (np.zeros((0, 16, 3), np.uint8), "at least 4 px"),
+                        (np.zeros((16, 16, 2), np.uint8), "Expected H x W or H x W x 3"),
+                        (np.zeros((2, 16, 16, 3), np.uint8), "Expected H x W or H x W x 3")):
+        with pytest.raises(DataError, match=expect):
+            p.predict_array(arr)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("x")
@@ -383,3 +389,18 @@ def test_cli_end_to_end(det_export, tmp_path, capsys):
     assert "empty: no images or videos" in capsys.readouterr().err
     assert main(["predict", str(det_export), str(tmp_path / "nope.mp4"), "--out", str(out)]) == 1
     assert "nope.mp4: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("array, expect", [
+    (np.zeros((32, 40, 3), np.float32), "expected to be a uint8 tensor"),
+    (np.zeros((32, 40), np.uint8), r"expected shape \[\?,\?,3\]"),
+    (np.zeros((32, 40, 4), np.uint8), r"expected shape \[\?,\?,3\]"),
+    (np.zeros((1, 32, 40, 3), np.uint8), r"expected shape \[\?,\?,3\]"),
+])
+def test_detector_signature_refuses_wrong_inputs_at_the_boundary(det_export, array, expect):
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(det_export / "saved_model")).signatures["serve_uint8"]
+    with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError), match=expect) as err:
+        serve(image=tf.constant(array))
+    assert "ResizeBilinear" not in str(err.value) and "conv" not in str(err.value).lower()
