@@ -155,18 +155,9 @@ def export_classifier(
         int8_path, int8_mode = _write_tflite_int8(sm_path, export_dir / TFLITE_INT8_FILE, calib)
         timings["tflite_int8"] = time.perf_counter() - t
 
-    onnx_path, onnx_reject = None, None
-    if "onnx" in formats:
-        from lepton_vision.onnx_export import ONNX_FILE, write_onnx
+    from lepton_vision.onnx_export import export_or_reject
 
-        t = time.perf_counter()
-        try:
-            onnx_path = write_onnx(sm_path, export_dir / ONNX_FILE, DEFAULT_SIGNATURE)
-        except ExportError as exc:
-            onnx_reject = str(exc)
-        timings["onnx"] = time.perf_counter() - t
-    else:
-        (export_dir / "model.onnx").unlink(missing_ok=True)
+    onnx_path, onnx_reject = export_or_reject(sm_path, export_dir, formats, timings)
 
     t = time.perf_counter()
     parity = _parity(model, sm_path, tflite_path, images, (h, w), reference_scores, parity_atol,

@@ -379,16 +379,9 @@ def export_detector(
                                              float_tflite=tfl["tflite"])
         timings["tflite_int8"] = round(time.perf_counter() - t, 2)
     notes: list[str] = []
-    onnx_path, onnx_reject = None, None
-    if "onnx" in formats:
-        from lepton_vision.onnx_export import ONNX_FILE, write_onnx
+    from lepton_vision.onnx_export import export_or_reject
 
-        t = time.perf_counter()
-        try:
-            onnx_path = write_onnx(sm_path, export_dir / ONNX_FILE, DEFAULT_SIGNATURE)
-        except ExportError as exc:
-            onnx_reject = str(exc)
-        timings["onnx"] = round(time.perf_counter() - t, 2)
+    onnx_path, onnx_reject = export_or_reject(sm_path, export_dir, formats, timings)
     t = time.perf_counter()
     parity_frames = frames(parity_paths)
     parity = _parity(model, sm_path, tfl, parity_frames, input_hw, policy, score_threshold)

@@ -91,3 +91,23 @@ def write_onnx(sm_path: Path, out: Path, signature: str = "serve_uint8", opset: 
         ) from exc
     tmp.replace(out)
     return out
+
+
+def export_or_reject(sm_path: Path, export_dir: Path, formats: tuple[str, ...] | list[str],
+                     timings: dict[str, float]) -> tuple[Path | None, str | None]:
+    """``model.onnx`` when ``onnx`` is among ``formats``: (path, None), or (None, why it was
+    rejected). Without ``onnx`` an old file is removed and (None, None) returned. Records the
+    seconds in ``timings["onnx"]``."""
+    import time
+
+    out = export_dir / ONNX_FILE
+    if "onnx" not in formats:
+        out.unlink(missing_ok=True)
+        return None, None
+    t = time.perf_counter()
+    try:
+        return write_onnx(sm_path, out, "serve_uint8"), None
+    except ExportError as exc:
+        return None, str(exc)
+    finally:
+        timings["onnx"] = round(time.perf_counter() - t, 2)
