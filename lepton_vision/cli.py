@@ -33,6 +33,8 @@ EXAMPLES = {
           lepton-vision train recipes/ct_screening/baseline.yaml --set train.epochs=3 --set cv.n_splits=3
           LEPTON_DATA_ROOT=../shared/data lepton-vision train recipes/ct_screening/covid_ct.yaml
           lepton-vision train recipes/ct_screening/baseline.yaml --resume runs/ct_screening-baseline-20261123-101500
+          lepton-vision train recipes/ct_screening/baseline.yaml --executor ray --address auto   # a Ray task per fold
+          lepton-vision train recipes/ct_screening/baseline.yaml --tracking-uri sqlite:////shared/mlflow.db
     """,
     "evaluate": """
         examples:
@@ -73,6 +75,20 @@ EXAMPLES = {
         examples:
           lepton-vision check
     """,
+    "tune": """
+        examples:
+          lepton-vision tune recipes/ct_screening/baseline.yaml --space space.yaml --trials 8
+          lepton-vision tune recipes/ct_screening/baseline.yaml --space space.yaml --trials 20 --address auto
+        space.yaml maps recipe paths to Ray Tune domains:
+          train.optimizer.learning_rate: {loguniform: [1.0e-4, 1.0e-2]}
+          model.backbone: {choice: [small_cnn, mobilenet_v3_small]}
+    """,
+    "demo": """
+        examples:
+          lepton-vision demo runs/ct_screening-baseline-20261123-101500/export
+          lepton-vision demo runs/RUN/export --port 7861 --auth reviewer:s3cret
+          lepton-vision demo runs/RUN/export --host 0.0.0.0 --auth reviewer:s3cret   # reachable from the network
+    """,
 }
 
 
@@ -108,7 +124,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, help="run directory (default runs/<recipe name>-<timestamp>)")
     t.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue an interrupted run: finished folds are not recomputed")
+    _add_scale_out_options(t)
     t.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
+
+    tu = sub.add_parser("tune", help="Ray Tune sweep: every trial a full grouped cross-validation",
+                        epilog=_epilog("tune"), formatter_class=fmt)
+    tu.add_argument("recipe", help="recipe YAML file")
+    tu.add_argument("--space", type=Path, required=True, help="search space YAML (recipe path: domain)")
+    tu.add_argument("--trials", type=int, required=True, metavar="N",
+                    help="trials to run (with grid domains: per grid point)")
+    tu.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a recipe field in every trial, repeatable")
+    tu.add_argument("--out", type=Path, help="sweep directory (default runs/<recipe name>-tune-<timestamp>)")
+    tu.add_argument("--address", metavar="ADDR",
+                    help="Ray cluster: auto, host:port or ray://host:10001 (default: train.ray.address, "
+                    "else a private Ray on this machine)")
+    tu.add_argument("--max-concurrent", type=int, metavar="N", help="trials at once (default: as many as fit)")
+    tu.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
 
     e = sub.add_parser("evaluate", help="rescore a run from oof_predictions.csv (no TensorFlow)",
                        epilog=_epilog("evaluate"), formatter_class=fmt)
@@ -182,6 +214,21 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
     rsub.add_parser("schema", help="print the recipe JSON Schema")
 
+    dm = sub.add_parser("demo", help="serve a Gradio demo of an export in the browser (127.0.0.1 by default)",
+                        epilog=_epilog("demo"), formatter_class=fmt)
+    dm.add_argument("export_dir", type=Path, help="RUN/export (or RUN)")
+    dm.add_argument("--host", default="127.0.0.1",
+                    help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
+    dm.add_argument("--port", type=int, help="port (default 7860, or the next free one)")
+    dm.add_argument("--auth", metavar="USER:PASSWORD", help="require this login on the page")
+    dm.add_argument("--backend", choices=["auto", "saved_model", "tflite", "tflite_int8"], default="auto",
+                    help="auto: LiteRT float32 when installed, else the SavedModel (default auto)")
+    dm.add_argument("--max-file-size", default="100mb", metavar="SIZE",
+                    help="largest upload, e.g. 20mb or 1gb (default 100mb)")
+    dm.add_argument("--max-pixels", type=int, default=50_000_000, metavar="N",
+                    help="refuse images with more pixels (default 50,000,000)")
+    dm.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
+
     c = sub.add_parser("check", help="versions, devices and data root",
                        epilog=_epilog("check"), formatter_class=fmt)
     c.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
@@ -191,11 +238,46 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 
 
+def _add_scale_out_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=["local", "ray"],
+                   help="where the folds run (sets train.executor): local, or one Ray task per fold")
+    p.add_argument("--address", metavar="ADDR",
+                   help="Ray cluster for --executor ray (sets train.ray.address): auto, host:port or "
+                   "ray://host:10001; default: a private Ray on this machine")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="log the run to MLflow at URI (sets tracking.backend=mlflow and tracking.uri), "
+                   "e.g. sqlite:////shared/mlflow.db")
+
+
+def _scale_out_overrides(args: argparse.Namespace) -> list[str]:
+    """``--executor/--address/--tracking-uri`` as ``--set`` overrides (recorded in the recipe)."""
+    import json
+
+    out = []
+    if args.executor:
+        out.append(f"train.executor={args.executor}")
+    if args.address:
+        out.append(f"train.ray.address={json.dumps(args.address)}")
+    if args.tracking_uri:
+        out += ["tracking.backend=mlflow", f"tracking.uri={json.dumps(args.tracking_uri)}"]
+    return out
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from lepton_vision.crossval import run_train
 
-    run_dir = run_train(args.recipe, overrides=args.overrides, out=args.out, resume=args.resume)
+    overrides = [*args.overrides, *_scale_out_overrides(args)]
+    run_dir = run_train(args.recipe, overrides=overrides, out=args.out, resume=args.resume)
     print(f"\nrun directory: {run_dir}")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from lepton_vision.sweep import run_tune
+
+    sweep = run_tune(args.recipe, args.space, args.trials, overrides=args.overrides, out=args.out,
+                     address=args.address, max_concurrent=args.max_concurrent)
+    print(f"\nsweep directory: {sweep}")
     return 0
 
 
@@ -385,6 +467,32 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     return 2
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import re
+
+    from lepton_vision.predictor import _load_bundle_json
+
+    # Argument and bundle checks first: a typo fails in a fraction of a second, before Gradio loads.
+    if args.port is not None and not 0 < args.port < 65536:
+        raise LeptonError(f"--port must be 1..65535. Got {args.port}.")
+    if args.max_pixels < 1:
+        raise LeptonError(f"--max-pixels must be positive. Got {args.max_pixels}.")
+    size = str(args.max_file_size).replace(" ", "").lower()
+    if not re.fullmatch(r"[1-9]\d*(b|kb|mb|gb|tb)", size):
+        raise LeptonError(f"--max-file-size must be a whole number with a unit (b, kb, mb, gb, tb), e.g. "
+                          f"20mb or 1gb. Got {args.max_file_size!r}.")
+    export_dir = args.export_dir
+    if not (export_dir / "bundle.json").is_file() and (export_dir / "export" / "bundle.json").is_file():
+        export_dir = export_dir / "export"
+    _load_bundle_json(export_dir)
+    from lepton_vision.serve import launch_demo, parse_auth
+
+    auth = parse_auth(args.auth)
+    launch_demo(export_dir, host=args.host, port=args.port, auth=auth, backend=args.backend,
+                max_file_size=size, max_pixels=args.max_pixels)
+    return 0
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from lepton_vision.crossval import environment_report
 
@@ -402,6 +510,8 @@ COMMANDS = {
     "data": _cmd_data,
     "recipe": _cmd_recipe,
     "check": _cmd_check,
+    "tune": _cmd_tune,
+    "demo": _cmd_demo,
 }
 
 

@@ -4,7 +4,10 @@ recipe → resolved cards → sample table → folds.csv → per fold: fit + out
 oof_predictions.csv → metrics.json (no TensorFlow) → final model → export/ → report.html.
 
 Every stage writes its result atomically. A fold is finished when ``folds/<k>/result.json``
-exists (written last); ``--resume`` skips those folds and recomputes nothing that is done.
+exists (written last); ``--resume`` skips those folds and recomputes nothing that is done. The
+folds run through :mod:`lepton_vision.executors` (``train.executor``: in this process, or as Ray
+tasks); the driver writes every ``result.json``. ``tracking: mlflow`` mirrors the run into MLflow
+(:mod:`lepton_vision.tracking`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import pandas as pd
 from lepton_vision import __version__
 from lepton_vision.cards import DatasetCard, Resolved, card_dict, dataset_dir, load_resolved
 from lepton_vision.errors import DataError, LeptonError, RecipeError
-from lepton_vision.recipe import dump_recipe, recipe_from_text
+from lepton_vision.recipe import dump_recipe, recipe_from_text, result_sha256
 from lepton_vision.runio import RunDir, atomic_write_csv, atomic_write_json, atomic_write_text
 
 
@@ -141,6 +144,15 @@ def environment_report() -> dict[str, Any]:
     if data_root() is not None and not data_root().is_dir():
         rep["LEPTON_DATA_ROOT"] += "  <- does not exist"
     rep["generated data"] = str(generated_root())
+    from importlib import metadata
+
+    from lepton_vision.executors import EXTRAS
+
+    for extra in ("ray", "mlflow"):  # optional: train.executor: ray, lepton-vision tune, tracking: mlflow
+        try:
+            rep[extra] = metadata.version(extra)
+        except metadata.PackageNotFoundError:
+            rep[extra] = f"not installed ({EXTRAS[extra][1]})"
     rep["KERAS_BACKEND"] = os.environ.get("KERAS_BACKEND", "tensorflow (default)")
     try:
         from lepton_vision._keras import import_keras
@@ -177,7 +189,9 @@ def _start_or_resume(resolved: Resolved, out: Path | None, resume: Path | None) 
                 hint="Pass the directory printed at the end (or start) of the interrupted train.",
             )
         previous = recipe_from_text(run.recipe.read_text(), file=str(run.recipe))
-        if previous.sha256() != resolved.recipe.sha256():
+        # Where a run executes (executor, resources, tracker) may change on resume; what it
+        # computes may not.
+        if result_sha256(previous) != result_sha256(resolved.recipe):
             a, b = previous.model_dump(mode="json"), resolved.recipe.model_dump(mode="json")
             changed = sorted(_diff_keys(a, b))
             raise RecipeError(
@@ -207,27 +221,53 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix]
 
 
+#: ``stop_after`` values of :func:`run_train`: stop once metrics.json is written (sweep trials:
+#: a normal run directory, finished later with ``train --resume``), or run every stage.
+STAGES = ("metrics", "all")
+
+
 def run_train(
     recipe_path: str | Path,
     overrides: list[str] | None = None,
     out: Path | None = None,
     resume: Path | None = None,
+    stop_after: str = "all",
 ) -> Path:
     """Run the whole job for a recipe and return the run directory.
+
+    Args:
+        recipe_path: The recipe file.
+        overrides: ``key=value`` strings (``--set``).
+        out: The run directory (default ``runs/<name>-<timestamp>``).
+        resume: A run directory to continue (finished folds are not recomputed).
+        stop_after: ``all``, or ``metrics`` to stop after metrics.json (no final model, export
+            or report; ``--resume`` with the same recipe finishes the run later).
 
     Raises:
         LeptonError: For every user-facing problem (recipe, data, folds, NaN loss, export parity).
     """
+    from lepton_vision.executors import check_recipe_extras
+    from lepton_vision.tracking import tracking_session
+
+    if stop_after not in STAGES:
+        raise ValueError(f"stop_after must be one of {STAGES}. Got {stop_after!r}.")
     console = _console()
     t_start = time.time()
     resolved = load_resolved(recipe_path, overrides)
-    recipe = resolved.recipe
+    check_recipe_extras(resolved.recipe, recipe_path)  # before any work: Ray/MLflow installed?
     run = _start_or_resume(resolved, out, resume)
-    console.print(f"[bold]lepton-vision train[/bold] {recipe.name} → {run.root}")
-    if resolved.task.kind == "object_detection":
-        from lepton_vision.det_crossval import run_detection_train
+    console.print(f"[bold]lepton-vision train[/bold] {resolved.recipe.name} → {run.root}")
+    with tracking_session(resolved, run) as tracker:
+        if resolved.task.kind == "object_detection":
+            from lepton_vision.det_crossval import run_detection_train
 
-        return run_detection_train(resolved, run, t_start)
+            return run_detection_train(resolved, run, t_start, tracker=tracker, stop_after=stop_after)
+        return _run_classification(resolved, run, t_start, tracker, stop_after)
+
+
+def _run_classification(resolved: Resolved, run: RunDir, t_start: float, tracker: Any, stop_after: str) -> Path:
+    console = _console()
+    recipe = resolved.recipe
 
     # ---- data ------------------------------------------------------------------------------
     sample_set = load_samples(resolved, progress=recipe.train.verbose)
@@ -278,54 +318,34 @@ def run_train(
     )
     labels = table["label"].to_numpy(dtype=np.int64)
 
-    # ---- folds -----------------------------------------------------------------------------
-    from lepton_vision._keras import configure_devices
-    from lepton_vision.train import fit_fold, predict_scores
+    # ---- folds (train.executor: here, or Ray tasks) -------------------------------------------
+    from lepton_vision.executors import run_folds
 
     k_total = recipe.cv.n_splits
-    oof_parts: list[pd.DataFrame] = []
-    histories: dict[int, pd.DataFrame] = {}
     results: dict[int, dict[str, Any]] = {}
+    pending = []
     for k in range(k_total):
-        fdir = run.fold_dir(k)
         if run.fold_done(k).is_file():
             results[k] = json.loads(run.fold_done(k).read_text())
-            oof_parts.append(pd.read_csv(fdir / "oof.csv", dtype={"group": str}, keep_default_na=False))
-            histories[k] = _read_history(fdir)
             console.print(f"fold {k + 1}/{k_total}: finished earlier (val AUC {results[k]['best_val_auc']:.3f}), skipped")
-            continue
-        if fdir.exists():
-            shutil.rmtree(fdir)  # a half-finished fold is redone from scratch
-        fdir.mkdir(parents=True)
-        tr = np.flatnonzero(table["fold"].to_numpy() != k)
-        va = np.flatnonzero(table["fold"].to_numpy() == k)
-        _, strategy = configure_devices(recipe.seed + k)
-        t0 = time.time()
-        with strategy.scope():
-            result = fit_fold(
-                _model_builder(resolved, recipe.seed + k), images[tr], labels[tr], images[va], labels[va],
-                recipe, fdir, fold_label=f"fold {k + 1}/{k_total}",
-            )
-        scores = predict_scores(result.model, images[va], recipe.train.batch_size)
-        part = table.iloc[va][["sample_id", "path", "group", "label", "fold"]].assign(score=scores)
-        atomic_write_csv(fdir / "oof.csv", part)
-        results[k] = {
-            "fold": k,
-            "best_epoch": int(result.best_epoch),
-            "best_val_auc": float(result.best_val_auc),
-            "epochs_run": int(result.epochs_run),
-            "n_train": int(len(tr)),
-            "n_val": int(len(va)),
-            "seconds": round(time.time() - t0, 2),
-        }
-        atomic_write_json(run.fold_done(k), results[k])  # last: marks the fold finished
-        oof_parts.append(part)
-        histories[k] = result.history
+        else:
+            pending.append(k)
+
+    def fold_done(k: int, result: dict[str, Any]) -> None:
+        atomic_write_json(run.fold_done(k), result)  # last: marks the fold finished
+        results[k] = result
+        tracker.log_fold(k, result, run.fold_dir(k), "best_val_auc")
         console.print(
-            f"fold {k + 1}/{k_total}: best epoch {result.best_epoch}, val AUC {result.best_val_auc:.3f} "
-            f"({results[k]['seconds']:.0f} s)"
+            f"fold {k + 1}/{k_total}: best epoch {result['best_epoch']}, val AUC {result['best_val_auc']:.3f} "
+            f"({result['seconds']:.0f} s)"
         )
-        del result
+
+    shared = {"resolved": resolved, "images": images, "labels": labels,
+              "table": table[["sample_id", "path", "group", "label", "fold"]]}
+    run_folds(_classification_fold, shared, pending, run.fold_dir, recipe, fold_done, run.root)
+    oof_parts = [pd.read_csv(run.fold_dir(k) / "oof.csv", dtype={"group": str}, keep_default_na=False)
+                 for k in range(k_total)]
+    histories = {k: _read_history(run.fold_dir(k)) for k in range(k_total)}
 
     oof = pd.concat(oof_parts).sort_values("sample_id").reset_index(drop=True)
     atomic_write_csv(run.oof, oof)
@@ -341,6 +361,10 @@ def run_train(
     )
     metrics["folds"] = [results[k] for k in range(k_total)]
     atomic_write_json(run.metrics, metrics)
+    tracker.log_metrics(metrics)
+    if stop_after == "metrics":
+        console.print(f"cross-validation done (stop_after metrics): {run.metrics}")
+        return run.root
 
     # ---- final model and export --------------------------------------------------------------
     final_model = _final_model(resolved, run, images, labels, results)
@@ -356,6 +380,7 @@ def run_train(
     info["export"] = export_summary
     atomic_write_json(run.run_info, info)
     write_report(run, metrics, oof, histories, _report_info(resolved, data_report, folds, info, run))
+    tracker.log_outputs(run)
     print_summary(metrics, console=console)
     console.print(f"report: {run.report}   export: {run.export_dir}   ({info['seconds']:.0f} s)")
     return run.root
@@ -364,6 +389,46 @@ def run_train(
 def _read_history(fdir: Path) -> pd.DataFrame:
     path = fdir / "history.csv"
     return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+
+def _classification_fold(shared: dict[str, Any], k: int, fdir: Path) -> dict[str, Any]:
+    """Fit fold ``k`` and score its held-out images (in this process or a Ray worker).
+
+    Writes history.csv, best.keras, tb/ (TensorBoard) and oof.csv into ``fdir``; returns the
+    fold's result (result.json is written by the driver, last). Every process seeds, sets its
+    threads and picks its strategy the same way, so the executor does not change the numbers.
+    """
+    from lepton_vision._keras import configure_devices, recipe_for_replicas
+    from lepton_vision.train import fit_fold, predict_scores
+
+    resolved: Resolved = shared["resolved"]
+    recipe = resolved.recipe
+    table: pd.DataFrame = shared["table"]
+    images, labels = shared["images"], shared["labels"]
+    fold_of = table["fold"].to_numpy()
+    tr, va = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
+    t = recipe.train
+    device, strategy = configure_devices(recipe.seed + k, t.strategy, t.threads, t.mixed_precision)
+    fit_recipe = recipe_for_replicas(recipe, device["replicas"])
+    t0 = time.time()
+    with strategy.scope():
+        result = fit_fold(
+            _model_builder(resolved, recipe.seed + k), images[tr], labels[tr], images[va], labels[va],
+            fit_recipe, fdir, fold_label=f"fold {k + 1}/{recipe.cv.n_splits}",
+        )
+    scores = predict_scores(result.model, images[va], fit_recipe.train.batch_size)
+    part = table.iloc[va][["sample_id", "path", "group", "label", "fold"]].assign(score=scores)
+    atomic_write_csv(fdir / "oof.csv", part)
+    return {
+        "fold": k,
+        "best_epoch": int(result.best_epoch),
+        "best_val_auc": float(result.best_val_auc),
+        "epochs_run": int(result.epochs_run),
+        "n_train": int(len(tr)),
+        "n_val": int(len(va)),
+        "seconds": round(time.time() - t0, 2),
+        "execution": {**device, "global_batch_size": int(fit_recipe.train.batch_size), "threads": int(t.threads)},
+    }
 
 
 def _model_builder(resolved: Resolved, seed: int):
@@ -428,10 +493,13 @@ def _final_model(resolved: Resolved, run: RunDir, images: np.ndarray, labels: np
     recipe = resolved.recipe
 
     def refit(epochs: int) -> Any:
-        _, strategy = configure_devices(recipe.seed + 1000)
+        from lepton_vision._keras import recipe_for_replicas
+
+        t = recipe.train
+        device, strategy = configure_devices(recipe.seed + 1000, t.strategy, t.threads, t.mixed_precision)
         with strategy.scope():
-            return fit_final(_model_builder(resolved, recipe.seed + 1000), images, labels, recipe,
-                             run.final_dir, epochs)
+            return fit_final(_model_builder(resolved, recipe.seed + 1000), images, labels,
+                             recipe_for_replicas(recipe, device["replicas"]), run.final_dir, epochs)
 
     return final_model(run, recipe, results, "best_val_auc", len(labels), refit)
 

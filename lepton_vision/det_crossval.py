@@ -7,13 +7,13 @@ TensorFlow: COCO AP, precision/recall/F1, image-level "object present" AUC/F1, b
 final model → export/ (SavedModel + TFLite, parity) → report.html.
 
 A fold is finished when ``folds/<k>/result.json`` exists (written last); ``--resume`` skips it.
+Folds run through :mod:`lepton_vision.executors` (in this process, or as Ray tasks).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -136,8 +136,17 @@ def image_table(table: pd.DataFrame, dets: pd.DataFrame, class_names: list[str])
     return out.reset_index(drop=True)
 
 
-def run_detection_train(resolved: Resolved, run: RunDir, t_start: float) -> Path:
-    """Run every stage of a detection recipe into ``run`` (created or being resumed)."""
+def run_detection_train(resolved: Resolved, run: RunDir, t_start: float, tracker: Any = None,
+                        stop_after: str = "all") -> Path:
+    """Run every stage of a detection recipe into ``run`` (created or being resumed).
+
+    ``tracker`` (:mod:`lepton_vision.tracking`) receives fold results, metrics and outputs;
+    ``stop_after="metrics"`` stops once metrics.json is written (see ``crossval.run_train``).
+    """
+    if tracker is None:
+        from lepton_vision.tracking import NullTracker
+
+        tracker = NullTracker()
     from lepton_vision.crossval import _report_info, _run_info, data_fingerprint, load_samples
 
     console = _console()
@@ -194,58 +203,37 @@ def run_detection_train(resolved: Resolved, run: RunDir, t_start: float) -> Path
     table = table.assign(fold=table["sample_id"].map(dict(zip(folds["sample_id"], folds["fold"]))).astype(int))
     data = LetterboxedData(table, tuple(recipe.input.image_size), recipe.data.max_image_pixels, recipe.train.verbose)
 
-    # ---- folds -----------------------------------------------------------------------------
-    from lepton_vision._keras import configure_devices
-    from lepton_vision.det_train import fit_detection_fold, make_predict_fn, predict_detections
+    # ---- folds (train.executor: here, or Ray tasks) -------------------------------------------
+    from lepton_vision.executors import run_folds
 
     k_total = recipe.cv.n_splits
-    det_parts: list[pd.DataFrame] = []
-    histories: dict[int, pd.DataFrame] = {}
     results: dict[int, dict[str, Any]] = {}
+    pending = []
     for k in range(k_total):
-        fdir = run.fold_dir(k)
         if run.fold_done(k).is_file():
             results[k] = json.loads(run.fold_done(k).read_text())
-            det_parts.append(pd.read_csv(fdir / "oof_detections.csv", dtype={"sample_id": str}))
-            hist = fdir / "history.csv"
-            histories[k] = pd.read_csv(hist) if hist.is_file() else pd.DataFrame()
             console.print(f"fold {k + 1}/{k_total}: finished earlier (val AP50 {results[k]['best_val_ap50']:.3f}), skipped")
-            continue
-        if fdir.exists():
-            shutil.rmtree(fdir)  # a half-finished fold is redone from scratch
-        fdir.mkdir(parents=True)
-        fold_of = table["fold"].to_numpy()
-        tr, va = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
-        build, adapter = _build(resolved, recipe.seed + k)
-        _, strategy = configure_devices(recipe.seed + k)
-        t0 = time.time()
-        with strategy.scope():
-            result = fit_detection_fold(
-                build, adapter,
-                (data.training_images(tr), [data.net_boxes[i] for i in tr], [data.classes[i] for i in tr]),
-                (data.images[va], [data.net_boxes[i] for i in va], [data.classes[i] for i in va],
-                 [data.net_ignore[i] for i in va]),
-                len(class_names), recipe, policy, fdir, fold_label=f"fold {k + 1}/{k_total}",
-            )
-        predict = make_predict_fn(result.model, adapter, policy.max_detections, policy.nms_iou, policy.min_score)
-        dets = predict_detections(predict, data.images[va], recipe.train.batch_size)
-        part = pd.DataFrame(
-            _oof_rows(table["sample_id"].iloc[va].tolist(), k, dets, data, va, class_names), columns=list(DET_COLUMNS)
-        )
-        atomic_write_csv(fdir / "oof_detections.csv", part)
-        results[k] = {
-            "fold": k, "best_epoch": int(result.best_epoch), "best_val_ap50": float(result.best_val_ap50),
-            "epochs_run": int(result.epochs_run), "n_train": int(len(tr)), "n_val": int(len(va)),
-            "seconds": round(time.time() - t0, 2),
-        }
-        atomic_write_json(run.fold_done(k), results[k])  # last: marks the fold finished
-        det_parts.append(part)
-        histories[k] = result.history
+        else:
+            pending.append(k)
+
+    def fold_done(k: int, result: dict[str, Any]) -> None:
+        atomic_write_json(run.fold_done(k), result)  # last: marks the fold finished
+        results[k] = result
+        tracker.log_fold(k, result, run.fold_dir(k), "best_val_ap50")
         console.print(
-            f"fold {k + 1}/{k_total}: best epoch {result.best_epoch}, val AP50 {result.best_val_ap50:.3f} "
-            f"({results[k]['seconds']:.0f} s)"
+            f"fold {k + 1}/{k_total}: best epoch {result['best_epoch']}, val AP50 {result['best_val_ap50']:.3f} "
+            f"({result['seconds']:.0f} s)"
         )
-        del result
+
+    shared = {"resolved": resolved, "data": data, "sample_ids": table["sample_id"].tolist(),
+              "fold_of": table["fold"].to_numpy()}
+    run_folds(_detection_fold, shared, pending, run.fold_dir, recipe, fold_done, run.root)
+    det_parts = [pd.read_csv(run.fold_dir(k) / "oof_detections.csv", dtype={"sample_id": str})
+                 for k in range(k_total)]
+    histories: dict[int, pd.DataFrame] = {}
+    for k in range(k_total):
+        hist = run.fold_dir(k) / "history.csv"
+        histories[k] = pd.read_csv(hist) if hist.is_file() else pd.DataFrame()
 
     dets_all = pd.concat(det_parts).sort_values(["sample_id", "score"], ascending=[True, False]).reset_index(drop=True)
     atomic_write_csv(run.root / "oof_detections.csv", dets_all)
@@ -261,6 +249,10 @@ def run_detection_train(resolved: Resolved, run: RunDir, t_start: float) -> Path
     )
     metrics["folds"] = [results[k] for k in range(k_total)]
     atomic_write_json(run.metrics, metrics)
+    tracker.log_metrics(metrics)
+    if stop_after == "metrics":
+        console.print(f"cross-validation done (stop_after metrics): {run.metrics}")
+        return run.root
 
     # ---- final model, export, report ---------------------------------------------------------
     model = _final_detector(resolved, run, data, results)
@@ -275,9 +267,53 @@ def run_detection_train(resolved: Resolved, run: RunDir, t_start: float) -> Path
     atomic_write_json(run.run_info, info)
     write_detection_report(run.root, metrics, table, dets_all, images, class_names, histories,
                            _report_info(resolved, data_report, folds, info, run))
+    tracker.log_outputs(run)
     _print_summary(metrics, console)
     console.print(f"report: {run.report}   export: {run.export_dir}   ({info['seconds']:.0f} s)")
     return run.root
+
+
+def _detection_fold(shared: dict[str, Any], k: int, fdir: Path) -> dict[str, Any]:
+    """Fit detection fold ``k`` and write its out-of-fold boxes (in this process or a Ray worker).
+
+    Writes history.csv, best.keras, tb/ and oof_detections.csv into ``fdir``; returns the fold's
+    result (the driver writes result.json, last).
+    """
+    from lepton_vision._keras import configure_devices, recipe_for_replicas
+    from lepton_vision.det_train import fit_detection_fold, make_predict_fn, predict_detections
+
+    resolved: Resolved = shared["resolved"]
+    recipe = resolved.recipe
+    policy = resolved.task.detection
+    assert policy is not None
+    class_names = list(resolved.task.classes)
+    data: LetterboxedData = shared["data"]
+    fold_of = shared["fold_of"]
+    tr, va = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
+    t = recipe.train
+    build, adapter = _build(resolved, recipe.seed + k)
+    device, strategy = configure_devices(recipe.seed + k, t.strategy, t.threads, t.mixed_precision)
+    fit_recipe = recipe_for_replicas(recipe, device["replicas"])
+    t0 = time.time()
+    with strategy.scope():
+        result = fit_detection_fold(
+            build, adapter,
+            (data.training_images(tr), [data.net_boxes[i] for i in tr], [data.classes[i] for i in tr]),
+            (data.images[va], [data.net_boxes[i] for i in va], [data.classes[i] for i in va],
+             [data.net_ignore[i] for i in va]),
+            len(class_names), fit_recipe, policy, fdir, fold_label=f"fold {k + 1}/{recipe.cv.n_splits}",
+        )
+    predict = make_predict_fn(result.model, adapter, policy.max_detections, policy.nms_iou, policy.min_score)
+    dets = predict_detections(predict, data.images[va], fit_recipe.train.batch_size)
+    sample_ids = [shared["sample_ids"][i] for i in va]
+    part = pd.DataFrame(_oof_rows(sample_ids, k, dets, data, va, class_names), columns=list(DET_COLUMNS))
+    atomic_write_csv(fdir / "oof_detections.csv", part)
+    return {
+        "fold": k, "best_epoch": int(result.best_epoch), "best_val_ap50": float(result.best_val_ap50),
+        "epochs_run": int(result.epochs_run), "n_train": int(len(tr)), "n_val": int(len(va)),
+        "seconds": round(time.time() - t0, 2),
+        "execution": {**device, "global_batch_size": int(fit_recipe.train.batch_size), "threads": int(t.threads)},
+    }
 
 
 def _print_summary(metrics: dict[str, Any], console: Any) -> None:
@@ -313,12 +349,15 @@ def _final_detector(resolved: Resolved, run: RunDir, data: LetterboxedData, resu
     n = len(data.images)
 
     def refit(epochs: int) -> Any:
+        from lepton_vision._keras import recipe_for_replicas
+
+        t = recipe.train
         build, adapter = _build(resolved, recipe.seed + 1000)
-        _, strategy = configure_devices(recipe.seed + 1000)
+        device, strategy = configure_devices(recipe.seed + 1000, t.strategy, t.threads, t.mixed_precision)
         with strategy.scope():
             return fit_detection_final(
-                build, adapter, (data.training_images(np.arange(n)), data.net_boxes, data.classes), recipe,
-                run.final_dir, epochs,
+                build, adapter, (data.training_images(np.arange(n)), data.net_boxes, data.classes),
+                recipe_for_replicas(recipe, device["replicas"]), run.final_dir, epochs,
             )
 
     return final_model(run, recipe, results, "best_val_ap50", n, refit)

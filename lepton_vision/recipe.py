@@ -239,6 +239,43 @@ class EarlyStopping(_Model):
     min_delta: float = Field(0.0, ge=0, description="Smallest AUC change that counts as improvement.")
 
 
+class Resources(_Model):
+    """What one fold (``executor: ray``) or one sweep trial asks the Ray cluster for."""
+
+    cpus: float = Field(
+        1.0, gt=0, le=1024,
+        description="CPU cores reserved per fold task (executor: ray) and per sweep trial; Ray "
+        "starts no more tasks on a node than its cores allow.",
+    )
+    gpus: float = Field(
+        0.0, ge=0, le=64,
+        description="GPUs per fold task / sweep trial (Ray sets CUDA_VISIBLE_DEVICES); with more "
+        "than one the fold trains under MirroredStrategy (train.strategy: auto). Fractions share a GPU.",
+    )
+
+
+class RaySpec(_Model):
+    """The Ray cluster of ``train.executor: ray`` (and of ``lepton-vision tune``)."""
+
+    address: StrictStr | None = Field(
+        None,
+        description="Cluster to join: null = $RAY_ADDRESS if set, else a private Ray started on "
+        "this machine (loopback only, stopped at the end); 'auto' = the cluster started here with "
+        "`ray start`; or the head node's host:port (ray://host:10001 for Ray Client).",
+    )
+    retries: int = Field(
+        1, ge=0, le=10,
+        description="A failed fold task is submitted again this many times; every failure is "
+        "reported. Data errors (the same on every try) are not retried.",
+    )
+    artifacts: Literal["auto", "shared", "return"] = Field(
+        "auto",
+        description="How fold files reach the run directory: shared = workers write into it "
+        "(storage mounted at the same path on every node); return = workers send them back to the "
+        "driver; auto = shared when the worker sees the run directory, else return.",
+    )
+
+
 class TrainSpec(_Model):
     """How each fold is fitted."""
 
@@ -252,6 +289,34 @@ class TrainSpec(_Model):
     )
     cache: bool = Field(True, description="Keep decoded, resized images in memory across epochs.")
     verbose: bool = Field(True, description="Show a progress bar per epoch.")
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="local: the folds run one after the other in this process; ray: each fold is a "
+        "Ray task with train.resources on the cluster of train.ray (pip install "
+        "'lepton-vision[ray]'). Same seed: same folds and, on CPU, the same metrics.",
+    )
+    resources: Resources = Field(default_factory=Resources, description="Per fold task / trial (Ray).")
+    ray: RaySpec = Field(default_factory=RaySpec, description="Ray cluster and retries (executor: ray, tune).")
+    strategy: Literal["auto", "one_device", "mirrored"] = Field(
+        "auto",
+        description="Within a fold: auto = MirroredStrategy when more than one GPU is visible, else "
+        "one device; one_device; mirrored = MirroredStrategy over every visible GPU (or the CPU).",
+    )
+    batch_scaling: Literal["per_replica", "global"] = Field(
+        "per_replica",
+        description="With several replicas (mirrored): per_replica = batch_size images per GPU, "
+        "global batch = batch_size x replicas; global = batch_size split across the replicas. The "
+        "learning rate is not changed; folds/<k>/result.json records the global batch.",
+    )
+    mixed_precision: Literal["auto", "off"] = Field(
+        "auto", description="auto: float16 compute (mixed_float16) on GPU, float32 on CPU; off: float32 everywhere."
+    )
+    threads: int = Field(
+        0, ge=0, le=1024,
+        description="TensorFlow intra-op threads of each training process (0 = TensorFlow's default: "
+        "every core). CPU scores differ in the 7th digit between thread counts, so local and Ray "
+        "folds use this same value; with several fold tasks per machine set it to train.resources.cpus.",
+    )
 
 
 class CVSpec(_Model):
@@ -372,6 +437,40 @@ class ExportSpec(_Model):
         return v
 
 
+class TrackingSpec(_Model):
+    """Where a run is recorded besides its run directory."""
+
+    backend: Literal["none", "mlflow"] = Field(
+        "none",
+        description="none, or mlflow: params (the resolved recipe), per-fold and pooled metrics with "
+        "CIs, report and export as artefacts, tags for task/dataset/git commit (pip install "
+        "'lepton-vision[mlflow]').",
+    )
+    uri: StrictStr | None = Field(
+        None,
+        description="MLflow tracking URI, e.g. sqlite:////shared/mlflow.db or http://mlflow:5000; "
+        "null = sqlite:///<run dir>/mlflow.db (artefacts in <run dir>/mlartifacts).",
+    )
+    experiment: StrictStr | None = Field(None, description="MLflow experiment name; null = the task name.")
+
+
+#: Recipe fields that say where and how a run executes, not what it computes: ``--resume`` may
+#: change them (a run interrupted on a workstation can be finished on a Ray cluster).
+EXECUTION_FIELDS: tuple[str, ...] = ("train.executor", "train.resources", "train.ray", "tracking")
+
+
+def result_sha256(recipe: Recipe) -> str:
+    """Hash of the recipe without :data:`EXECUTION_FIELDS` (equal when the results must be equal)."""
+    data = recipe.model_dump(mode="json")
+    for dotted in EXECUTION_FIELDS:
+        node = data
+        *head, last = dotted.split(".")
+        for part in head:
+            node = node[part]
+        node.pop(last, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
 class DataSpec(_Model):
     """How bad files in the dataset are handled."""
 
@@ -406,6 +505,16 @@ class Recipe(_Model):
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec, description="Metrics and CIs.")
     final: FinalSpec = Field(default_factory=FinalSpec, description="Final model.")
     export: ExportSpec = Field(default_factory=ExportSpec, description="Export.")
+    tracking: TrackingSpec = Field(
+        default_factory=TrackingSpec,
+        description="Experiment tracker (TensorBoard logs are always in folds/<k>/tb); "
+        "'tracking: mlflow' is short for {backend: mlflow}.",
+    )
+
+    @field_validator("tracking", mode="before")
+    @classmethod
+    def _tracking_shorthand(cls, v: Any) -> Any:
+        return {"backend": v} if isinstance(v, str) else v
 
     def sha256(self) -> str:
         """Content hash of the validated recipe (order-independent)."""

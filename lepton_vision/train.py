@@ -269,12 +269,19 @@ def make_optimizer(recipe: Recipe, n_train: int, epochs: int) -> Any:
 STEPS_PER_EXECUTION = 4
 
 
+def steps_per_execution() -> int:
+    """:data:`STEPS_PER_EXECUTION`, or 1 under a strategy with several replicas: Keras 3's
+    multi-step ``fit`` function fails under MirroredStrategy ("You must feed a value for
+    placeholder tensor", keras-team/keras#19246; reproduced here with 2 CPU replicas)."""
+    return STEPS_PER_EXECUTION if tf.distribute.get_strategy().num_replicas_in_sync <= 1 else 1
+
+
 def _compile(model: Any, recipe: Recipe, n_train: int, epochs: int) -> None:
     model.compile(
         optimizer=make_optimizer(recipe, n_train, epochs),
         loss="binary_crossentropy",
         metrics=[keras.metrics.AUC(name="auc")],
-        steps_per_execution=STEPS_PER_EXECUTION,
+        steps_per_execution=steps_per_execution(),
     )
 
 
