@@ -265,6 +265,32 @@ def run_train(
         return _run_classification(resolved, run, t_start, tracker, stop_after)
 
 
+def fold_bookkeeping(run: RunDir, k_total: int, tracker: Any, key: str, label: str) -> tuple[
+        dict[int, dict[str, Any]], list[int], Any]:
+    """Folds finished earlier (their result.json, said on the console), the folds still to run,
+    and the callback that records a fold when it finishes: result.json written last, then the
+    tracker and the console. ``key``/``label``: the fold's validation metric (``best_val_auc``,
+    "val AUC")."""
+    console = _console()
+    results: dict[int, dict[str, Any]] = {}
+    pending = []
+    for k in range(k_total):
+        if run.fold_done(k).is_file():
+            results[k] = json.loads(run.fold_done(k).read_text())
+            console.print(f"fold {k + 1}/{k_total}: finished earlier ({label} {results[k][key]:.3f}), skipped")
+        else:
+            pending.append(k)
+
+    def fold_done(k: int, result: dict[str, Any]) -> None:
+        atomic_write_json(run.fold_done(k), result)  # last: marks the fold finished
+        results[k] = result
+        tracker.log_fold(k, result, run.fold_dir(k), key)
+        console.print(f"fold {k + 1}/{k_total}: best epoch {result['best_epoch']}, {label} {result[key]:.3f} "
+                      f"({result['seconds']:.0f} s)")
+
+    return results, pending, fold_done
+
+
 def _run_classification(resolved: Resolved, run: RunDir, t_start: float, tracker: Any, stop_after: str) -> Path:
     console = _console()
     recipe = resolved.recipe
@@ -322,23 +348,7 @@ def _run_classification(resolved: Resolved, run: RunDir, t_start: float, tracker
     from lepton_vision.executors import run_folds
 
     k_total = recipe.cv.n_splits
-    results: dict[int, dict[str, Any]] = {}
-    pending = []
-    for k in range(k_total):
-        if run.fold_done(k).is_file():
-            results[k] = json.loads(run.fold_done(k).read_text())
-            console.print(f"fold {k + 1}/{k_total}: finished earlier (val AUC {results[k]['best_val_auc']:.3f}), skipped")
-        else:
-            pending.append(k)
-
-    def fold_done(k: int, result: dict[str, Any]) -> None:
-        atomic_write_json(run.fold_done(k), result)  # last: marks the fold finished
-        results[k] = result
-        tracker.log_fold(k, result, run.fold_dir(k), "best_val_auc")
-        console.print(
-            f"fold {k + 1}/{k_total}: best epoch {result['best_epoch']}, val AUC {result['best_val_auc']:.3f} "
-            f"({result['seconds']:.0f} s)"
-        )
+    results, pending, fold_done = fold_bookkeeping(run, k_total, tracker, "best_val_auc", "val AUC")
 
     shared = {"resolved": resolved, "images": images, "labels": labels,
               "table": table[["sample_id", "path", "group", "label", "fold"]]}

@@ -207,23 +207,9 @@ def run_detection_train(resolved: Resolved, run: RunDir, t_start: float, tracker
     from lepton_vision.executors import run_folds
 
     k_total = recipe.cv.n_splits
-    results: dict[int, dict[str, Any]] = {}
-    pending = []
-    for k in range(k_total):
-        if run.fold_done(k).is_file():
-            results[k] = json.loads(run.fold_done(k).read_text())
-            console.print(f"fold {k + 1}/{k_total}: finished earlier (val AP50 {results[k]['best_val_ap50']:.3f}), skipped")
-        else:
-            pending.append(k)
+    from lepton_vision.crossval import fold_bookkeeping
 
-    def fold_done(k: int, result: dict[str, Any]) -> None:
-        atomic_write_json(run.fold_done(k), result)  # last: marks the fold finished
-        results[k] = result
-        tracker.log_fold(k, result, run.fold_dir(k), "best_val_ap50")
-        console.print(
-            f"fold {k + 1}/{k_total}: best epoch {result['best_epoch']}, val AP50 {result['best_val_ap50']:.3f} "
-            f"({result['seconds']:.0f} s)"
-        )
+    results, pending, fold_done = fold_bookkeeping(run, k_total, tracker, "best_val_ap50", "val AP50")
 
     shared = {"resolved": resolved, "data": data, "sample_ids": table["sample_id"].tolist(),
               "fold_of": table["fold"].to_numpy()}
