@@ -170,7 +170,8 @@ def environment_report() -> dict[str, Any]:
 # The run
 
 
-def _new_run_dir(name: str) -> Path:
+def new_run_dir(name: str) -> Path:
+    """``runs/<name>-<timestamp>``, with ``-2``, ``-3``... when that exists already."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{name}-{stamp}"
     out, i = base, 1
@@ -201,7 +202,7 @@ def _start_or_resume(resolved: Resolved, out: Path | None, resume: Path | None) 
                 "values, or start a new run.",
             )
         return run
-    run = RunDir(out or _new_run_dir(resolved.recipe.name))
+    run = RunDir(out or new_run_dir(resolved.recipe.name))
     if run.root.exists() and any(run.root.iterdir()):
         raise LeptonError(
             f"{run.root}: the run directory exists and is not empty",

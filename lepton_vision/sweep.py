@@ -236,16 +236,6 @@ def _trial(config: dict[str, Any], *, recipe_path: str, overrides: list[str], tr
                  "ci_hi": math.nan if hi is None else hi, "run_dir": str(out)})
 
 
-def _new_sweep_dir(name: str) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{name}-tune-{stamp}"
-    out, i = base, 1
-    while out.exists():
-        i += 1
-        out = Path(f"{base}-{i}")
-    return out
-
-
 def run_tune(
     recipe_path: str | Path,
     space_path: str | Path,
@@ -295,7 +285,9 @@ def run_tune(
         require_extra("mlflow", "tracking.backend", "mlflow", recipe_path)
     check_objective(resolved.task.primary_metric, resolved.task.kind, str(resolved.task_path))
     space = load_space(space_path, recipe_path, overrides)
-    sweep = Path(out or _new_sweep_dir(recipe.name)).resolve()
+    from lepton_vision.crossval import new_run_dir
+
+    sweep = Path(out or new_run_dir(f"{recipe.name}-tune")).resolve()
     if sweep.exists() and any(sweep.iterdir()):
         raise LeptonError(f"{sweep}: the sweep directory exists and is not empty", hint="Choose another --out.")
     (sweep / "trials").mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,6 @@ pytestmark = [
                        reason="needs the [ray] and [mlflow] extras: pip install 'lepton-vision[ray,mlflow]'"),
 ]
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "train.epochs=2",
     "cv.n_splits=2",
@@ -63,14 +62,9 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, tiny_ct_project):
     root = tmp_path_factory.mktemp("scale")
-    for d in ("tasks", "datasets", "recipes"):
-        shutil.copytree(REPO / d, root / d)
-    card = root / "datasets/synthetic_ct/dataset.yaml"
-    data = yaml.safe_load(card.read_text())
-    data["synthetic"].update(n_patients=8, slices_per_patient=4, image_size=64)
-    card.write_text(yaml.safe_dump(data, sort_keys=False))
+    tiny_ct_project(root)
     card = root / "datasets/synthetic_street/dataset.yaml"
     data = yaml.safe_load(card.read_text())
     data["synthetic"].update(n_images=20, frame_size=[120, 80], sequence_length=2, empty_fraction=0.25)
