@@ -14,12 +14,28 @@ bright round blobs too, so a model has to tell a nodule from a vessel.
 The difficulty knobs are the module constants below (``NODULE_*``, ``NOISE_I0_RANGE``,
 ``VESSEL_*``). Everything random comes from ``spec.seed``: patient ``i`` uses its own
 :class:`numpy.random.SeedSequence` child, so it is the same whatever ``n_patients`` is.
+
+Domain randomisation (``spec.randomization`` r in 0..1, for pretraining on generated slices):
+r = 0 is the default data exactly (byte-identical files). With r > 0 a separate generator per
+patient (``spawn_key=(i, 0xD0)``; per slice ``(i, 0xD0, j)``) widens, linearly in r: anatomy
+(body size and shape, fat, rotation, lung size and density, heart size and position, rib
+thickness, spine size), patient off-centre position, field of view (zoom 0.82-1.3), slab
+position along the body, dose (photons per ray 4e3-4e5), number of views, reconstruction kernel
+(:data:`RECON_FILTERS`, plus softer/sharper post-filters), occasional ring and streak artefacts
+and a couch under the patient. Labels stay exact: a nodule is drawn and counted only on slices
+it crosses, and with zoom/off-centre only when its cross-section lies wholly inside the scanned
+circle.
+
+Streaming: :func:`iter_ct_slices` yields ``(hu, label)`` per slice index in memory, the same
+HU as the DICOM files before integer rounding.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +135,20 @@ class _Patient:
     vessels: np.ndarray  # (S, 7): x0 y0 z0 x1 y1 z1 r
     nodules: list[_Nodule] = field(default_factory=list)
     seed_seq: np.random.SeedSequence | None = None
+    # domain randomisation (spec.randomization > 0); the defaults are the default data
+    randomized: bool = False
+    fov_scale: float = 1.0  # reconstruction field of view = FOV_MM * fov_scale (zoom)
+    cx: float = 0.0  # patient off-centre position in the image, mm (x right, y down)
+    cy: float = 0.0
+    heart_scale: float = 1.0
+    rib_half: float = 3.5  # rib half thickness, mm
+    spine_scale: float = 1.0
+    recon_filter: str = RECON_FILTER
+    n_angles: int = N_ANGLES
+    post_sigma: float = 0.0  # > 0: smoother kernel (Gaussian sigma, px); < 0: sharper (unsharp amount)
+    ring: tuple[float, float] | None = None  # (detector offset from centre in px, strength) ring artefact
+    streak_p: float = 0.0  # probability a slice gets streaks (bad views / photon starvation)
+    table: tuple[float, float, float, float, float] | None = None  # gap, thickness, half-width (mm), skin HU, core HU
 
 
 # ------------------------------------------------------------------------------------------
@@ -153,11 +183,16 @@ def _chest_profile(z: float) -> float:
     return float(grow * dome)
 
 
+def _fov(p: _Patient) -> float:
+    """The patient's reconstruction field of view (mm): FOV_MM unless randomised."""
+    return FOV_MM * p.fov_scale
+
+
 def _lung_sd(p: _Patient, x: np.ndarray, y: np.ndarray, z: float) -> np.ndarray:
     """Signed distance to the union of both lungs at height ``z`` (body coordinates)."""
     s = _chest_profile(z) * p.lung_scale
     t = z / CHEST_LENGTH_MM
-    heart = _heart_size(z)
+    heart = _heart_size(z) * p.heart_scale
     out = None
     for side, sign in enumerate((-1.0, 1.0)):
         a = 0.36 * p.A * (0.7 + 0.3 * s)
@@ -280,6 +315,8 @@ def _make_patient(spec: SyntheticSpec, index: int, abnormal: bool) -> _Patient:
         vessels=np.zeros((0, 7)),
         seed_seq=ss,
     )
+    if spec.randomization > 0:
+        _randomize_patient(p, spec, np.random.default_rng(np.random.SeedSequence(entropy=spec.seed, spawn_key=(index, 0xD0))))
     generations = int(rng.integers(VESSEL_GENERATIONS_RANGE[0], VESSEL_GENERATIONS_RANGE[1] + 1))
     p.vessels = _grow_vessels(p, rng, generations)
     if abnormal:
@@ -287,7 +324,58 @@ def _make_patient(spec: SyntheticSpec, index: int, abnormal: bool) -> _Patient:
     return p
 
 
-def _vessel_cover(p: _Patient, x: np.ndarray, y: np.ndarray, z: float, thickness: float) -> np.ndarray:
+def _widen(base: tuple[float, float], wide: tuple[float, float], r: float) -> tuple[float, float]:
+    """The range ``base`` at r=0, ``wide`` at r=1, linear in between."""
+    return base[0] + (wide[0] - base[0]) * r, base[1] + (wide[1] - base[1]) * r
+
+
+#: Reconstruction kernels a randomised scan picks from (ramp = sharpest, hann = smoothest).
+RECON_FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
+
+
+def _randomize_patient(p: _Patient, spec: SyntheticSpec, rng: np.random.Generator) -> None:
+    """Anatomy and scanner variation (``spec.randomization`` r > 0), drawn from its own generator.
+
+    Overrides what the default draws chose (the default stream is consumed unchanged) before the
+    vessel tree and the nodules are grown, so they fit the randomised anatomy.
+    """
+    r = spec.randomization
+    n = spec.slices_per_patient
+    L = CHEST_LENGTH_MM
+    slab = p.spacing * (n - 1)
+    lo, hi = _widen((0.12 * L, 0.9 * L), (0.03 * L, 0.98 * L), r)
+    if hi - slab > lo:
+        p.z_slices = rng.uniform(lo, hi - slab) + p.spacing * np.arange(n)
+    p.A = float(rng.uniform(*_widen((128.0, 158.0), (105.0, 185.0), r)))
+    p.B = p.A * float(rng.uniform(*_widen((0.64, 0.76), (0.56, 0.85), r)))
+    p.fat = float(rng.uniform(*_widen((5.0, 22.0), (2.0, 40.0), r)))
+    p.angle = float(np.deg2rad(rng.uniform(*_widen((-7.0, 7.0), (-15.0, 15.0), r))))
+    p.lung_scale = float(rng.uniform(*_widen((0.85, 1.05), (0.7, 1.15), r)))
+    p.lung_hu = float(rng.uniform(*_widen(LUNG_HU_RANGE, (-910.0, -760.0), r)))
+    p.heart_shift = float(rng.uniform(*_widen((-8.0, 8.0), (-18.0, 18.0), r)))
+    p.heart_scale = float(rng.uniform(*_widen((1.0, 1.0), (0.75, 1.3), r)))
+    p.rib_half = float(rng.uniform(*_widen((3.5, 3.5), (2.5, 5.0), r)))
+    p.spine_scale = float(rng.uniform(*_widen((1.0, 1.0), (0.8, 1.25), r)))
+    lo_i0, hi_i0 = _widen(NOISE_I0_RANGE, (4e3, 4e5), r)
+    p.i0 = float(np.exp(rng.uniform(np.log(lo_i0), np.log(hi_i0))))
+    p.fov_scale = float(np.exp(rng.uniform(*_widen((0.0, 0.0), (np.log(0.82), np.log(1.3)), r))))
+    p.cx = float(rng.uniform(-25.0, 25.0) * r)
+    p.cy = float(rng.uniform(-20.0, 30.0) * r)
+    if rng.random() < r:
+        p.recon_filter = RECON_FILTERS[int(rng.integers(len(RECON_FILTERS)))]
+    p.n_angles = int(rng.integers(round(96 - 32 * r), round(96 + 48 * r) + 1))
+    p.post_sigma = float(rng.uniform(-0.8 * r, 1.0 * r))
+    p.streak_p = 0.25 * r
+    if rng.random() < 0.2 * r:
+        p.ring = (float(rng.uniform(2.0, 0.35 * spec.image_size)), float(rng.uniform(0.01, 0.05)))
+    if rng.random() < 0.6 * r:
+        p.table = (float(rng.uniform(2.0, 15.0)), float(rng.uniform(8.0, 30.0)), float(rng.uniform(120.0, 200.0)),
+                   float(rng.uniform(100.0, 500.0)), float(rng.uniform(-950.0, -500.0)))
+    p.randomized = True
+
+
+def _vessel_cover(p: _Patient, x: np.ndarray, y: np.ndarray, z: float, thickness: float,
+                  px: float | None = None) -> np.ndarray:
     """Partial-volume coverage (0..1) of each pixel by the vessel tubes near plane ``z``.
 
     The slice has a ``thickness``: a tube within half of it counts, so vessels running
@@ -298,7 +386,8 @@ def _vessel_cover(p: _Patient, x: np.ndarray, y: np.ndarray, z: float, thickness
     pixel box around where it meets the plane, which keeps a tree of thousands of segments cheap.
     """
     size = x.shape[1]
-    px = FOV_MM / size
+    if px is None:
+        px = FOV_MM / size
     half = 0.5 * thickness
     v = p.vessels
     zlo = np.minimum(v[:, 2], v[:, 5]) - v[:, 6] - half
@@ -406,12 +495,13 @@ def render_phantom(p: _Patient, z: float, size: int, rng: np.random.Generator) -
     """The noise-free phantom slice at height ``z`` in HU, and how many nodules it shows."""
     from scipy import ndimage
 
-    px = FOV_MM / size
+    px = _fov(p) / size
     c = (np.arange(size) + 0.5 - size / 2) * px
     X0, Y0 = np.meshgrid(c, c)  # image x to patient's left, y posterior (radiological view)
     ca, sa = np.cos(p.angle), np.sin(p.angle)
-    X = ca * X0 + sa * Y0
-    Y = -sa * X0 + ca * Y0 - 0.04 * p.B  # slightly below centre, like a patient on the table
+    Xs, Ys = (X0 - p.cx, Y0 - p.cy) if p.randomized else (X0, Y0)  # off-centre patient
+    X = ca * Xs + sa * Ys
+    Y = -sa * Xs + ca * Ys - 0.04 * p.B  # slightly below centre, like a patient on the table
     t = z / CHEST_LENGTH_MM
 
     img = np.full((size, size), AIR_HU)
@@ -438,7 +528,7 @@ def render_phantom(p: _Patient, z: float, size: int, rng: np.random.Generator) -
             continue
         half = 0.05 + 0.08 * (0.5 + 0.5 * np.sin(p.rib_phase[k + 12] + 14.0 * t))
         dth = np.angle(np.exp(1j * (theta - centre)))
-        d = np.maximum(np.abs(radial) - 3.5, (np.abs(dth) - half) * ra)
+        d = np.maximum(np.abs(radial) - p.rib_half, (np.abs(dth) - half) * ra)
         rib_cover = np.maximum(rib_cover, _soft(d, px))
         marrow = np.maximum(marrow, _soft(d + 1.5, px))
     _paint(img, rib_cover, BONE_CORTEX_HU)
@@ -452,10 +542,10 @@ def render_phantom(p: _Patient, z: float, size: int, rng: np.random.Generator) -
     _paint(img, lung, p.lung_hu + texture)
 
     # vessels: tubes of the 3-D tree cut by the plane (round when cut across, long when along)
-    _paint(img, _vessel_cover(p, X, Y, z, p.spacing) * np.clip(lung * 1.5, 0, 1), VESSEL_HU)
+    _paint(img, _vessel_cover(p, X, Y, z, p.spacing, px) * np.clip(lung * 1.5, 0, 1), VESSEL_HU)
 
     # mediastinum: fat, heart, aorta, trachea / main bronchi
-    heart = _heart_size(z)
+    heart = _heart_size(z) * p.heart_scale
     med = _ellipse_sd(X, Y, 0.0, -0.05 * p.B, 0.16 * p.A + 0.1 * p.A * heart, 0.62 * p.B)
     _paint(img, _soft(np.maximum(med, lung_sd * -1 - 2.0), px) * (1 - lung), FAT_HU + 20)
     if 0.15 < t < 0.62:  # ascending aorta / arch
@@ -480,14 +570,15 @@ def render_phantom(p: _Patient, z: float, size: int, rng: np.random.Generator) -
         _paint(img, _soft(hsd, px), BLOOD_HU)
     # spine: vertebral body with a cortical rim, canal, posterior arch
     vy = 0.60 * p.B
-    vb = _ellipse_sd(X, Y, 0.0, vy, 17.0, 14.0)
+    k = p.spine_scale
+    vb = _ellipse_sd(X, Y, 0.0, vy, 17.0 * k, 14.0 * k)
     _paint(img, _soft(vb, px), BONE_CORTEX_HU)
     _paint(img, _soft(vb + 2.5, px), BONE_MARROW_HU)
-    canal = _ellipse_sd(X, Y, 0.0, vy + 22.0, 8.0, 7.0)
-    arch = _ellipse_sd(X, Y, 0.0, vy + 23.0, 17.0, 13.0)
+    canal = _ellipse_sd(X, Y, 0.0, vy + 22.0 * k, 8.0 * k, 7.0 * k)
+    arch = _ellipse_sd(X, Y, 0.0, vy + 23.0 * k, 17.0 * k, 13.0 * k)
     _paint(img, _soft(arch, px) * (1 - _soft(canal, px)), BONE_CORTEX_HU * 0.85)
     _paint(img, _soft(canal, px), MUSCLE_HU - 15)
-    spinous = _ellipse_sd(X, Y, 0.0, vy + 40.0, 4.0, 12.0)
+    spinous = _ellipse_sd(X, Y, 0.0, vy + 40.0 * k, 4.0 * k, 12.0 * k)
     _paint(img, _soft(spinous, px), BONE_CORTEX_HU * 0.85)
 
     # nodules
@@ -496,6 +587,8 @@ def render_phantom(p: _Patient, z: float, size: int, rng: np.random.Generator) -
         rs = n.section_radius(z)
         if rs <= 0:
             continue
+        if p.randomized and not _inside_fov(p, n, rs, size):
+            continue  # zoomed / off-centre: a nodule not wholly in the scanned circle is left out
         shown += 1
         dx, dy = X - n.x, Y - n.y
         ang = np.arctan2(dy, dx)
@@ -505,11 +598,47 @@ def render_phantom(p: _Patient, z: float, size: int, rng: np.random.Generator) -
         d = np.sqrt(dx * dx + dy * dy) - rs * wob
         # the soft edge is wider than a pixel: real nodules fade into the parenchyma
         _paint(img, np.clip(0.5 - d / (1.6 * px), 0, 1) * np.clip(lung * 2.0, 0, 1), n.hu)
+    if p.table is not None:
+        _paint_table(img, p, _soft(body, px), c, px)
     return img, shown
 
 
-def _acquire(hu: np.ndarray, i0: float, rng: np.random.Generator) -> np.ndarray:
-    """Simulate a CT scan of an HU image: radon, photon noise, filtered back-projection."""
+def _inside_fov(p: _Patient, n: _Nodule, rs: float, size: int) -> bool:
+    """Whether a nodule's cross-section lies wholly inside the reconstruction circle."""
+    ca, sa = np.cos(p.angle), np.sin(p.angle)
+    u, v = n.x, n.y + 0.04 * p.B
+    x0, y0 = ca * u - sa * v + p.cx, sa * u + ca * v + p.cy  # inverse of render_phantom's mapping
+    px = _fov(p) / size
+    radius = (size - 1) / 2 * px
+    return float(np.hypot(x0, y0)) + rs * (1.0 + NODULE_LOBULATION) + 3 * px <= radius
+
+
+def _paint_table(img: np.ndarray, p: _Patient, body_cover: np.ndarray, c: np.ndarray, px: float) -> None:
+    """A couch under the patient (image coordinates, outside the body): dense skins, foam core."""
+    assert p.table is not None
+    gap, thick, half_w, skin_hu, core_hu = p.table
+    rows = np.flatnonzero(body_cover.max(axis=1) > 0.5)
+    if len(rows) == 0:
+        return
+    top = c[rows[-1]] + px / 2 + gap
+    X0, Y0 = np.meshgrid(c, c)
+    curve = 0.15 * thick * (X0 / half_w) ** 2  # slightly curved up at the sides
+    outer = np.maximum(np.maximum(top - curve - Y0, Y0 - (top - curve + thick)), np.abs(X0) - half_w)
+    inner = outer + 1.5
+    free = 1.0 - body_cover
+    _paint(img, _soft(outer, px) * free, skin_hu)
+    _paint(img, _soft(inner, px) * free, core_hu)
+
+
+def _acquire(hu: np.ndarray, i0: float, rng: np.random.Generator, p: _Patient | None = None,
+             fx: np.random.Generator | None = None) -> np.ndarray:
+    """Simulate a CT scan of an HU image: radon, photon noise, filtered back-projection.
+
+    With a randomised patient ``p`` the scanner varies too (views, kernel, post-filter, ring
+    and streak artefacts; ``fx`` draws the per-slice artefacts).
+    """
+    if p is not None and p.randomized:
+        return _acquire_random(hu, p, rng, fx if fx is not None else np.random.default_rng(0))
     from skimage.transform import iradon, radon
 
     size = hu.shape[0]
@@ -526,6 +655,39 @@ def _acquire(hu: np.ndarray, i0: float, rng: np.random.Generator) -> np.ndarray:
     return rec / (MU_WATER_PER_MM * px) * 1000.0 - 1000.0
 
 
+def _acquire_random(hu: np.ndarray, p: _Patient, rng: np.random.Generator, fx: np.random.Generator) -> np.ndarray:
+    from scipy import ndimage
+    from skimage.transform import iradon, radon
+
+    size = hu.shape[0]
+    px = _fov(p) / size
+    mu = np.clip((hu + 1000.0) / 1000.0, 0.0, None) * MU_WATER_PER_MM * px
+    yy, xx = np.mgrid[:size, :size]
+    outside = (xx - (size - 1) / 2) ** 2 + (yy - (size - 1) / 2) ** 2 > ((size - 1) / 2) ** 2
+    outside |= (xx - size // 2) ** 2 + (yy - size // 2) ** 2 > (size // 2) ** 2  # skimage's circle too
+    mu[outside] = 0.0
+    angles = np.linspace(0.0, 180.0, p.n_angles, endpoint=False)
+    sino = radon(mu, theta=angles, circle=True)
+    counts = rng.poisson(p.i0 * np.exp(-sino))
+    sino_noisy = -np.log(np.maximum(counts, 1) / p.i0)
+    centre = sino.shape[0] // 2
+    if p.ring is not None:  # a miscalibrated detector channel: a ring at that radius
+        off, strength = p.ring
+        k = int(np.clip(centre + round(off), 0, sino.shape[0] - 1))
+        sino_noisy[k, :] += strength * float(sino.max() + 1e-6)
+    if fx.random() < p.streak_p:  # a few corrupted views (photon starvation, motion): streaks
+        for _ in range(int(fx.integers(1, 4))):
+            a = int(fx.integers(len(angles)))
+            sino_noisy[:, a] *= float(fx.uniform(0.7, 1.4))
+    rec = iradon(sino_noisy, theta=angles, filter_name=p.recon_filter, circle=True, output_size=size)
+    out = rec / (MU_WATER_PER_MM * px) * 1000.0 - 1000.0
+    if p.post_sigma > 0.05:  # a softer kernel
+        out = ndimage.gaussian_filter(out, p.post_sigma)
+    elif p.post_sigma < -0.05:  # a sharper one (unsharp mask)
+        out = out + (-p.post_sigma) * (out - ndimage.gaussian_filter(out, 1.0))
+    return out
+
+
 def _to_dicom_bytes(p: _Patient, spec: SyntheticSpec, j: int, hu: np.ndarray) -> bytes:
     from pydicom import dcmwrite
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -535,7 +697,8 @@ def _to_dicom_bytes(p: _Patient, spec: SyntheticSpec, j: int, hu: np.ndarray) ->
         return generate_uid(entropy_srcs=["lepton-vision-synthetic-ct", str(spec.seed), *map(str, parts)])
 
     size = hu.shape[0]
-    px = FOV_MM / size
+    fov = _fov(p)
+    px = fov / size
     stored = np.clip(np.round(hu) - RESCALE_INTERCEPT, 0, 4095).astype(np.uint16)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
@@ -562,7 +725,7 @@ def _to_dicom_bytes(p: _Patient, spec: SyntheticSpec, j: int, hu: np.ndarray) ->
     ds.BodyPartExamined = "CHEST"
     ds.InstanceNumber = j + 1
     z = -float(p.z_slices[j])  # DICOM z grows towards the head; the slab runs head to feet
-    ds.ImagePositionPatient = [round(-FOV_MM / 2 + px / 2, 4), round(-FOV_MM / 2 + px / 2, 4), round(z, 4)]
+    ds.ImagePositionPatient = [round(-fov / 2 + px / 2, 4), round(-fov / 2 + px / 2, 4), round(z, 4)]
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.SliceLocation = round(z, 4)
     ds.SliceThickness = round(p.spacing, 4)
@@ -597,14 +760,14 @@ def _to_nifti_bytes(p: _Patient, slices: list[np.ndarray]) -> bytes:
     import nibabel as nib
 
     size = slices[0].shape[0]
-    px = FOV_MM / size
+    px = _fov(p) / size
     n = len(slices)
     data = np.empty((size, size, n), dtype=np.int16)
     for j, hu in enumerate(slices):
         stored = np.clip(np.round(hu) - RESCALE_INTERCEPT, 0, 4095) + RESCALE_INTERCEPT
         # DICOM display rows run anterior->posterior and columns right->left: flip both, transpose
         data[:, :, n - 1 - j] = stored[::-1, ::-1].T.astype(np.int16)
-    half = FOV_MM / 2 - px / 2  # centre of the outermost pixel
+    half = _fov(p) / 2 - px / 2  # centre of the outermost pixel
     affine = np.diag([px, px, p.spacing, 1.0])
     affine[:3, 3] = [-half, -half, -float(p.z_slices[-1])]  # DICOM z = -depth; S grows to the head
     img = nib.Nifti1Image(data, affine)
@@ -617,14 +780,59 @@ def _to_nifti_bytes(p: _Patient, slices: list[np.ndarray]) -> bytes:
 
 def _abnormal_flags(spec: SyntheticSpec) -> list[bool]:
     """Which patients have nodules: the ones with the lowest per-patient draw (exact fraction)."""
-    n = spec.n_patients
-    k = int(np.clip(round(spec.abnormal_patient_fraction * n), 1, n - 1))
-    draws = [np.random.default_rng(_patient_seed(spec.seed, i).spawn(2)[1]).random() for i in range(n)]
+    return list(_abnormal_flags_cached(spec.seed, spec.n_patients, spec.abnormal_patient_fraction))
+
+
+@functools.lru_cache(maxsize=16)
+def _abnormal_flags_cached(seed: int, n: int, fraction: float) -> tuple[bool, ...]:
+    k = int(np.clip(round(fraction * n), 1, n - 1))
+    draws = [np.random.default_rng(_patient_seed(seed, i).spawn(2)[1]).random() for i in range(n)]
     order = np.argsort(draws, kind="stable")
     flags = [False] * n
     for i in order[:k]:
         flags[int(i)] = True
-    return flags
+    return tuple(flags)
+
+
+def iter_ct_slices(spec: SyntheticSpec, start: int, stop: int) -> Iterator[tuple[np.ndarray, int]]:
+    """Stream slices ``start .. stop - 1`` in memory, without writing files.
+
+    Slice index ``i`` is slice ``i % spec.slices_per_patient`` of patient
+    ``i // spec.slices_per_patient`` (whose abnormality follows the generator's rule); a
+    patient is built once and reused for its consecutive slices. The function is top level and
+    needs no TensorFlow, so worker processes can call it.
+
+    Args:
+        spec: ct_phantom settings (``randomization`` included).
+        start: First slice index (0-based).
+        stop: One past the last, at most ``n_patients * slices_per_patient``.
+
+    Yields:
+        ``(hu, label)``: ``hu`` float32 [S, S] in Hounsfield units, what
+        :func:`generate_ct_dataset` writes for that slice before the DICOM integer rounding
+        (clipped to the DICOM 12-bit stored range -1024..3071 HU, so it differs from the
+        file's HU by at most 0.5); ``label`` 1 when a nodule is drawn on the slice (the
+        dataset's ``abnormal``), else 0.
+
+    Raises:
+        ValueError: ``start``/``stop`` outside the dataset's slices.
+    """
+    n = spec.n_patients * spec.slices_per_patient
+    if not 0 <= start <= stop <= n:
+        raise ValueError(f"slices {start}..{stop} outside 0..{n}")
+    return _iter_ct_slices(spec, start, stop)
+
+
+def _iter_ct_slices(spec: SyntheticSpec, start: int, stop: int) -> Iterator[tuple[np.ndarray, int]]:
+    flags = _abnormal_flags_cached(spec.seed, spec.n_patients, spec.abnormal_patient_fraction)
+    lo, hi = RESCALE_INTERCEPT, RESCALE_INTERCEPT + 4095
+    p: _Patient | None = None
+    for i in range(start, stop):
+        pi, j = divmod(i, spec.slices_per_patient)
+        if p is None or p.index != pi:
+            p = _make_patient(spec, pi, flags[pi])
+        hu, shown = _slice(p, spec, j)
+        yield np.clip(hu, lo, hi).astype(np.float32), int(shown > 0)
 
 
 def simulate_patient_slices(spec: SyntheticSpec, index: int, abnormal: bool) -> list[tuple[np.ndarray, int]]:
@@ -646,6 +854,9 @@ def _slice(p: _Patient, spec: SyntheticSpec, j: int) -> tuple[np.ndarray, int]:
     assert p.seed_seq is not None
     rng = np.random.default_rng(np.random.SeedSequence(entropy=spec.seed, spawn_key=(p.index, 1000 + j)))
     phantom, shown = render_phantom(p, float(p.z_slices[j]), spec.image_size, rng)
+    if p.randomized:
+        fx = np.random.default_rng(np.random.SeedSequence(entropy=spec.seed, spawn_key=(p.index, 0xD0, j)))
+        return _acquire(phantom, p.i0, rng, p, fx), shown
     return _acquire(phantom, p.i0, rng), shown
 
 
@@ -767,7 +978,9 @@ def generate_ct_dataset(out_dir: str | Path, spec: SyntheticSpec, progress: bool
         columns = SERIES_COLUMNS if spec.layout == "dicom_series" else VOLUME_COLUMNS
         frame = pd.DataFrame(rows, columns=columns).sort_values([columns[0], "slice_index"], kind="stable")
     readme = _README if spec.layout == "slices" else _README_VOLUMES[spec.layout]
-    atomic_write_text(out / "README.txt", readme.format(settings=spec.model_dump_json()))
+    # randomization only when set: the default data stays byte-identical to before the field
+    exclude = None if spec.randomization else {"randomization"}
+    atomic_write_text(out / "README.txt", readme.format(settings=spec.model_dump_json(exclude=exclude)))
     atomic_write_csv(labels, frame)
     return {
         "n_patients": spec.n_patients,

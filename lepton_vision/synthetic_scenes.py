@@ -33,13 +33,43 @@ Determinism: sequence ``q`` draws from ``SeedSequence(spec.seed, spawn_key=(q, 0
 frame ``j`` from ``spawn_key=(q, 1 + j)``; which frames are empty comes from a permutation
 seeded by ``spec.seed`` alone. No global random state is used, so the same spec gives
 byte-identical files.
+
+Domain randomisation (``spec.randomization`` r in 0..1, for pretraining on generated frames):
+r = 0 is the default data exactly (byte-identical files; ``randomization`` is then not even
+written into the settings). With r > 0 every randomisation parameter comes from separate
+generators (``spawn_key=(q, 0xD0)`` per sequence, ``(q, 0xD0, j)`` per frame), and the ranges
+widen linearly with r:
+
+* camera: horizon row (pitch), camera height (road 1.5-1.8 m -> 1.2-2.6 m, horizon 0.36-0.48 H
+  -> 0.25-0.6 H), focal length and vanishing point; no roll (boxes must stay exact);
+* lighting: more night, dusk (warm, dark), exposure, contrast, gamma, stronger colour casts,
+  haze/fog blended towards a grey-blue, thicker with ground depth;
+* textures: procedural grain / stripes / blotches over the background (road, pavement,
+  facades, sky) and over object pixels (car bodies, clothing), background tints;
+* camera effects: lens blur 0-2.2 px, motion blur, sensor noise up to 16 grey levels, JPEG
+  artefacts (probability 0.6 r, quality down to 15), grayscale sequences (probability 0.3 r);
+* occlusion: about 3 r extra distractors per sequence (poles, signs, trees, bins, ...);
+* road_scenes: each car is dropped with probability :data:`ROAD_CAR_DROP` r and extra
+  pedestrians and cyclists are added, so the classes approach a third each at r = 1; depths
+  widen (:data:`ROAD_DEPTH_WIDE`) and are drawn log-uniformly, giving KITTI-like sizes (cars
+  ~0.04-0.5 of the frame height, pedestrians ~0.06-0.6); street_scenes people span
+  0.08-0.85 H at r = 1.
+
+Only pixels move (blur, JPEG, noise, haze): geometry never does, so every box is still the
+tight extent of the object's owner-map pixels.
+
+Streaming: :func:`iter_scene_frames` yields ``(rgb, boxes xyxy, classes)`` for a range of frame
+indices in memory, identical to :func:`render_scene_frame` (the written files), for any
+``n_images``.
 """
 
 from __future__ import annotations
 
 import colorsys
+import functools
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +94,11 @@ STREET_PERSON_HEIGHT = (0.15, 0.7)
 #: Road scenes: depth ranges (metres) in which each class is placed.
 ROAD_DEPTH = {"car": (5.0, 34.0), "pedestrian": (4.0, 18.0), "cyclist": (4.5, 20.0)}
 NIGHT_FRACTION = 0.2  # sequences that are night-like (dark, lit windows, lamp glow)
+#: Road scenes with randomisation r: each car is dropped with probability ROAD_CAR_DROP * r and
+#: up to round(ROAD_EXTRA_* * r) extra pedestrians / cyclists are added (class balance).
+ROAD_CAR_DROP = 0.35
+ROAD_EXTRA_PEDESTRIANS = 3
+ROAD_EXTRA_CYCLISTS = 3
 ANNOTATIONS = "annotations.json"
 IMAGES = "images"
 
@@ -227,6 +262,25 @@ class _Sequence:
     noise: float  # sensor noise std (grey levels)
     blur: float  # lens blur sigma (pixels)
     cast: np.ndarray  # per-channel white-balance gains
+    rand: _Rand | None = None  # domain randomisation (spec.randomization > 0), else None
+
+
+@dataclass
+class _Rand:
+    """Per-sequence domain randomisation settings (only when ``spec.randomization > 0``)."""
+
+    r: float  # strength 0..1
+    person_h: tuple[float, float]  # accepted person height, fraction of the frame height
+    obj_tex: np.ndarray | None  # HxWx1 multiplicative texture on object pixels
+    haze_w: np.ndarray | None  # Hx1x1 blend weight towards haze_col
+    haze_col: np.ndarray  # RGB
+    exposure: float
+    contrast: float
+    gamma: float
+    motion: tuple[float, float]  # motion blur length (px, 0 = none) and angle (radians)
+    jpeg_p: float  # probability a frame is JPEG-compressed
+    jpeg_q: tuple[int, int]  # JPEG quality range
+    gray: bool  # grayscale output (surveillance cameras)
 
 
 # ------------------------------------------------------------------------------------------
@@ -782,22 +836,184 @@ def _camera_finish(rng: np.random.Generator) -> tuple[float, float, np.ndarray]:
     return float(rng.uniform(1.5, 6.0)), float(rng.uniform(0.4, 0.85)), rng.uniform(0.9, 1.1, 3)
 
 
+# ------------------------------------------------------------------------------------------
+# domain randomisation (spec.randomization > 0; drawn from separate generators only)
+# ------------------------------------------------------------------------------------------
+
+
+def _fx_rng(seed: int, seq: int, j: int) -> np.random.Generator:
+    """Per-frame randomisation draws (a 3-word spawn key: never collides with ``_seq_rng``)."""
+    return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(seq, 0xD0, j)))
+
+
+def _widen(base: tuple[float, float], wide: tuple[float, float], r: float) -> tuple[float, float]:
+    """The range ``base`` at r=0, ``wide`` at r=1, linear in between."""
+    return base[0] + (wide[0] - base[0]) * r, base[1] + (wide[1] - base[1]) * r
+
+
+def _texture(rng: np.random.Generator, h: int, w: int, amp: float) -> np.ndarray:
+    """A multiplicative procedural texture HxWx1 (1 +- ~amp): grain, stripes and blotches mixed."""
+    out = np.zeros((h, w), dtype=np.float32)
+    weights = rng.dirichlet([1.0, 1.0, 1.0])
+    fine = cv2.GaussianBlur(rng.normal(0.0, 1.0, (h, w)).astype(np.float32), (0, 0), float(rng.uniform(0.5, 1.8)))
+    out += weights[0] * fine / (float(fine.std()) + 1e-6)
+    period = float(rng.uniform(3.0, max(4.0, 0.15 * max(h, w))))
+    th = float(rng.uniform(0, np.pi))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    stripes = np.sin(2 * np.pi * (xx * math.cos(th) + yy * math.sin(th)) / period + float(rng.uniform(0, 2 * np.pi)))
+    out += weights[1] * stripes.astype(np.float32) * 1.4
+    cell = int(rng.integers(6, 48))
+    small = rng.normal(0.0, 1.0, (max(2, h // cell), max(2, w // cell))).astype(np.float32)
+    out += weights[2] * cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    return (1.0 + amp * out)[..., None]
+
+
+def _random_camera(rng: np.random.Generator, r: float, W: int, H: int, street: bool,
+                   person_hi: float) -> _Camera:
+    """Wider camera height, pitch (horizon row) and focal length than the default data."""
+    if street:
+        horizon = rng.uniform(*_widen((0.28, 0.5), (0.18, 0.62), r)) * H
+        lo = 0.8 - 0.25 * r
+        hi = max(lo + 0.05, min(1.4 + 0.4 * r, (1.02 * H - horizon) / (0.45 * H * person_hi / 0.7)))
+        return _Camera(W, H, f=float(rng.uniform(*_widen((0.7, 1.1), (0.5, 1.5), r)) * W), horizon=float(horizon),
+                       vx=float(rng.uniform(*_widen((0.3, 0.7), (0.15, 0.85), r)) * W), cam_h=float(1.7 * rng.uniform(lo, hi)))
+    return _Camera(W, H, f=float(rng.uniform(*_widen((0.55, 0.7), (0.42, 0.95), r)) * W),
+                   horizon=float(rng.uniform(*_widen((0.36, 0.48), (0.25, 0.6), r)) * H),
+                   vx=float(rng.uniform(*_widen((0.42, 0.58), (0.3, 0.7), r)) * W),
+                   cam_h=float(rng.uniform(*_widen((1.5, 1.8), (1.2, 2.6), r))))
+
+
+def _make_rand(rng: np.random.Generator, r: float, cam: _Camera, night: bool, person_h: tuple[float, float]) -> tuple[_Rand, float, float, np.ndarray]:
+    """Lighting, haze, object textures and camera effects; also returns (noise, blur, cast)."""
+    W, H = cam.width, cam.height
+    dusk = (not night) and rng.random() < 0.3 * r
+    exposure = float(np.exp(rng.uniform(-0.7 * r, 0.3 * r)))
+    if night:  # already dark: do not push it into black
+        exposure = max(exposure, 0.9)
+    cast = rng.uniform(0.9 - 0.18 * r, 1.1 + 0.18 * r, 3)
+    if dusk:  # low warm sun
+        exposure *= float(rng.uniform(0.5, 0.85))
+        cast = cast * np.array([rng.uniform(1.05, 1.25), rng.uniform(0.88, 1.0), rng.uniform(0.6, 0.85)])
+    haze_w = None
+    haze_col = np.array([180.0, 190.0, 200.0], dtype=np.float32)
+    if rng.random() < 0.45 * r:  # haze / fog, thicker with depth (rows towards the horizon)
+        v = rng.uniform(120, 220) * (0.35 if night else 1.0)
+        haze_col = np.array([v, v + rng.uniform(0, 12), v + rng.uniform(5, 25)], dtype=np.float32)
+        rows = np.arange(H, dtype=np.float64) + 0.5 - cam.horizon
+        Z = np.where(rows > 0, cam.f * cam.cam_h / np.maximum(rows, 1e-3), 1e9)
+        vis = rng.uniform(15.0, 150.0)
+        w = rng.uniform(0.0, 0.25 * r) + rng.uniform(0.2, 0.75) * r * (1.0 - np.exp(-Z / vis))
+        haze_w = np.clip(w, 0.0, 0.85).astype(np.float32)[:, None, None]
+    obj_tex = _texture(rng, H, W, float(rng.uniform(0.0, 0.3 * r))) if rng.random() < 0.6 * r else None
+    motion = (float(rng.uniform(0.004, 0.004 + 0.02 * r) * W), float(rng.uniform(0, np.pi))) if rng.random() < 0.35 * r else (0.0, 0.0)
+    rand = _Rand(
+        r=r, person_h=person_h, obj_tex=obj_tex, haze_w=haze_w, haze_col=haze_col, exposure=exposure,
+        contrast=float(rng.uniform(1.0 - 0.45 * r, 1.0 + 0.35 * r)), gamma=float(np.exp(rng.uniform(-0.35 * r, 0.35 * r))),
+        motion=motion, jpeg_p=0.6 * r, jpeg_q=(int(round(70 - 55 * r)), 95), gray=bool(rng.random() < 0.3 * r),
+    )
+    noise = float(rng.uniform(1.5 - 0.5 * r, 6.0 + 10.0 * r))
+    blur = float(rng.uniform(0.4 - 0.4 * r, 0.85 + 1.35 * r))
+    return rand, noise, blur, cast
+
+
+def _textured_background(rng: np.random.Generator, r: float, background: np.ndarray) -> np.ndarray:
+    """Procedural texture over the background (road, pavement, facades, sky) and a tint."""
+    H, W = background.shape[:2]
+    tex = _texture(rng, H, W, float(rng.uniform(0.03, 0.03 + 0.3 * r)))
+    tint = rng.uniform(1.0 - 0.1 * r, 1.0 + 0.1 * r, 3).astype(np.float32)
+    return np.clip(background.astype(np.float32) * tex * tint, 0, 255).astype(np.uint8)
+
+
+def _motion_kernel(length: float, angle: float) -> np.ndarray:
+    n = max(3, int(math.ceil(length)) | 1)
+    k = np.zeros((n, n), dtype=np.float32)
+    c = (n - 1) / 2
+    dx, dy = math.cos(angle) * length / 2, math.sin(angle) * length / 2
+    cv2.line(k, (round(c - dx), round(c - dy)), (round(c + dx), round(c + dy)), 1.0, 1)
+    return k / max(float(k.sum()), 1e-6)
+
+
+def _finish_random(seq: _Sequence, img: np.ndarray, owner: np.ndarray, frame_rng: np.random.Generator,
+                   fx: np.random.Generator) -> np.ndarray:
+    """Camera and lighting with randomisation: pixels move, geometry (and so every box) does not."""
+    R = seq.rand
+    assert R is not None
+    f = img.astype(np.float32)
+    if R.obj_tex is not None:
+        m = owner > 0
+        f[m] *= R.obj_tex[m]
+    if R.haze_w is not None:
+        f = f * (1.0 - R.haze_w) + R.haze_w * R.haze_col
+    exposure = R.exposure * float(np.exp(fx.normal(0.0, 0.08 * R.r)))
+    f = np.clip(f / 255.0, 0.0, None) ** R.gamma
+    f = ((f - 0.45) * R.contrast + 0.45) * exposure
+    f = f * (255.0 * seq.cast.astype(np.float32))
+    if seq.blur > 0.05:
+        f = cv2.GaussianBlur(f, (0, 0), seq.blur)
+    if R.motion[0] >= 1.5:
+        length = R.motion[0] * float(fx.uniform(0.6, 1.2))
+        f = cv2.filter2D(f, -1, _motion_kernel(length, R.motion[1]), borderType=cv2.BORDER_REFLECT)
+    f = f + frame_rng.normal(0.0, seq.noise, f.shape).astype(np.float32)
+    out = np.clip(np.rint(f), 0, 255).astype(np.uint8)
+    if fx.random() < R.jpeg_p:
+        q = int(fx.integers(R.jpeg_q[0], R.jpeg_q[1] + 1))
+        ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, q])
+        if ok:
+            out = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # channel order is kept (no BGR swap either way)
+    if R.gray:
+        g = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)
+        out = np.repeat(g[..., None], 3, axis=2)
+    return out
+
+
+def _extra_statics(rng: np.random.Generator, r: float, cam: _Camera, light: float, street: bool,
+                   road: dict[str, float] | None, z_range: tuple[float, float]) -> list[_Item]:
+    """More distractors / occluders (never boxed)."""
+    kinds = ["pole", "sign", "bin", "bollard", "tree", "hydrant"] + (["car"] if street else [])
+    out: list[_Item] = []
+    for _ in range(int(rng.poisson(3.0 * r))):
+        kind = kinds[int(rng.integers(len(kinds)))]
+        Z = float(np.exp(rng.uniform(np.log(z_range[0]), np.log(z_range[1]))))
+        if road is None:
+            X = float(rng.uniform(-0.6, 0.6) * cam.width * Z / cam.f)
+        else:
+            X = float(rng.uniform(road["left"] - road["walk"] - 1.0, road["right"] + road["walk"] + 1.0))
+        x, y = cam.project(X, 0, Z)
+        s = cam.f / Z
+        if kind == "car":
+            prims = _car_prims(x, y, s, ["left", "right", "front", "back"][int(rng.integers(4))], _random_car(rng), light)
+        else:
+            prims = _distractor(rng, kind, x, y, s, light)
+        out.append(_Item(Z, prims))
+    return out
+
+
 def _make_street_sequence(spec: SyntheticSpec, seq: int) -> _Sequence:
     rng = _seq_rng(spec.seed, seq, 0)
+    r = spec.randomization
+    rr = _seq_rng(spec.seed, seq, 0xD0) if r > 0 else None  # randomisation: never touches rng
     W, H = spec.frame_size
     night = bool(rng.random() < NIGHT_FRACTION)
+    ph = STREET_PERSON_HEIGHT
+    if rr is not None:
+        night = bool(rr.random() < NIGHT_FRACTION + 0.1 * r)
+        ph = _widen(STREET_PERSON_HEIGHT, (0.08, 0.85), r)
     # camera: the horizon row and camera height are chosen so the tallest people (0.7 H) still
     # stand close to the bottom edge instead of far below it
     horizon = rng.uniform(0.28, 0.5) * H
     ratio = rng.uniform(0.8, min(1.4, (1.02 * H - horizon) / (0.45 * H)))  # camera height / person height
     cam = _Camera(W, H, f=float(rng.uniform(0.7, 1.1) * W), horizon=float(horizon),
                   vx=float(rng.uniform(0.3, 0.7) * W), cam_h=float(1.7 * ratio))
+    if rr is not None:
+        cam = _random_camera(rr, r, W, H, True, ph[1])
     canvas, lit, zb = _street_background(rng, cam, night)
     background = _finish_background(rng, canvas, lit, night)
+    if rr is not None:
+        background = _textured_background(rr, r, background)
     light = float(rng.uniform(0.45, 0.65) if night else rng.uniform(0.85, 1.1))
     statics: list[_Item] = []
-    z_near = cam.f * 1.7 / (STREET_PERSON_HEIGHT[1] * H)  # depth of the biggest person
-    z_far = cam.f * 1.7 / (STREET_PERSON_HEIGHT[0] * H)
+    z_near = cam.f * 1.7 / (ph[1] * H)  # depth of the biggest person
+    z_far = cam.f * 1.7 / (ph[0] * H)
     kinds = ["pole", "pole", "sign", "bin", "bollard", "tree", "hydrant", "car"]
     for _ in range(int(rng.integers(2, 8))):
         kind = kinds[int(rng.integers(len(kinds)))]
@@ -812,7 +1028,7 @@ def _make_street_sequence(spec: SyntheticSpec, seq: int) -> _Sequence:
         statics.append(_Item(Z, prims))
     actors = []
     for a in range(int(rng.integers(1, 7))):
-        h_frac = float(np.exp(rng.uniform(*np.log(STREET_PERSON_HEIGHT))))
+        h_frac = float(np.exp(rng.uniform(*np.log(ph))))
         size = float(rng.uniform(1.55, 1.9))
         Z = cam.f * size / (h_frac * H)
         X = float(rng.uniform(-0.5, 0.5) * W * Z / cam.f)
@@ -824,7 +1040,11 @@ def _make_street_sequence(spec: SyntheticSpec, seq: int) -> _Sequence:
         actors.append(_Actor("person", X, Z, float(vX), float(vZ), view, float(rng.uniform(0, 2 * np.pi)), walking, size,
                              (_random_look(rng), int(rng.integers(3))), 1, f"a{a}"))
     noise, blur, cast = _camera_finish(rng)
-    return _Sequence(cam, background, statics, actors, light, noise, blur, cast)
+    if rr is None:
+        return _Sequence(cam, background, statics, actors, light, noise, blur, cast)
+    statics += _extra_statics(rr, r, cam, light, True, None, (max(z_near * 0.7, 0.8), max(min(z_far * 1.3, zb - 1.0), 1.0)))
+    rand, noise, blur, cast = _make_rand(rr, r, cam, night, ph)
+    return _Sequence(cam, background, statics, actors, light, noise, blur, cast, rand)
 
 
 def _road_layout(rng: np.random.Generator) -> dict[str, float]:
@@ -835,15 +1055,72 @@ def _road_layout(rng: np.random.Generator) -> dict[str, float]:
     return {"lanes": lanes, "lane": lane, "left": left, "right": left + lanes * lane, "walk": float(rng.uniform(1.8, 3.5))}
 
 
+def _road_depth(rng: np.random.Generator, rng_range: tuple[float, float], log: bool) -> float:
+    """A depth in the range: uniform (default data) or, with randomisation, log-uniform (same draw)."""
+    Z = float(rng.uniform(*rng_range))
+    if not log:
+        return Z
+    lo, hi = rng_range
+    return float(lo * (hi / lo) ** ((Z - lo) / (hi - lo)))
+
+
+def _road_pedestrian(rng: np.random.Generator, road: dict[str, float], depth: tuple[float, float], log: bool,
+                     key: str) -> _Actor:
+    Z = _road_depth(rng, depth, log)
+    if rng.random() < 0.3:  # crossing the road, seen from the side
+        d = 1.0 if rng.random() < 0.5 else -1.0
+        X = float(rng.uniform(road["left"], road["right"]))
+        vX, vZ, view, walking = d * 0.7, 0.0, ("right" if d > 0 else "left"), True
+    else:
+        side = rng.random() < 0.5
+        X = (road["left"] - rng.uniform(0.4, road["walk"])) if side else (road["right"] + rng.uniform(0.4, road["walk"]))
+        walking = bool(rng.random() < 0.75)
+        toward = rng.random() < 0.5
+        vX, vZ = 0.0, ((-0.7 if toward else 0.7) if walking else 0.0)
+        view = ("front" if toward else "back") if walking else ["front", "back", "left", "right"][int(rng.integers(4))]
+    return _Actor("person", X, Z, vX, vZ, view, float(rng.uniform(0, 2 * np.pi)), walking,
+                  float(rng.uniform(1.55, 1.9)), (_random_look(rng), int(rng.integers(3))), 2, key)
+
+
+def _road_cyclist(rng: np.random.Generator, road: dict[str, float], depth: tuple[float, float], log: bool,
+                  key: str) -> _Actor:
+    Z = _road_depth(rng, depth, log)
+    if rng.random() < 0.45:  # crossing
+        d = 1.0 if rng.random() < 0.5 else -1.0
+        X, vX, vZ, view = float(rng.uniform(road["left"], road["right"])), d * 1.5, 0.0, ("right" if d > 0 else "left")
+    else:
+        toward = rng.random() < 0.35
+        X = (road["left"] + 0.8) if toward else (road["right"] - 0.8)
+        vX, vZ, view = 0.0, (-1.5 if toward else float(rng.uniform(-0.5, 0.5))), ("front" if toward else "back")
+    frame_col = _hsv(rng.random(), rng.uniform(0.3, 0.9), rng.uniform(0.3, 0.9))
+    return _Actor("cyclist", float(X), Z, float(vX), float(vZ), view, float(rng.uniform(0, 2 * np.pi)), True, 1.0,
+                  (_random_look(rng), frame_col), 3, key)
+
+
+#: Road scenes with randomisation r=1: depth ranges (metres), so that cars span ~0.04-0.5 of
+#: the frame height and pedestrians ~0.06-0.6 (KITTI-like).
+ROAD_DEPTH_WIDE = {"car": (4.0, 75.0), "pedestrian": (3.0, 50.0), "cyclist": (3.5, 50.0)}
+
+
 def _make_road_sequence(spec: SyntheticSpec, seq: int) -> _Sequence:
     rng = _seq_rng(spec.seed, seq, 0)
+    r = spec.randomization
+    rr = _seq_rng(spec.seed, seq, 0xD0) if r > 0 else None  # randomisation: never touches rng
     W, H = spec.frame_size
     night = bool(rng.random() < NIGHT_FRACTION)
     cam = _Camera(W, H, f=float(rng.uniform(0.55, 0.7) * W), horizon=float(rng.uniform(0.36, 0.48) * H),
                   vx=float(rng.uniform(0.42, 0.58) * W), cam_h=float(rng.uniform(1.5, 1.8)))
+    depth = ROAD_DEPTH
+    if rr is not None:
+        night = bool(rr.random() < NIGHT_FRACTION + 0.1 * r)
+        cam = _random_camera(rr, r, W, H, False, 1.0)
+        depth = {k: _widen(ROAD_DEPTH[k], ROAD_DEPTH_WIDE[k], r) for k in ROAD_DEPTH}
+    log = rr is not None
     road = _road_layout(rng)
     canvas, lit = _road_background(rng, cam, night, road)
     background = _finish_background(rng, canvas, lit, night)
+    if rr is not None:
+        background = _textured_background(rr, r, background)
     light = float(rng.uniform(0.45, 0.65) if night else rng.uniform(0.85, 1.1))
     statics: list[_Item] = []
     kinds = ["pole", "pole", "sign", "sign", "tree", "tree", "bin", "bollard"]
@@ -859,7 +1136,7 @@ def _make_road_sequence(spec: SyntheticSpec, seq: int) -> _Sequence:
     n_cars = int(rng.integers(1, 6))
     for a in range(n_cars):
         lane_x = lanes[int(rng.integers(len(lanes)))]
-        Z = float(rng.uniform(*ROAD_DEPTH["car"]))
+        Z = _road_depth(rng, depth["car"], log)
         crossing = rng.random() < 0.15
         if crossing:  # cross traffic at a junction, seen from the side
             d = 1.0 if rng.random() < 0.5 else -1.0
@@ -875,34 +1152,21 @@ def _make_road_sequence(spec: SyntheticSpec, seq: int) -> _Sequence:
         actors.append(_Actor("car", float(lane_x + rng.uniform(-0.3, 0.3)), Z, 0.0, vZ, view, 0.0, False, 1.0,
                              _random_car(rng), 1, f"c{a}"))
     for a in range(int(rng.integers(0, 4))):
-        Z = float(rng.uniform(*ROAD_DEPTH["pedestrian"]))
-        if rng.random() < 0.3:  # crossing the road, seen from the side
-            d = 1.0 if rng.random() < 0.5 else -1.0
-            X = float(rng.uniform(road["left"], road["right"]))
-            vX, vZ, view, walking = d * 0.7, 0.0, ("right" if d > 0 else "left"), True
-        else:
-            side = rng.random() < 0.5
-            X = (road["left"] - rng.uniform(0.4, road["walk"])) if side else (road["right"] + rng.uniform(0.4, road["walk"]))
-            walking = bool(rng.random() < 0.75)
-            toward = rng.random() < 0.5
-            vX, vZ = 0.0, ((-0.7 if toward else 0.7) if walking else 0.0)
-            view = ("front" if toward else "back") if walking else ["front", "back", "left", "right"][int(rng.integers(4))]
-        actors.append(_Actor("person", X, Z, vX, vZ, view, float(rng.uniform(0, 2 * np.pi)), walking,
-                             float(rng.uniform(1.55, 1.9)), (_random_look(rng), int(rng.integers(3))), 2, f"p{a}"))
+        actors.append(_road_pedestrian(rng, road, depth["pedestrian"], log, f"p{a}"))
     for a in range(int(rng.integers(0, 3))):
-        Z = float(rng.uniform(*ROAD_DEPTH["cyclist"]))
-        if rng.random() < 0.45:  # crossing
-            d = 1.0 if rng.random() < 0.5 else -1.0
-            X, vX, vZ, view = float(rng.uniform(road["left"], road["right"])), d * 1.5, 0.0, ("right" if d > 0 else "left")
-        else:
-            toward = rng.random() < 0.35
-            X = (road["left"] + 0.8) if toward else (road["right"] - 0.8)
-            vX, vZ, view = 0.0, (-1.5 if toward else float(rng.uniform(-0.5, 0.5))), ("front" if toward else "back")
-        frame_col = _hsv(rng.random(), rng.uniform(0.3, 0.9), rng.uniform(0.3, 0.9))
-        actors.append(_Actor("cyclist", float(X), Z, float(vX), float(vZ), view, float(rng.uniform(0, 2 * np.pi)), True, 1.0,
-                             (_random_look(rng), frame_col), 3, f"b{a}"))
+        actors.append(_road_cyclist(rng, road, depth["cyclist"], log, f"b{a}"))
     noise, blur, cast = _camera_finish(rng)
-    return _Sequence(cam, background, statics, actors, light, noise, blur, cast)
+    if rr is None:
+        return _Sequence(cam, background, statics, actors, light, noise, blur, cast)
+    # class balance: fewer cars, more pedestrians and cyclists (r=1: roughly a third each)
+    actors = [a for a in actors if a.kind != "car" or rr.random() >= ROAD_CAR_DROP * r]
+    for a in range(int(rr.integers(0, 1 + round(ROAD_EXTRA_PEDESTRIANS * r)))):
+        actors.append(_road_pedestrian(rr, road, depth["pedestrian"], log, f"p{100 + a}"))
+    for a in range(int(rr.integers(0, 1 + round(ROAD_EXTRA_CYCLISTS * r)))):
+        actors.append(_road_cyclist(rr, road, depth["cyclist"], log, f"b{100 + a}"))
+    statics += _extra_statics(rr, r, cam, light, False, road, (2.5, 45.0))
+    rand, noise, blur, cast = _make_rand(rr, r, cam, night, (0.12 - 0.07 * r, 0.9))
+    return _Sequence(cam, background, statics, actors, light, noise, blur, cast, rand)
 
 
 # ------------------------------------------------------------------------------------------
@@ -922,7 +1186,10 @@ def _actor_item(seq: _Sequence, a: _Actor, j: int, street: bool) -> _Item | None
         return None
     if a.kind == "person":
         h = s * a.size
-        lo, hi = (STREET_PERSON_HEIGHT[0] * 0.95, STREET_PERSON_HEIGHT[1] * 1.1) if street else (0.12, 0.9)
+        if seq.rand is not None:
+            lo, hi = (seq.rand.person_h[0] * 0.95, seq.rand.person_h[1] * 1.1) if street else seq.rand.person_h
+        else:
+            lo, hi = (STREET_PERSON_HEIGHT[0] * 0.95, STREET_PERSON_HEIGHT[1] * 1.1) if street else (0.12, 0.9)
         if not lo * cam.height <= h <= hi * cam.height:
             return None
         look, pose = a.look
@@ -971,8 +1238,12 @@ class FrameObject:
     key: str = ""
 
 
-def _render(seq: _Sequence, items: list[_Item], frame_rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[FrameObject]]:
-    """Draw items far to near; return RGB image, owner map and the visible objects."""
+def _render(seq: _Sequence, items: list[_Item], frame_rng: np.random.Generator,
+            fx_rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, list[FrameObject]]:
+    """Draw items far to near; return RGB image, owner map and the visible objects.
+
+    ``fx_rng`` draws the per-frame randomisation (only used when ``seq.rand`` is set).
+    """
     cam = seq.camera
     img = seq.background.copy()
     owner = np.zeros((cam.height, cam.width), dtype=np.uint16)
@@ -995,6 +1266,8 @@ def _render(seq: _Sequence, items: list[_Item], frame_rng: np.random.Generator) 
         ys, xs = np.nonzero(owner == oid)
         x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
         found.append(FrameObject(oid, it.category, [x0, y0, x1 - x0 + 1, y1 - y0 + 1], vis, full, it.key))
+    if seq.rand is not None:
+        return _finish_random(seq, img, owner, frame_rng, fx_rng or np.random.default_rng(0)), owner, found
     # camera: lens blur, sensor noise, white balance
     f = (cv2.GaussianBlur(img, (0, 0), seq.blur) if seq.blur > 0 else img).astype(np.float32)
     f = f * seq.cast.astype(np.float32) + frame_rng.normal(0.0, seq.noise, f.shape).astype(np.float32)
@@ -1029,7 +1302,8 @@ def render_frame(seq: _Sequence, seed: int, seq_index: int, j: int, empty: bool,
     extra: list[_Actor] = []
     for attempt in range(8):
         items = _frame_items(seq, j, empty, street, extra, hidden)
-        img, owner, objs = _render(seq, items, _seq_rng(seed, seq_index, 1 + j))
+        fx = _fx_rng(seed, seq_index, j) if seq.rand is not None else None
+        img, owner, objs = _render(seq, items, _seq_rng(seed, seq_index, 1 + j), fx)
         low = [o for o in objs if o.area < MIN_VISIBLE_FRACTION * o.full_area]
         if low:
             hidden |= {o.key for o in low}
@@ -1048,10 +1322,15 @@ def render_frame(seq: _Sequence, seed: int, seq_index: int, j: int, empty: bool,
 
 def empty_frames(spec: SyntheticSpec) -> set[int]:
     """Indices of the frames drawn without objects: exactly ``round(empty_fraction * n)`` (at most n-1)."""
-    n = spec.n_images
-    k = int(min(round(spec.empty_fraction * n), n - 1))
-    perm = np.random.default_rng(np.random.SeedSequence(entropy=spec.seed, spawn_key=(0xE3,))).permutation(n)
-    return {int(i) for i in perm[:k]}
+    return set(_empty_frames(spec.seed, spec.n_images, spec.empty_fraction))
+
+
+@functools.lru_cache(maxsize=16)
+def _empty_frames(seed: int, n: int, empty_fraction: float) -> frozenset[int]:
+    # a permutation of n: ~1 ms and ~1 MB for n = 100_000, so no need to be lazier than a cache
+    k = int(min(round(empty_fraction * n), n - 1))
+    perm = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(0xE3,))).permutation(n)
+    return frozenset(int(i) for i in perm[:k])
 
 
 def make_sequence(spec: SyntheticSpec, seq: int) -> _Sequence:
@@ -1074,7 +1353,51 @@ def render_scene_frame(spec: SyntheticSpec, index: int, seq: _Sequence | None = 
     q, j = divmod(index, spec.sequence_length)
     if seq is None:
         seq = make_sequence(spec, q)
-    return render_frame(seq, spec.seed, q, j, index in empty_frames(spec), spec.generator == "street_scenes")
+    empty = index in _empty_frames(spec.seed, spec.n_images, spec.empty_fraction)
+    return render_frame(seq, spec.seed, q, j, empty, spec.generator == "street_scenes")
+
+
+def iter_scene_frames(spec: SyntheticSpec, start: int, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Stream frames ``start .. stop - 1`` in memory, without writing files.
+
+    Frame ``i`` is exactly :func:`render_scene_frame` ``(spec, i)`` (the frame the generator
+    writes); a sequence is built once and reused for its consecutive frames. Setting up is
+    cheap for any ``spec.n_images`` (tens of thousands of frames included), and the function
+    is top level and needs no TensorFlow, so worker processes can call it.
+
+    Args:
+        spec: street_scenes or road_scenes settings (``randomization`` included).
+        start: First frame index (0-based).
+        stop: One past the last frame index, at most ``spec.n_images``.
+
+    Yields:
+        ``(rgb, boxes, classes)``: ``rgb`` uint8 HxWx3; ``boxes`` float32 [n, 4] as
+        ``x1, y1, x2, y2`` pixels with exclusive right/bottom edges (``x2 = x + w`` as in COCO);
+        ``classes`` int64 [n], 0-based index into ``CLASSES[spec.generator]``.
+
+    Raises:
+        DataError: ``spec.generator`` is not a scene generator.
+        ValueError: ``start``/``stop`` outside ``0 .. spec.n_images``.
+    """
+    _check_spec(spec)
+    if not 0 <= start <= stop <= spec.n_images:
+        raise ValueError(f"frames {start}..{stop} outside 0..{spec.n_images}")
+    return _iter_scene_frames(spec, start, stop)
+
+
+def _iter_scene_frames(spec: SyntheticSpec, start: int, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    empties = _empty_frames(spec.seed, spec.n_images, spec.empty_fraction)
+    street = spec.generator == "street_scenes"
+    seq: _Sequence | None = None
+    seq_q = -1
+    for i in range(start, stop):
+        q, j = divmod(i, spec.sequence_length)
+        if seq is None or q != seq_q:
+            seq, seq_q = make_sequence(spec, q), q
+        img, _, objs = render_frame(seq, spec.seed, q, j, i in empties, street)
+        boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (o.bbox for o in objs)], dtype=np.float32).reshape(-1, 4)
+        classes = np.array([o.category_id - 1 for o in objs], dtype=np.int64)
+        yield img, boxes, classes
 
 
 def _check_spec(spec: SyntheticSpec) -> None:
@@ -1101,6 +1424,16 @@ are not drawn. annotations.json is written last: if it exists, the dataset is co
 
 Generator settings: {settings}
 """
+
+
+def settings_dump(spec: SyntheticSpec) -> dict[str, Any]:
+    """The spec as written into the dataset files; ``randomization`` only when it is not 0, so
+    the default data stays byte-identical to data generated before the field existed."""
+    return spec.model_dump(mode="json", exclude=_settings_exclude(spec))
+
+
+def _settings_exclude(spec: SyntheticSpec) -> set[str] | None:
+    return None if spec.randomization else {"randomization"}
 
 
 def generate_scene_dataset(out: str | Path, spec: SyntheticSpec, progress: bool = True) -> dict[str, Any]:
@@ -1137,7 +1470,7 @@ def generate_scene_dataset(out: str | Path, spec: SyntheticSpec, progress: bool 
     if done.exists():  # regenerating: drop the completeness marker first
         done.unlink()
     names = CLASSES[spec.generator]
-    empties = empty_frames(spec)
+    empties = _empty_frames(spec.seed, spec.n_images, spec.empty_fraction)
     street = spec.generator == "street_scenes"
     W, H = spec.frame_size
     images: list[dict[str, Any]] = []
@@ -1172,7 +1505,7 @@ def generate_scene_dataset(out: str | Path, spec: SyntheticSpec, progress: bool 
             bar.advance(task)
     coco = {
         "info": {"description": f"lepton-vision synthetic {spec.generator}", "version": "1",
-                 "settings": spec.model_dump(mode="json")},
+                 "settings": settings_dump(spec)},
         "licenses": [{"id": 1, "name": "CC0-1.0"}],
         "images": images,
         "annotations": annotations,
@@ -1181,7 +1514,7 @@ def generate_scene_dataset(out: str | Path, spec: SyntheticSpec, progress: bool 
     title = "street scenes with people" if street else "road scenes with cars, pedestrians and cyclists"
     atomic_write_text(out / "README.txt", _README.format(
         title=title, generator=spec.generator, w=W, h=H, categories=", ".join(f"{k + 1}={n}" for k, n in enumerate(names)),
-        vis=MIN_VISIBLE_FRACTION, settings=spec.model_dump_json()))
+        vis=MIN_VISIBLE_FRACTION, settings=spec.model_dump_json(exclude=_settings_exclude(spec))))
     atomic_write_json(done, coco)
     per_class = {n: sum(a["category_id"] == k + 1 for a in annotations) for k, n in enumerate(names)}
     with_boxes = {a["image_id"] for a in annotations}
@@ -1195,4 +1528,4 @@ def generate_scene_dataset(out: str | Path, spec: SyntheticSpec, progress: bool 
     }
 
 
-__all__ = ["CLASSES", "FrameObject", "empty_frames", "generate_scene_dataset", "render_scene_frame"]
+__all__ = ["CLASSES", "FrameObject", "empty_frames", "generate_scene_dataset", "iter_scene_frames", "render_scene_frame"]
