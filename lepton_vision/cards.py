@@ -135,6 +135,18 @@ class SyntheticSpec(_Model):
         0.5, gt=0, lt=1, description="Fraction of patients who have nodules."
     )
     seed: int = Field(7, ge=0, description="Generator seed; same seed, same files.")
+    randomization: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Domain randomisation strength for pretraining on generated data: 0 = the "
+        "default data exactly (byte-identical files); 1 = the strongest (scenes: wider camera "
+        "height, pitch and focal length, dusk/night/fog/colour casts, procedural textures, "
+        "motion blur, heavy noise, JPEG artefacts, some grayscale frames, more occluders, "
+        "class-balanced road objects over a wider size range; ct_phantom: varied body, lung, "
+        "heart, rib and spine anatomy, off-centre patients, zoom, dose, reconstruction kernel, "
+        "streak/ring artefacts, a couch). Values in between scale the ranges.",
+    )
     layout: Literal["slices", "dicom_series", "nifti"] = Field(
         "slices",
         description="slices: <PatientID>/<slice>.dcm + labels.csv (one row per slice file); "
@@ -310,6 +322,10 @@ class Resolved:
     recipe_path: Path
     task_path: Path
     dataset_path: Path
+    pretrain_dataset: DatasetCard | None = None
+    pretrain_dataset_path: Path | None = None
+    #: Every fold's start weights (pretrain stage or model.weights), set by the run before the folds.
+    start_weights: str | None = None
 
     @property
     def dataset_dir(self) -> Path:
@@ -407,13 +423,20 @@ def resolve(recipe: Recipe, recipe_path: str | Path) -> Resolved:
                 "one group's images in train and validation. Use strategy: auto or stratified_group",
             )
         )
+    pre_card, pre_path = None, None
+    if recipe.pretrain is not None:
+        from lepton_vision.pretrain import check_pretrain_card
+
+        pre_path = _find_card(recipe.pretrain.dataset, "datasets", "dataset.yaml", root, str(recipe_path))
+        pre_card = load_dataset_card(pre_path)
+        problems += check_pretrain_card(Resolved(recipe, task, ds, recipe_path, task_path, ds_path, pre_card, pre_path))
     if problems:
         raise CardError(
             f"recipe does not fit task '{task.name}' ({task_path}) and dataset '{ds.name}' ({ds_path})",
             file=str(recipe_path),
             problems=problems,
         )
-    return Resolved(recipe, task, ds, recipe_path, task_path, ds_path)
+    return Resolved(recipe, task, ds, recipe_path, task_path, ds_path, pre_card, pre_path)
 
 
 def load_resolved(recipe_path: str | Path, overrides: list[str] | None = None) -> Resolved:

@@ -36,6 +36,14 @@ EXAMPLES = {
           lepton-vision train recipes/ct_screening/baseline.yaml --executor ray --address auto   # a Ray task per fold
           lepton-vision train recipes/ct_screening/baseline.yaml --tracking-uri sqlite:////shared/mlflow.db
     """,
+    "pretrain": """
+        examples:
+          LEPTON_DATA_ROOT=../shared/data lepton-vision pretrain recipes/obstacle_detection/kitti_pretrained.yaml
+          lepton-vision pretrain recipes/ct_screening/pretrained.yaml --set pretrain.images=2000
+
+        Runs only the recipe's pretrain: stage (or finds it in the cache) and prints where the
+        weights are; `lepton-vision train` with the same recipe then reuses them.
+    """,
     "evaluate": """
         examples:
           lepton-vision evaluate runs/ct_screening-baseline-20261123-101500
@@ -126,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted run: finished folds are not recomputed")
     _add_scale_out_options(t)
     t.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
+
+    pt = sub.add_parser("pretrain", help="run (or find cached) a recipe's pretrain: stage on generated data",
+                        epilog=_epilog("pretrain"), formatter_class=fmt)
+    pt.add_argument("recipe", help="recipe YAML file with a pretrain: section")
+    pt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a recipe field (YAML value), repeatable")
+    pt.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
 
     tu = sub.add_parser("tune", help="Ray Tune sweep: every trial a full grouped cross-validation",
                         epilog=_epilog("tune"), formatter_class=fmt)
@@ -269,6 +284,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, *_scale_out_overrides(args)]
     run_dir = run_train(args.recipe, overrides=overrides, out=args.out, resume=args.resume)
     print(f"\nrun directory: {run_dir}")
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from lepton_vision.cards import load_resolved
+    from lepton_vision.errors import RecipeError
+    from lepton_vision.pretrain import ensure_pretrained
+
+    resolved = load_resolved(args.recipe, args.overrides)
+    if resolved.recipe.pretrain is None:
+        raise RecipeError(f"{args.recipe}: the recipe has no pretrain: section",
+                          hint="Add pretrain: {dataset: synthetic_road, images: 20000} (see "
+                          "`lepton-vision recipe schema`).")
+    res = ensure_pretrained(resolved, progress=resolved.recipe.train.verbose)
+    rec = res.record
+    val = rec.get("synthetic_validation") or {}
+    print(f"pretrained on {rec['images']} generated images ({rec['generator']}) in {rec['seconds']:.0f} s"
+          + (" (reused from the cache)" if res.reused else "")
+          + (f"; synthetic {val['metric']} {val['value']:.3f}" if val else ""))
+    print(f"weights: {res.weights}")
     return 0
 
 
@@ -503,6 +538,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": _cmd_train,
+    "pretrain": _cmd_pretrain,
     "evaluate": _cmd_evaluate,
     "export": _cmd_export,
     "predict": _cmd_predict,

@@ -258,12 +258,55 @@ def run_train(
     check_recipe_extras(resolved.recipe, recipe_path)  # before any work: Ray/MLflow installed?
     run = _start_or_resume(resolved, out, resume)
     console.print(f"[bold]lepton-vision train[/bold] {resolved.recipe.name} → {run.root}")
+    resolved = with_start_weights(resolved, run.root)
     with tracking_session(resolved, run) as tracker:
         if resolved.task.kind == "object_detection":
             from lepton_vision.det_crossval import run_detection_train
 
             return run_detection_train(resolved, run, t_start, tracker=tracker, stop_after=stop_after)
         return _run_classification(resolved, run, t_start, tracker, stop_after)
+
+
+def start_info(run_root: Path) -> dict[str, Any]:
+    """What the folds started from, for bundle.json: random init, or the record of the pretrain
+    stage / model.weights (start_weights.json, without machine-specific paths)."""
+    path = Path(run_root) / "start_weights.json"
+    if not path.is_file():
+        return {"source": "random"}
+    rec = json.loads(path.read_text())
+    out = {k: rec[k] for k in ("source", "sha256", "loaded", "finetune", "key") if k in rec}
+    pre = rec.get("pretrain")
+    if pre:
+        out["pretrain"] = {k: pre.get(k) for k in ("dataset", "generator", "images", "epochs", "seconds",
+                                                   "synthetic_validation", "classes_match_task")}
+    if rec.get("source") != "pretrain":
+        out["file"] = Path(rec["path"]).name
+    return out
+
+
+def with_start_weights(resolved: Resolved, run_root: Path) -> Resolved:
+    """Run the pretrain stage (or resolve model.weights) and put the folds' start point into
+    ``resolved.start_weights``; recorded in start_weights.json (and pretrain.json)."""
+    import dataclasses
+
+    from lepton_vision.pretrain import prepare_start
+
+    record = prepare_start(resolved, run_root, progress=resolved.recipe.train.verbose)
+    if record is None:
+        return resolved
+    pre = record.get("pretrain")
+    console = _console()
+    if pre is not None:
+        val = pre.get("synthetic_validation") or {}
+        console.print(
+            f"pretrain: {pre['images']} generated images ({pre['generator']}), "
+            + ("reused from the cache" if record["reused_cache"] else f"{pre['seconds']:.0f} s")
+            + (f", synthetic {val['metric']} {val['value']:.3f}" if val else "")
+            + f"; folds start from it ({record['loaded']}) — {record['cache_dir']}"
+        )
+    else:
+        console.print(f"start weights: {record['path']} ({record['loaded']})")
+    return dataclasses.replace(resolved, start_weights=record["path"])
 
 
 def fold_bookkeeping(run: RunDir, k_total: int, tracker: Any, key: str, label: str) -> tuple[
@@ -448,21 +491,22 @@ def _model_builder(resolved: Resolved, seed: int):
 
     r = resolved.recipe
     kind = KINDS[resolved.task.kind]
-    weights = r.model.weights
-    if weights not in ("none", "imagenet"):
-        weights = str(_weights_path(resolved, weights))
+    weights = r.model.weights if r.model.weights in ("none", "imagenet") else "none"
+    start = resolved.start_weights
+    if start is None and r.model.weights not in ("none", "imagenet"):  # not through run_train
+        from lepton_vision.finetune import resolve_weights_source
+
+        start = str(resolve_weights_source(r.model.weights, resolved.recipe_path.parent))
 
     def build():
-        return kind.build_model(r, weights=weights, seed=seed)
+        model = kind.build_model(r, weights=weights, seed=seed)
+        if start is not None:
+            from lepton_vision.finetune import load_start_weights
+
+            load_start_weights(model, start)
+        return model
 
     return build
-
-
-def _weights_path(resolved: Resolved, weights: str) -> Path:
-    p = Path(weights).expanduser()
-    if not p.is_absolute() and not p.exists():
-        p = resolved.recipe_path.parent / p
-    return p
 
 
 def final_model(run: RunDir, recipe: Any, results: dict[int, dict[str, Any]], score_key: str,
@@ -546,6 +590,7 @@ def _export(resolved: Resolved, run: RunDir, model, table: pd.DataFrame, metrics
         "recipe": {"name": r.name, "sha256": r.sha256(), "seed": r.seed},
         "dataset": {"name": resolved.dataset.name, "fingerprint": fingerprint, "n_samples": int(len(table))},
         "versions": versions(),
+        "training_start": start_info(run.root),
     }
     # The window is part of the exported contract only when the model was trained on HU data:
     # 8-bit slices (e.g. figure crops without HU) are used as they are and must not be windowed.

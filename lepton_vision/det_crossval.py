@@ -99,8 +99,19 @@ def _build(resolved: Resolved, seed: int):
     n_classes = len(resolved.task.classes)
     size = tuple(r.input.image_size)
 
+    start = resolved.start_weights
+    if start is None and r.model.weights not in ("none", "imagenet"):  # not through run_train
+        from lepton_vision.finetune import resolve_weights_source
+
+        start = str(resolve_weights_source(r.model.weights, resolved.recipe_path.parent))
+
     def build():
-        return adapter.build(spec, n_classes, size, seed)
+        model = adapter.build(spec, n_classes, size, seed)
+        if start is not None:
+            from lepton_vision.finetune import load_start_weights
+
+            load_start_weights(model, start)
+        return model
 
     return build, adapter
 
@@ -353,7 +364,7 @@ def export_detection_run(resolved: Resolved, run: RunDir, model: Any, table: pd.
                          data: LetterboxedData | None, metrics: dict[str, Any], fingerprint: str,
                          formats: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Export the final detector with the run's thresholds (SavedModel, TFLite, parity, int8 AP50 change)."""
-    from lepton_vision.crossval import versions
+    from lepton_vision.crossval import start_info, versions
     from lepton_vision.export_detection import export_detector
 
     r = resolved.recipe
@@ -379,6 +390,7 @@ def export_detection_run(resolved: Resolved, run: RunDir, model: Any, table: pd.
         "recipe": {"name": r.name, "sha256": r.sha256(), "seed": r.seed},
         "dataset": {"name": resolved.dataset.name, "fingerprint": fingerprint, "n_samples": int(len(table))},
         "versions": versions(),
+        "training_start": start_info(run.root),
     }
     image_thr = il.get("final_threshold")
     formats = tuple(formats or r.export.formats)

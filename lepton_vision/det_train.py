@@ -160,7 +160,7 @@ def _compiled(build: Callable[[], Any], adapter: DetectorAdapter, recipe: Recipe
               epochs: int) -> Any:
     model = build()
     assert recipe.model.detector is not None  # resolve() requires it for detection tasks
-    adapter.compile(model, recipe.model.detector, make_optimizer(recipe, n_train, epochs))
+    adapter.compile(model, recipe.model.detector, make_optimizer(recipe, n_train, epochs, model))
     return model
 
 

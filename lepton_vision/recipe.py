@@ -174,8 +174,11 @@ class ModelSpec(_Model):
     )
     weights: StrictStr = Field(
         "none",
-        description="'none' (random init), 'imagenet' (Keras download/cache; needs 3 channels in the "
-        "weights, grayscale is tiled), or a path to a .weights.h5 file for the whole model or backbone.",
+        description="Start point of every fold: 'none' (random init, or the pretrain stage's weights "
+        "when the recipe has one), 'imagenet' (classifiers; Keras download/cache), a Keras "
+        ".weights.h5 file, or a previous run's export/ (or run) directory, whose model.keras is "
+        "used. The whole model is loaded when it fits, else its backbone (what was loaded is "
+        "recorded in start_weights.json and bundle.json).",
     )
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the classification head.")
     width: float = Field(
@@ -276,6 +279,26 @@ class RaySpec(_Model):
     )
 
 
+class Finetune(_Model):
+    """How a fold adapts a start point (``pretrain:`` or ``model.weights``) to the real data."""
+
+    freeze_backbone_epochs: float = Field(
+        0.0, ge=0,
+        description="The backbone's weights stay fixed for this many epochs at the start of each "
+        "fold (the head, and a detector's neck, adapt first); then everything trains. BatchNorm "
+        "statistics keep adapting.",
+    )
+    backbone_lr_scale: float = Field(
+        1.0, ge=0, le=10,
+        description="Layer-wise learning rate: the backbone learns at this multiple of "
+        "train.optimizer.learning_rate (the head at 1x). 0 keeps the backbone frozen throughout.",
+    )
+
+    def active(self) -> bool:
+        """True when anything differs from plain training."""
+        return self.freeze_backbone_epochs > 0 or self.backbone_lr_scale != 1.0
+
+
 class TrainSpec(_Model):
     """How each fold is fitted."""
 
@@ -311,11 +334,76 @@ class TrainSpec(_Model):
     mixed_precision: Literal["auto", "off"] = Field(
         "auto", description="auto: float16 compute (mixed_float16) on GPU, float32 on CPU; off: float32 everywhere."
     )
+    finetune: Finetune = Field(
+        default_factory=Finetune,
+        description="Freezing and layer-wise learning rates when folds start from pretrained "
+        "weights (warm-up: train.schedule.warmup_epochs).",
+    )
     threads: int = Field(
         0, ge=0, le=1024,
         description="TensorFlow intra-op threads of each training process (0 = TensorFlow's default: "
         "every core). CPU scores differ in the 7th digit between thread counts, so local and Ray "
         "folds use this same value; with several fold tasks per machine set it to train.resources.cpus.",
+    )
+
+
+class PretrainSpec(_Model):
+    """Pretraining on generated data before the folds (once; cached by content hash)."""
+
+    dataset: StrictStr = Field(
+        description="A dataset card with a synthetic: section (synthetic_street, synthetic_road, "
+        "synthetic_ct, or a path to such a dataset.yaml); its frames are generated on the fly, "
+        "never written to disk."
+    )
+    images: int = Field(
+        20000, ge=8, le=10_000_000,
+        description="Size knob: how many generated images the model trains on, each one new "
+        "(rendered in worker processes while the model trains).",
+    )
+    images_per_epoch: int = Field(
+        2000, ge=8,
+        description="Images per pretraining epoch (progress line, history row, learning-rate "
+        "bookkeeping). Memory holds about two epochs of images.",
+    )
+    randomization: float = Field(
+        1.0, ge=0, le=1,
+        description="Domain randomisation strength of the generator (0 = the embedded default "
+        "data's look; 1 = widest camera, lighting, texture, blur/noise, occlusion, class balance; "
+        "CT: anatomy and scanner variation).",
+    )
+    frame_size: tuple[Annotated[int, Field(ge=32, le=4096)], Annotated[int, Field(ge=32, le=4096)]] | None = Field(
+        None,
+        description="Scenes: rendered frame [width, height] before letterboxing into "
+        "input.image_size (null: the card's frame_size). CT: ignored (the card's image_size).",
+    )
+    sequence_length: int | None = Field(
+        None, ge=1,
+        description="Scenes: frames sharing one background (null: 1, every frame a new scene).",
+    )
+    epochs_per_image: int = Field(
+        1, ge=1, le=100,
+        description="Times each generated image is trained on (with the recipe's augmentation); "
+        "1 = every step sees new images.",
+    )
+    batch_size: int | None = Field(None, ge=1, le=4096, description="Pretraining batch (null: train.batch_size).")
+    learning_rate: float | None = Field(
+        None, gt=0, le=10, description="Peak learning rate (null: train.optimizer.learning_rate)."
+    )
+    warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up (pretraining epochs), then cosine decay to 0.")
+    validation_images: int = Field(
+        256, ge=0, le=100000,
+        description="Generated images (disjoint from the training stream) scored after "
+        "pretraining: AUC or AP50 on synthetic data, recorded in pretrain.json.",
+    )
+    workers: int = Field(
+        0, ge=0, le=256,
+        description="Processes rendering images (0: one per core beyond the first, at least 1).",
+    )
+    seed: int | None = Field(None, ge=0, description="Generator and weight seed (null: the recipe's seed).")
+    cache_dir: StrictStr | None = Field(
+        None,
+        description="Where pretrained weights are kept, one folder per content hash (null: "
+        "$LEPTON_CACHE_DIR/pretrain, else ~/.cache/lepton-vision/pretrain).",
     )
 
 
@@ -456,7 +544,16 @@ class TrackingSpec(_Model):
 
 #: Recipe fields that say where and how a run executes, not what it computes: ``--resume`` may
 #: change them (a run interrupted on a workstation can be finished on a Ray cluster).
-EXECUTION_FIELDS: tuple[str, ...] = ("train.executor", "train.resources", "train.ray", "tracking")
+EXECUTION_FIELDS: tuple[str, ...] = (
+    "train.executor", "train.resources", "train.ray", "tracking", "pretrain.workers", "pretrain.cache_dir",
+)
+
+#: Fields added after runs already existed, with the value that means "not used": a run directory
+#: written before they existed resumes, because at these values they are left out of the hash.
+_LATER_FIELDS: dict[str, Any] = {
+    "pretrain": None,
+    "train.finetune": {"freeze_backbone_epochs": 0.0, "backbone_lr_scale": 1.0},
+}
 
 
 def result_sha256(recipe: Recipe) -> str:
@@ -466,8 +563,16 @@ def result_sha256(recipe: Recipe) -> str:
         node = data
         *head, last = dotted.split(".")
         for part in head:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    for dotted, unused in _LATER_FIELDS.items():
+        node = data
+        *head, last = dotted.split(".")
+        for part in head:
             node = node[part]
-        node.pop(last, None)
+        if node.get(last, unused) == unused:
+            node.pop(last, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -501,6 +606,11 @@ class Recipe(_Model):
     )
     model: ModelSpec = Field(default_factory=ModelSpec, description="The network.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="Fitting each fold.")
+    pretrain: PretrainSpec | None = Field(
+        None,
+        description="Pretrain on generated data before the folds (run once, cached by content "
+        "hash, reused by every fold and run); the folds start from its weights.",
+    )
     cv: CVSpec = Field(default_factory=CVSpec, description="Cross-validation.")
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec, description="Metrics and CIs.")
     final: FinalSpec = Field(default_factory=FinalSpec, description="Final model.")
@@ -510,6 +620,20 @@ class Recipe(_Model):
         description="Experiment tracker (TensorBoard logs are always in folds/<k>/tb); "
         "'tracking: mlflow' is short for {backend: mlflow}.",
     )
+
+    @model_validator(mode="after")
+    def _start_point(self) -> Recipe:
+        if self.pretrain is not None and self.model.weights != "none":
+            raise ValueError(
+                f"pretrain and model.weights ({self.model.weights!r}) are two start points; "
+                "keep one (model.weights: none with pretrain)"
+            )
+        if self.train.finetune.active() and self.pretrain is None and self.model.weights == "none":
+            raise ValueError(
+                "train.finetune freezes or slows the backbone, but the folds start from random "
+                "weights; add a pretrain: stage or model.weights, or remove train.finetune"
+            )
+        return self
 
     @field_validator("tracking", mode="before")
     @classmethod

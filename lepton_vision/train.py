@@ -233,17 +233,31 @@ def _schedule_and_lr(recipe: Recipe, n_train: int, epochs: int) -> Any:
     return WarmupCosine(peak, max(0, warmup), total)
 
 
-def make_optimizer(recipe: Recipe, n_train: int, epochs: int) -> Any:
+def make_optimizer(recipe: Recipe, n_train: int, epochs: int, model: Any = None) -> Any:
     """The optimizer of ``recipe.train.optimizer`` with the recipe's learning-rate schedule.
 
     Args:
         recipe: The recipe.
         n_train: Training images (to turn epochs into optimizer steps).
         epochs: Planned epochs (the cosine schedule ends at the last step).
+        model: The model it trains; with ``train.finetune`` set, the optimizer gives its backbone
+            a scaled (or, while frozen, zero) learning rate (:mod:`lepton_vision.finetune`).
 
     Returns:
         A ``keras.optimizers.Optimizer``.
     """
+    optimizer = _base_optimizer(recipe, n_train, epochs)
+    ft = recipe.train.finetune
+    if model is None or not ft.active():
+        return optimizer
+    from lepton_vision.finetune import layerwise_optimizer
+
+    steps_per_epoch = max(1, math.ceil(n_train / recipe.train.batch_size))
+    return layerwise_optimizer(optimizer, model, ft.backbone_lr_scale,
+                               int(round(ft.freeze_backbone_epochs * steps_per_epoch)))
+
+
+def _base_optimizer(recipe: Recipe, n_train: int, epochs: int) -> Any:
     opt = recipe.train.optimizer
     lr = _schedule_and_lr(recipe, n_train, epochs)
     common: dict[str, Any] = {"learning_rate": lr}
@@ -278,7 +292,7 @@ def steps_per_execution() -> int:
 
 def _compile(model: Any, recipe: Recipe, n_train: int, epochs: int) -> None:
     model.compile(
-        optimizer=make_optimizer(recipe, n_train, epochs),
+        optimizer=make_optimizer(recipe, n_train, epochs, model),
         loss="binary_crossentropy",
         metrics=[keras.metrics.AUC(name="auc")],
         steps_per_execution=steps_per_execution(),

@@ -1,0 +1,272 @@
+"""Pretraining on generated data and fine-tuning: recipe rules, start weights, layer-wise learning
+rates, the cached pretrain stage and whole runs that start from it (tiny data, tf tier)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from lepton_vision.errors import CardError, RecipeError
+from lepton_vision.recipe import recipe_from_text, result_sha256
+
+REPO = Path(__file__).resolve().parents[1]
+CT_BASE = (REPO / "recipes/ct_screening/baseline.yaml").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipe rules (no TensorFlow)
+
+
+def test_pretrain_and_model_weights_are_two_start_points():
+    with pytest.raises(RecipeError, match="two start points"):
+        recipe_from_text(CT_BASE, ["pretrain.dataset=synthetic_ct", "model.weights=some.weights.h5"])
+
+
+def test_finetune_without_a_start_point_is_refused():
+    with pytest.raises(RecipeError, match="train.finetune.*random weights"):
+        recipe_from_text(CT_BASE, ["train.finetune.freeze_backbone_epochs=2"])
+    r = recipe_from_text(CT_BASE, ["pretrain.dataset=synthetic_ct", "train.finetune.freeze_backbone_epochs=2"])
+    assert r.train.finetune.active() and r.pretrain.images == 20000
+
+
+def test_runs_written_before_pretraining_existed_keep_their_result_hash():
+    r = recipe_from_text(CT_BASE)
+    old = r.model_dump(mode="json")
+    old.pop("pretrain")
+    old["train"].pop("finetune")
+    assert result_sha256(recipe_from_text(yaml.safe_dump(old))) == result_sha256(r)
+    # ...but a pretrain stage or fine-tuning settings change it, and the pretrain workers do not.
+    pre = recipe_from_text(CT_BASE, ["pretrain.dataset=synthetic_ct"])
+    assert result_sha256(pre) != result_sha256(r)
+    assert result_sha256(recipe_from_text(CT_BASE, ["pretrain.dataset=synthetic_ct", "pretrain.workers=3"])) \
+        == result_sha256(pre)
+
+
+def test_pretrain_dataset_must_be_generated_and_fit_the_task(tmp_path, tiny_ct_project):
+    from lepton_vision.cards import load_resolved
+
+    recipe = tiny_ct_project(tmp_path)
+    with pytest.raises(CardError) as e:
+        load_resolved(recipe, ["pretrain.dataset=synthetic_road"])
+    assert "pretrain.dataset" in str(e.value.problems) and "ct_phantom" in str(e.value.problems)
+    with pytest.raises(CardError) as e:
+        load_resolved(recipe, ["pretrain.dataset=covid_ct"])
+    assert "not generated" in str(e.value.problems)
+
+
+def test_weights_source_errors_name_the_path(tmp_path):
+    from lepton_vision.finetune import resolve_weights_source
+
+    with pytest.raises(RecipeError, match="no such file or directory.*nope"):
+        resolve_weights_source("nope/model.weights.h5", tmp_path)
+    (tmp_path / "empty_export").mkdir()
+    with pytest.raises(RecipeError, match="directory without model.keras"):
+        resolve_weights_source("empty_export", tmp_path)
+    (tmp_path / "w.bin").write_bytes(b"x")
+    with pytest.raises(RecipeError, match="neither a Keras .weights.h5"):
+        resolve_weights_source("w.bin", tmp_path)
+    run = tmp_path / "run"
+    (run / "export").mkdir(parents=True)
+    (run / "export" / "model.keras").write_bytes(b"k")
+    assert resolve_weights_source(str(run), tmp_path) == run / "export" / "model.keras"
+    assert resolve_weights_source("run/export", tmp_path) == run / "export" / "model.keras"
+
+
+# ---------------------------------------------------------------------------------------------
+# Start weights and layer-wise learning rates (TensorFlow)
+
+
+def _tiny_detector(n_classes: int, seed: int):
+    from lepton_vision.detectors import YoloV8Adapter
+    from lepton_vision.recipe import DetectorSpec
+
+    return YoloV8Adapter().build(DetectorSpec(size="tiny"), n_classes, (64, 64), seed)
+
+
+@pytest.mark.tf
+def test_detector_start_weights_whole_model_or_backbone(tmp_path):
+    from lepton_vision.finetune import load_start_weights
+
+    src = _tiny_detector(3, seed=1)
+    path = tmp_path / "src.weights.h5"
+    src.save_weights(str(path))
+    same = _tiny_detector(3, seed=2)
+    assert load_start_weights(same, path) == "model"
+    assert all(np.array_equal(a, b) for a, b in zip(same.get_weights(), src.get_weights()))
+    # Another class list: the head's shapes differ, the backbone still transfers.
+    other = _tiny_detector(1, seed=2)
+    head_before = [w.copy() for w in other.get_weights()]
+    loaded = load_start_weights(other, path)
+    assert loaded.startswith("backbone")
+    assert all(np.array_equal(a, b) for a, b in zip(other.backbone.get_weights(), src.backbone.get_weights()))
+    assert not all(np.array_equal(a, b) for a, b in zip(other.get_weights(), src.get_weights()[: len(head_before)]))
+    # A previous export's model.keras works the same way.
+    export = tmp_path / "run" / "export"
+    export.mkdir(parents=True)
+    src.save(export / "model.keras")
+    from lepton_vision.finetune import resolve_weights_source
+
+    fresh = _tiny_detector(3, seed=3)
+    assert load_start_weights(fresh, resolve_weights_source(str(tmp_path / "run"), tmp_path)) == "model"
+    assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), src.get_weights()))
+
+
+@pytest.mark.tf
+def test_classifier_start_weights_from_an_export_model(tmp_path):
+    from lepton_vision.backbones import build_classifier
+    from lepton_vision.finetune import load_start_weights
+
+    src = build_classifier("small_cnn", (32, 32), 1, seed=1)
+    src.save(tmp_path / "model.keras")
+    dst = build_classifier("small_cnn", (48, 48), 1, seed=2)  # another input size: same variables
+    assert load_start_weights(dst, tmp_path / "model.keras") == "model"
+    assert all(np.array_equal(a, b) for a, b in zip(dst.get_weights(), src.get_weights()))
+    wide = build_classifier("small_cnn", (32, 32), 1, width=2.0, seed=2)
+    with pytest.raises(RecipeError, match="model.weights"):
+        load_start_weights(wide, tmp_path / "model.keras")
+
+
+@pytest.mark.tf
+def test_layerwise_learning_rate_freezes_then_scales_the_backbone():
+    import keras
+
+    from lepton_vision.backbones import build_classifier
+    from lepton_vision.finetune import backbone_variables, layerwise_optimizer
+
+    x = np.random.default_rng(0).random((8, 32, 32, 1)).astype(np.float32)
+    y = np.array([0, 1] * 4, np.float32).reshape(-1, 1)
+
+    def run(scale: float, freeze_steps: int, steps: int):
+        model = build_classifier("small_cnn", (32, 32), 1, dropout=0.0, seed=5)
+        opt = layerwise_optimizer(keras.optimizers.SGD(learning_rate=0.1), model, scale, freeze_steps)
+        model.compile(optimizer=opt, loss="binary_crossentropy")
+        bb = {v.path for v in backbone_variables(model)}
+        before = {v.path: np.array(v.numpy()) for v in model.trainable_variables}
+        for _ in range(steps):
+            model.train_on_batch(x, y)
+        delta = {v.path: np.array(v.numpy()) - before[v.path] for v in model.trainable_variables}
+        return bb, delta
+
+    bb, frozen = run(1.0, freeze_steps=1, steps=1)
+    assert bb and all(np.all(frozen[p] == 0) for p in bb)  # backbone untouched while frozen
+    assert any(np.any(d != 0) for p, d in frozen.items() if p not in bb)  # the head learned
+    _, full = run(1.0, freeze_steps=0, steps=1)
+    _, half = run(0.5, freeze_steps=0, steps=1)
+    for p in bb:  # plain SGD, one step: the update is exactly lr x scale x gradient
+        np.testing.assert_allclose(half[p], 0.5 * full[p], rtol=1e-4, atol=1e-7)
+    head = [p for p in full if p not in bb]
+    for p in head:
+        np.testing.assert_allclose(half[p], full[p], rtol=1e-5, atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pretrain stage and runs that start from it
+
+
+def _ct_project(tmp_path: Path, tiny_ct_project, monkeypatch) -> Path:
+    recipe = tiny_ct_project(tmp_path)
+    monkeypatch.setenv("LEPTON_GENERATED_ROOT", str(tmp_path / "generated"))
+    monkeypatch.setenv("LEPTON_HOME", str(tmp_path))
+    monkeypatch.setenv("LEPTON_CACHE_DIR", str(tmp_path / "cache"))
+    return recipe
+
+
+CT_TINY = ["train.epochs=1", "cv.n_splits=2", "input.image_size=[32, 32]", "evaluate.n_bootstrap=20",
+           "export.formats=[saved_model]", "export.parity_samples=4", "train.verbose=false"]
+CT_PRE = ["pretrain.dataset=synthetic_ct", "pretrain.images=48", "pretrain.images_per_epoch=24",
+          "pretrain.validation_images=16", "pretrain.workers=1", "train.finetune.freeze_backbone_epochs=0.5",
+          "train.finetune.backbone_lr_scale=0.5"]
+
+
+@pytest.mark.tf
+def test_ct_run_pretrains_once_caches_and_fine_tunes(tmp_path, tiny_ct_project, monkeypatch):
+    from lepton_vision.crossval import run_train
+
+    recipe = _ct_project(tmp_path, tiny_ct_project, monkeypatch)
+    run1 = run_train(recipe, CT_TINY + CT_PRE, out=tmp_path / "run1")
+    start = json.loads((run1 / "start_weights.json").read_text())
+    assert start["source"] == "pretrain" and start["loaded"] == "model" and start["reused_cache"] is False
+    cache = Path(start["cache_dir"])
+    assert cache.parent == tmp_path / "cache" / "pretrain"
+    assert (cache / "weights.weights.h5").is_file() and (cache / "history.csv").is_file()
+    rec = json.loads((run1 / "pretrain.json").read_text())
+    assert rec["images"] == 48 and rec["epochs"] == 2 and rec["generator"] == "ct_phantom"
+    assert rec["synthetic_validation"]["metric"] == "roc_auc" and rec["synthetic_validation"]["n_images"] == 16
+    assert start["finetune"] == {"freeze_backbone_epochs": 0.5, "backbone_lr_scale": 0.5}
+    bundle = json.loads((run1 / "export" / "bundle.json").read_text())
+    assert bundle["training_start"]["source"] == "pretrain"
+    assert bundle["training_start"]["pretrain"]["images"] == 48
+    # A second run (other worker count: not part of the result) reuses the cached weights.
+    run2 = run_train(recipe, CT_TINY + CT_PRE + ["pretrain.workers=0"], out=tmp_path / "run2")
+    start2 = json.loads((run2 / "start_weights.json").read_text())
+    assert start2["reused_cache"] is True and start2["key"] == start["key"] and start2["sha256"] == start["sha256"]
+    assert len([p for p in (tmp_path / "cache" / "pretrain").iterdir()]) == 1
+    # More generated images: another pretraining.
+    from lepton_vision.cards import load_resolved
+    from lepton_vision.pretrain import pretrain_key
+
+    k1, _ = pretrain_key(load_resolved(recipe, CT_TINY + CT_PRE))
+    k2, _ = pretrain_key(load_resolved(recipe, CT_TINY + CT_PRE + ["pretrain.images=64"]))
+    assert k1 == start["key"] and k2 != k1
+
+
+@pytest.mark.tf
+def test_run_starts_from_a_previous_runs_export(tmp_path, tiny_ct_project, monkeypatch):
+    from lepton_vision.crossval import run_train
+
+    recipe = _ct_project(tmp_path, tiny_ct_project, monkeypatch)
+    first = run_train(recipe, CT_TINY, out=tmp_path / "first")
+    second = run_train(recipe, CT_TINY + [f"model.weights={first / 'export'}"], out=tmp_path / "second")
+    start = json.loads((second / "start_weights.json").read_text())
+    assert start["source"] == "export" and start["loaded"] == "model"
+    assert start["path"] == str((first / "export" / "model.keras").resolve())
+    bundle = json.loads((second / "export" / "bundle.json").read_text())
+    assert bundle["training_start"] == {k: start[k] for k in ("source", "sha256", "loaded", "finetune")} | {
+        "file": "model.keras"}
+    first_bundle = json.loads((first / "export" / "bundle.json").read_text())
+    assert first_bundle["training_start"] == {"source": "random"}
+
+
+@pytest.mark.tf
+def test_detection_pretrain_stage_streams_road_scenes(tmp_path, monkeypatch):
+    from lepton_vision.cards import load_resolved
+    from lepton_vision.pretrain import ensure_pretrained, prepare_start
+
+    for d in ("tasks", "datasets", "recipes"):
+        shutil.copytree(REPO / d, tmp_path / d)
+    monkeypatch.setenv("LEPTON_GENERATED_ROOT", str(tmp_path / "generated"))
+    monkeypatch.setenv("LEPTON_HOME", str(tmp_path))
+    monkeypatch.setenv("LEPTON_CACHE_DIR", str(tmp_path / "cache"))
+    recipe = tmp_path / "recipes/obstacle_detection/baseline.yaml"
+    overrides = ["input.image_size=[64, 192]", "train.batch_size=8", "train.verbose=false",
+                 "pretrain.dataset=synthetic_road", "pretrain.images=32", "pretrain.images_per_epoch=16",
+                 "pretrain.validation_images=8", "pretrain.frame_size=[240, 80]", "pretrain.workers=0"]
+    resolved = load_resolved(recipe, overrides)
+    res = ensure_pretrained(resolved, progress=False)
+    assert not res.reused
+    rec = res.record
+    assert rec["generator_classes"] == ["car", "pedestrian", "cyclist"] and rec["classes_match_task"] is True
+    assert rec["synthetic_validation"]["metric"] == "ap50" and rec["synthetic_validation"]["n_boxes"] > 0
+    assert np.isfinite(rec["final_loss"])
+    assert not list((tmp_path / "cache" / "pretrain").glob(".*tmp*"))  # no half-written folder left
+    start = prepare_start(resolved, tmp_path, progress=False)
+    assert start["reused_cache"] is True and start["loaded"] == "model"
+    # The person task has one class: only the backbone of the road model fits.
+    person = load_resolved(tmp_path / "recipes/person_detection/baseline.yaml",
+                           ["input.image_size=[64, 192]", f"model.weights={res.weights}"])
+    (tmp_path / "p").mkdir()
+    start = prepare_start(person, tmp_path / "p", progress=False)
+    assert start["source"] == "weights_file" and start["loaded"].startswith("backbone")
+
+
+def test_cli_pretrain_without_a_pretrain_section_is_a_clear_error(capsys):
+    from lepton_vision.cli import main
+
+    rc = main(["pretrain", str(REPO / "recipes/ct_screening/baseline.yaml")])
+    assert rc == 1  # a user error (LeptonError): message, no traceback
+    assert "has no pretrain: section" in capsys.readouterr().err
