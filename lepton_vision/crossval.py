@@ -722,4 +722,5 @@ def _report_info(resolved: Resolved, data_report: dict[str, Any], folds: pd.Data
         "intended_use": resolved.task.intended_use,
         "seconds": info.get("seconds"),
         "export": info.get("export"),
+        "training_start": start_info(run.root),
     }

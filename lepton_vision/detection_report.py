@@ -36,6 +36,7 @@ from lepton_vision.report import (
     _save,
     _table,
     export_section,
+    start_section,
 )
 from lepton_vision.runio import RunDir, atomic_write_text
 
@@ -417,6 +418,8 @@ def write_detection_report(
         _per_fold_table(m),
         "<h2>Export</h2>",
         export_section(info.get("export")),
+        "<h2>Start point</h2>",
+        start_section(info.get("training_start")),
         "<h2>Data</h2>",
         _data_section(info.get("data") or {}),
         "<h2>Plots</h2><div class='plots'>",

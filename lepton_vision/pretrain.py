@@ -405,10 +405,14 @@ def _pretrain(resolved: Any, out: Path, key: str, payload: dict[str, Any], progr
                 lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
                 history.append({"epoch": epoch * rounds + r + 1, "images": int(done + n_here), **logs, "lr": lr,
                                 "seconds": round(secs, 2), "waited_for_images_s": round(t_render if r == 0 else 0.0, 2)})
+                line = (f"pretrain epoch {epoch * rounds + r + 1}/{n_epochs * rounds} "
+                        f"({done + n_here}/{stream.n_train} images) loss {logs.get('loss', float('nan')):.3f} "
+                        f"lr {lr:.2g} ({secs:.0f} s training, {n_here / max(secs, 1e-9):.0f} img/s; "
+                        f"{t_render if r == 0 else 0.0:.0f} s waiting for rendered images)")
                 if bar is not None:
-                    bar.update(task, advance=n_here,
-                               description=f"pretraining epoch {epoch * rounds + r + 1}/{n_epochs * rounds} "
-                               f"loss {logs.get('loss', float('nan')):.3f}")
+                    bar.update(task, advance=n_here, description=line)
+                elif progress:
+                    print(line, flush=True)
             done += n_here
         train_s = time.time() - t_start
         val = _validate(model, resolved, images_stream, stream, len(gen_classes)) if stream.n_val else None
@@ -446,14 +450,18 @@ def _pretrain(resolved: Any, out: Path, key: str, payload: dict[str, Any], progr
 
 
 def _progress(enabled: bool, label: str, total: int) -> tuple[Any, Any]:
-    if not enabled:
+    """A rich bar on a terminal; elsewhere (logs, CI) one printed line per epoch instead."""
+    import sys
+
+    if enabled:
+        print(label, flush=True)
+    if not enabled or not sys.stdout.isatty():
         return None, None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn())
     bar.start()
-    print(label, flush=True)
     return bar, bar.add_task(label, total=total)
 
 

@@ -269,6 +269,31 @@ def _table(headers: list[str], rows: list[list[Any]], numeric_from: int = 1, row
     return "".join(out)
 
 
+def start_section(start: dict[str, Any] | None) -> str:
+    """Where the folds' weights came from (random, the pretrain stage, a weights file or export)."""
+    if not start or start.get("source", "random") == "random":
+        return "<p class='note'>Every fold started from random weights (no pretrain stage, model.weights: none).</p>"
+    rows = [["Source", start["source"]], ["Loaded", start.get("loaded", "")],
+            ["SHA-256 of the start weights", start.get("sha256", "")]]
+    pre = start.get("pretrain") or {}
+    if pre:
+        val = pre.get("synthetic_validation") or {}
+        rows += [["Pretrained on", f"{pre.get('images')} generated images ({pre.get('generator')}, "
+                  f"dataset {pre.get('dataset')}), {pre.get('epochs')} epochs, {pre.get('seconds')} s"]]
+        if val:
+            rows.append([f"Pretrained model on {val.get('n_images')} unseen generated images",
+                         f"{val.get('metric')} {val.get('value')}"])
+        if pre.get("classes_match_task") is False:
+            rows.append(["Classes", "the generator's classes differ from the task's: only the backbone was used"])
+    if start.get("file"):
+        rows.append(["File", start["file"]])
+    ft = start.get("finetune") or {}
+    if ft:
+        rows.append(["Fine-tuning", f"backbone frozen for {ft.get('freeze_backbone_epochs')} epochs, then at "
+                     f"{ft.get('backbone_lr_scale')}x the learning rate"])
+    return _table(["", ""], rows, numeric_from=2)
+
+
 def export_section(export: dict[str, Any] | None) -> str:
     """The export's artefacts, parity and int8 metric change (with its verdict), as HTML."""
     if not export:
@@ -565,6 +590,8 @@ def write_report(
         _calibration_html(metrics),
         "<h2>Per fold</h2>",
         _per_fold_table(metrics),
+        "<h2>Start point</h2>",
+        start_section(info.get("training_start")),
         "<h2>Export</h2>",
         export_section(info.get("export")),
         "<h2>Data</h2>",

@@ -180,3 +180,16 @@ def test_evaluate_rescores_without_tensorflow_and_export_reexports(project, tmp_
     q = bundle["quantization"]
     assert q["evaluated_on"].startswith("held out") and q["change"]["metric"] == "ap50"
     assert bundle["files"]["tflite_int8"]["metric_change"]["drop"] == q["change"]["drop"]
+
+
+def test_compare_a_run_with_itself_matches_its_metrics(project):
+    from lepton_vision.compare import compare_runs
+
+    _, _, run = project
+    m = json.loads((run / "metrics.json").read_text())
+    c = compare_runs(run, run, n_bootstrap=50)
+    assert c["metric"] == "ap50" and c["a"]["value"] == pytest.approx(m["ap50"], abs=1e-9)
+    assert c["difference"]["value"] == 0 and c["difference"]["ci"] == [0.0, 0.0]
+    merged = compare_runs(run, run, merge_classes=True, n_bootstrap=50)
+    # One class (person) already: merging changes nothing.
+    assert merged["metric"] == "ap50_merged" and merged["a"]["value"] == pytest.approx(m["ap50"], abs=1e-9)

@@ -201,6 +201,8 @@ def test_ct_run_pretrains_once_caches_and_fine_tunes(tmp_path, tiny_ct_project, 
     bundle = json.loads((run1 / "export" / "bundle.json").read_text())
     assert bundle["training_start"]["source"] == "pretrain"
     assert bundle["training_start"]["pretrain"]["images"] == 48
+    report = (run1 / "report.html").read_text()
+    assert "<h2>Start point</h2>" in report and "48 generated images (ct_phantom" in report
     # A second run (other worker count: not part of the result) reuses the cached weights.
     run2 = run_train(recipe, CT_TINY + CT_PRE + ["pretrain.workers=0"], out=tmp_path / "run2")
     start2 = json.loads((run2 / "start_weights.json").read_text())
