@@ -1310,9 +1310,15 @@ def render_frame(seq: _Sequence, seed: int, seq_index: int, j: int, empty: bool,
             continue
         if not empty and not objs:
             extra = [_fallback_actor(_seq_rng(seed, seq_index, 10_000 + 100 * j + attempt), seq, street)]
+            if attempt:  # a fresh key: an earlier fallback may be among the hidden ones
+                extra[0].key = f"fallback{attempt}"
             continue
         return img, owner, objs
-    raise RuntimeError(f"frame {j} of sequence {seq_index} did not settle")  # pragma: no cover
+    # Rare, only with strong randomisation (crowded occluders, haze): nothing stays visible
+    # enough. Draw the frame without its moving objects, so no drawn object lacks a box.
+    items = _frame_items(seq, j, True, street, [], set())
+    fx = _fx_rng(seed, seq_index, j) if seq.rand is not None else None
+    return _render(seq, items, _seq_rng(seed, seq_index, 1 + j), fx)
 
 
 # ------------------------------------------------------------------------------------------
