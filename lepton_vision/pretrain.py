@@ -165,7 +165,7 @@ class ImageStream:
 
     def _job(self, start: int, stop: int) -> Any:
         if self._pool is None:
-            return render_job(self.stream, start, stop)
+            return None  # rendered when it is needed, in this process
         return self._pool.submit(render_job, self.stream, start, stop)
 
     def ranges(self, bounds: list[tuple[int, int]]) -> Iterator[dict[str, Any]]:
@@ -178,13 +178,14 @@ class ImageStream:
                 i += 1
             fut, (a, b) = pending.popleft()
             try:
-                yield fut if self._pool is None else fut.result()
+                part = render_job(self.stream, a, b) if fut is None else fut.result()
             except Exception as e:  # noqa: BLE001 - a generator bug must name the images
                 raise LeptonError(
                     f"pretrain: rendering generated images {a}..{b - 1} of "
                     f"'{self.stream.generator}' failed: {type(e).__name__}: {e}",
                     hint="Lower pretrain.randomization or report the generator settings in pretrain.json.",
                 ) from e
+            yield part
 
     def close(self) -> None:
         if self._pool is not None:
@@ -369,7 +370,7 @@ def _pretrain(resolved: Any, out: Path, key: str, payload: dict[str, Any], progr
     pre = _pretrain_recipe(recipe, n_epochs * rounds)
     gen_classes = generator_classes(stream.generator)
     det = stream.detection
-    workers = int(spec.workers) or _default_workers()
+    workers = _default_workers() if spec.workers is None else int(spec.workers)
     device, strategy = configure_devices(pre.seed, recipe.train.strategy, recipe.train.threads,
                                          recipe.train.mixed_precision)
     t_start = time.time()

@@ -395,9 +395,10 @@ class PretrainSpec(_Model):
         description="Generated images (disjoint from the training stream) scored after "
         "pretraining: AUC or AP50 on synthetic data, recorded in pretrain.json.",
     )
-    workers: int = Field(
-        0, ge=0, le=256,
-        description="Processes rendering images (0: one per core beyond the first, at least 1).",
+    workers: int | None = Field(
+        None, ge=0, le=256,
+        description="Processes rendering images while the model trains (null: one per core beyond "
+        "the first, at least 1; 0: render in the training process, one epoch after another).",
     )
     seed: int | None = Field(None, ge=0, description="Generator and weight seed (null: the recipe's seed).")
     cache_dir: StrictStr | None = Field(

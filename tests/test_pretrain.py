@@ -272,3 +272,26 @@ def test_cli_pretrain_without_a_pretrain_section_is_a_clear_error(capsys):
     rc = main(["pretrain", str(REPO / "recipes/ct_screening/baseline.yaml")])
     assert rc == 1  # a user error (LeptonError): message, no traceback
     assert "has no pretrain: section" in capsys.readouterr().err
+
+
+@pytest.mark.tf
+def test_failed_pretraining_names_the_images_and_leaves_no_cache_entry(tmp_path, tiny_ct_project, monkeypatch):
+    from lepton_vision import pretrain
+    from lepton_vision.cards import load_resolved
+    from lepton_vision.errors import LeptonError
+
+    recipe = _ct_project(tmp_path, tiny_ct_project, monkeypatch)
+    real = pretrain.render_job
+    calls = {"n": 0}
+
+    def flaky(stream, start, stop):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("renderer crashed")
+        return real(stream, start, stop)
+
+    monkeypatch.setattr(pretrain, "render_job", flaky)
+    resolved = load_resolved(recipe, CT_TINY + CT_PRE + ["pretrain.workers=0"])
+    with pytest.raises(LeptonError, match=r"rendering generated images 16\.\.23 of 'ct_phantom' failed: RuntimeError"):
+        pretrain.ensure_pretrained(resolved, progress=False)
+    assert list((tmp_path / "cache" / "pretrain").iterdir()) == []  # neither weights nor a half-written folder
