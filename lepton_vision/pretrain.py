@@ -306,6 +306,16 @@ def _pretrain_recipe(recipe: Any, n_epochs: int) -> Any:
     return recipe.model_copy(update={"train": train, "seed": seed})
 
 
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _default_workers() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
@@ -339,6 +349,9 @@ def ensure_pretrained(resolved: Any, progress: bool = True) -> PretrainResult:
     except OSError as e:
         raise RecipeError(f"pretrain.cache_dir: cannot create {str(root)!r} ({e}).",
                           hint="Set pretrain.cache_dir or $LEPTON_CACHE_DIR to a writable folder.") from None
+    for stale in root.glob(f".{key}.tmp-*"):  # left by a killed pretraining (its process is gone)
+        if not _alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".{key}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -359,95 +372,196 @@ def ensure_pretrained(resolved: Any, progress: bool = True) -> PretrainResult:
 def _pretrain(resolved: Any, out: Path, key: str, payload: dict[str, Any], progress: bool) -> dict[str, Any]:
     from lepton_vision._keras import configure_devices, import_keras
     from lepton_vision.errors import TrainError
+    from lepton_vision.train import _NanGuard
 
     tf, keras = import_keras()
     recipe = resolved.recipe
     spec = recipe.pretrain
     stream = stream_spec(resolved)
-    per_epoch = min(int(spec.images_per_epoch), int(spec.images))
-    n_epochs = math.ceil(int(spec.images) / per_epoch)
     rounds = int(spec.epochs_per_image)
-    pre = _pretrain_recipe(recipe, n_epochs * rounds)
     gen_classes = generator_classes(stream.generator)
-    det = stream.detection
     workers = _default_workers() if spec.workers is None else int(spec.workers)
-    device, strategy = configure_devices(pre.seed, recipe.train.strategy, recipe.train.threads,
-                                         recipe.train.mixed_precision)
+    device, strategy = configure_devices(int(recipe.seed if spec.seed is None else spec.seed), recipe.train.strategy,
+                                         recipe.train.threads, recipe.train.mixed_precision)
+    batch = int(spec.batch_size or recipe.train.batch_size) * int(device.get("replicas", 1) or 1)
+    # Whole batches: an epoch is steps x batch images, and the last epoch takes what is left.
+    per_epoch = max(batch, (min(int(spec.images_per_epoch), int(spec.images)) // batch) * batch)
+    n_chunks = max(1, int(spec.images) // per_epoch)
+    n_train = n_chunks * per_epoch
+    stream = StreamSpec(**{**stream.__dict__, "n_train": n_train})
+    epochs = n_chunks * rounds
+    pre = _pretrain_recipe(recipe, epochs)
+    pre = pre.model_copy(update={"train": pre.train.model_copy(update={"batch_size": batch})})
+    job = job_size(stream)
+    images_stream = ImageStream(stream, workers if n_train > job else 0,
+                                ahead=max(2, math.ceil(per_epoch / job) + 2))
+    chunk_bounds = [job_bounds(c * per_epoch, (c + 1) * per_epoch, job) for c in range(n_chunks)]
+    stats = {"waited": [0.0] * epochs}
     t_start = time.time()
     with strategy.scope():
-        model, fit_block = _model_and_fitter(resolved, pre, len(gen_classes), per_epoch, n_epochs * rounds)
-    job = job_size(stream)
-    images_stream = ImageStream(stream, workers if stream.n_train > job else 0,
-                                ahead=max(2, 2 * math.ceil(per_epoch / job)))
+        model, augment, extra = _model_for_pretraining(resolved, pre, len(gen_classes), per_epoch, epochs)
+    ds = _batch_dataset(tf, images_stream, stream, chunk_bounds, rounds, batch, augment, pre.seed, extra, stats)
     history: list[dict[str, Any]] = []
-    bar, task = _progress(progress, f"pretraining on {spec.images} generated images ({stream.generator})",
-                          int(spec.images) * rounds)
-    render_s = 0.0
+    label = f"pretraining on {n_train * rounds} generated images ({stream.generator})"
+    log = _PretrainLog(keras, epochs, per_epoch, n_train, rounds, stats, history, progress, label)
+    nan = _NanGuard()
     try:
-        epoch_bounds = [job_bounds(e * per_epoch, min((e + 1) * per_epoch, stream.n_train), job)
-                        for e in range(n_epochs)]
-        jobs = images_stream.ranges([b for eb in epoch_bounds for b in eb])
-        done = 0
-        for epoch in range(n_epochs):
-            n_here = min(per_epoch, stream.n_train - done)
-            t0 = time.time()
-            data = _concat([next(jobs) for _ in epoch_bounds[epoch]], det)
-            t_render = time.time() - t0
-            render_s += t_render
-            for r in range(rounds):
-                t1 = time.time()
-                logs = fit_block(data, epoch * rounds + r)
-                if not all(np.isfinite(v) for v in logs.values()):
-                    raise TrainError(
-                        f"pretrain: the loss became NaN/inf in pretraining epoch {epoch + 1}. Got {logs}.",
-                        hint="Lower pretrain.learning_rate or lengthen pretrain.warmup_epochs.",
-                    )
-                secs = time.time() - t1
-                lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-                history.append({"epoch": epoch * rounds + r + 1, "images": int(done + n_here), **logs, "lr": lr,
-                                "seconds": round(secs, 2), "waited_for_images_s": round(t_render if r == 0 else 0.0, 2)})
-                line = (f"pretrain epoch {epoch * rounds + r + 1}/{n_epochs * rounds} "
-                        f"({done + n_here}/{stream.n_train} images) loss {logs.get('loss', float('nan')):.3f} "
-                        f"lr {lr:.2g} ({secs:.0f} s training, {n_here / max(secs, 1e-9):.0f} img/s; "
-                        f"{t_render if r == 0 else 0.0:.0f} s waiting for rendered images)")
-                if bar is not None:
-                    bar.update(task, advance=n_here, description=line)
-                elif progress:
-                    print(line, flush=True)
-            done += n_here
+        try:
+            model.fit(ds, epochs=epochs, steps_per_epoch=per_epoch // batch, callbacks=[log, nan], verbose=0)
+        except Exception:
+            if stats.get("error") is not None:  # rendering failed inside tf.data: say that, not TF's wrapper
+                raise stats["error"] from None
+            raise
+        if nan.at is not None:
+            raise TrainError(
+                f"pretrain: the loss became NaN/inf in pretraining epoch {nan.at[0]}, by batch {nan.at[1]}.",
+                hint="Lower pretrain.learning_rate or lengthen pretrain.warmup_epochs.",
+            )
         train_s = time.time() - t_start
         val = _validate(model, resolved, images_stream, stream, len(gen_classes)) if stream.n_val else None
     finally:
         images_stream.close()
-        if bar is not None:
-            bar.stop()
+        log.close()
     model.save_weights(str(out / WEIGHTS))
     import pandas as pd
 
     from lepton_vision.runio import atomic_write_csv
 
     atomic_write_csv(out / HISTORY, pd.DataFrame(history))
-    task_classes = list(resolved.task.classes)
     return {
         "key": key,
         "payload": payload,
         "dataset": resolved.pretrain_dataset.name,
         "generator": stream.generator,
         "generator_classes": list(gen_classes),
-        "classes_match_task": list(gen_classes) == task_classes,
-        "images": int(spec.images),
-        "epochs": n_epochs * rounds,
-        "batch_size": int(pre.train.batch_size),
+        "classes_match_task": list(gen_classes) == list(resolved.task.classes),
+        "images": int(n_train),
+        "images_seen": int(n_train * rounds),
+        "epochs": int(epochs),
+        "batch_size": int(batch),
         "learning_rate": float(pre.train.optimizer.learning_rate),
-        "workers": workers,
+        "workers": int(workers),
         "seconds": round(train_s, 1),
-        "seconds_waiting_for_images": round(render_s, 1),
-        "images_per_second": round(int(spec.images) * rounds / max(train_s, 1e-9), 2),
+        "seconds_waiting_for_images": round(sum(stats["waited"]), 1),
+        "images_per_second": round(n_train * rounds / max(train_s, 1e-9), 2),
         "final_loss": history[-1]["loss"] if history else None,
         "synthetic_validation": val,
         "execution": device,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+class _PretrainLog:
+    """Keras callback: one history row and one line (or a bar on a terminal) per epoch."""
+
+    def __new__(cls, keras: Any, *args: Any, **kwargs: Any) -> Any:
+        class Log(keras.callbacks.Callback):
+            def __init__(self, epochs: int, per_epoch: int, n_train: int, rounds: int, stats: dict,
+                         history: list, progress: bool, label: str) -> None:
+                super().__init__()
+                self.epochs, self.per_epoch, self.n_train, self.rounds = epochs, per_epoch, n_train, rounds
+                self.stats, self.history, self.progress = stats, history, progress
+                self.bar, self.task = _progress(progress, label, epochs * per_epoch)
+                self.t0 = 0.0
+
+            def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+                self.t0 = time.time()
+
+            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                logs = {k: float(v) for k, v in (logs or {}).items()}
+                secs = time.time() - self.t0
+                lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+                waited = self.stats["waited"][epoch] if epoch < len(self.stats["waited"]) else 0.0
+                seen = (epoch // self.rounds + 1) * self.per_epoch
+                self.history.append({"epoch": epoch + 1, "images": seen, **logs, "lr": lr, "seconds": round(secs, 2),
+                                     "waited_for_images_s": round(waited, 2)})
+                line = (f"pretrain epoch {epoch + 1}/{self.epochs} ({seen}/{self.n_train} images) "
+                        f"loss {logs.get('loss', float('nan')):.3f} lr {lr:.2g} ({secs:.0f} s, "
+                        f"{self.per_epoch / max(secs, 1e-9):.0f} img/s; {waited:.0f} s waiting for rendered images)")
+                if self.bar is not None:
+                    self.bar.update(self.task, advance=self.per_epoch, description=line)
+                elif self.progress:
+                    print(line, flush=True)
+
+            def close(self) -> None:
+                if self.bar is not None:
+                    self.bar.stop()
+                    self.bar = None
+
+        return Log(*args, **kwargs)
+
+
+def _batch_dataset(tf: Any, images_stream: ImageStream, stream: StreamSpec, chunk_bounds: list[list[tuple[int, int]]],
+                   rounds: int, batch: int, augment: Any, seed: int, extra: dict[str, Any], stats: dict) -> Any:
+    """One tf.data pipeline over the rendered stream: each chunk (one pretraining epoch of new
+    images) is shuffled and cut into augmented batches, ``rounds`` times, while the workers
+    render the next chunks. Only the current chunk and the rendering queue are in memory."""
+    h, w = stream.size_hw
+    det = stream.detection
+
+    def chunks() -> Iterator[tuple[int, dict[str, Any]]]:
+        jobs = images_stream.ranges([b for cb in chunk_bounds for b in cb])
+        for c, bounds in enumerate(chunk_bounds):
+            t0 = time.time()
+            data = _concat([next(jobs) for _ in bounds], det)
+            stats["waited"][c * rounds] = time.time() - t0
+            yield c, data
+
+    def batches() -> Iterator[Any]:
+        try:
+            yield from _batches()
+        except Exception as e:  # tf.data wraps it in an UnknownError: keep the original for the user
+            stats["error"] = e
+            raise
+
+    def _batches() -> Iterator[Any]:
+        from lepton_vision.pipeline import pad_targets
+
+        for c, data in chunks():
+            n = len(data["images"])
+            weights = extra["weights"](data["labels"]) if not det else None
+            for r in range(rounds):
+                order = np.random.default_rng([seed, c, r]).permutation(n)
+                for k in range(n // batch):
+                    idx = order[k * batch : (k + 1) * batch]
+                    if augment is not None:
+                        augment.set_random_seed(int(np.random.default_rng([seed, c, r, k]).integers(2**31)))
+                    if det:
+                        xs = np.empty((batch, h, w, 3), np.float32)
+                        bs = np.empty((batch, extra["max_boxes"], 4), np.float32)
+                        cs = np.empty((batch, extra["max_boxes"]), np.float32)
+                        for j, i in enumerate(idx):
+                            img = data["images"][i].astype(np.float32) / np.float32(255.0)
+                            b, cl = data["boxes"][i], data["classes"][i]
+                            if augment is not None:
+                                o = augment(image=img, bboxes=b.reshape(-1, 4), labels=cl.reshape(-1))
+                                img = np.clip(o["image"], 0.0, 1.0)
+                                b, cl = np.asarray(o["bboxes"], np.float32).reshape(-1, 4), np.asarray(o["labels"])
+                            xs[j] = img * np.float32(255.0)
+                            bs[j], cs[j], _, _ = pad_targets(b, cl, extra["max_boxes"], extra["min_box_size"])
+                        yield xs, {"boxes": bs, "classes": cs}
+                    else:
+                        from lepton_vision.augment import apply_augment
+
+                        xs = data["images"][idx].astype(np.float32)
+                        if augment is not None:
+                            for j in range(len(idx)):
+                                xs[j] = apply_augment(augment, xs[j])
+                        y = data["labels"][idx].astype(np.float32).reshape(-1, 1)
+                        if weights is None:
+                            yield xs, y
+                        else:
+                            yield xs, y, weights[idx].astype(np.float32)
+
+    if det:
+        m = extra["max_boxes"]
+        sig: Any = (tf.TensorSpec((batch, h, w, 3), tf.float32),
+                    {"boxes": tf.TensorSpec((batch, m, 4), tf.float32), "classes": tf.TensorSpec((batch, m), tf.float32)})
+    else:
+        x_spec = tf.TensorSpec((batch, h, w, stream.channels), tf.float32)
+        y_spec = tf.TensorSpec((batch, 1), tf.float32)
+        sig = (x_spec, y_spec, tf.TensorSpec((batch,), tf.float32)) if extra["balanced"] else (x_spec, y_spec)
+    return tf.data.Dataset.from_generator(batches, output_signature=sig)
 
 
 def _progress(enabled: bool, label: str, total: int) -> tuple[Any, Any]:
@@ -466,49 +580,34 @@ def _progress(enabled: bool, label: str, total: int) -> tuple[Any, Any]:
     return bar, bar.add_task(label, total=total)
 
 
-def _model_and_fitter(resolved: Any, pre: Any, n_classes: int, per_epoch: int, epochs: int) -> tuple[Any, Any]:
-    """The model to pretrain and ``fit_block(data, epoch) -> logs`` (one pass over ``data``)."""
+def _model_for_pretraining(resolved: Any, pre: Any, n_classes: int, per_epoch: int,
+                           epochs: int) -> tuple[Any, Any, dict[str, Any]]:
+    """The compiled model to pretrain, the recipe's augmentation, and what batches need."""
     from lepton_vision.train import make_optimizer
 
-    verbose = 0  # the stage has its own progress bar
     if resolved.task.kind == "object_detection":
         from lepton_vision.det_train import _box_augment
         from lepton_vision.detectors import adapter_for
-        from lepton_vision.pipeline import make_detection_dataset
 
         spec = pre.model.detector
         adapter = adapter_for(spec)
         model = adapter.build(spec, n_classes, tuple(pre.input.image_size), pre.seed)
         adapter.compile(model, spec, make_optimizer(pre, per_epoch, epochs))
-        augment = _box_augment(pre)
-
-        def fit_block(data: dict[str, Any], epoch: int) -> dict[str, float]:
-            x = data["images"].astype(np.float32) / np.float32(255.0)
-            ds = make_detection_dataset(x, data["boxes"], data["classes"], pre.train.batch_size, training=True,
-                                        augment=augment, seed=pre.seed + epoch, max_boxes=spec.max_boxes,
-                                        min_box_size=spec.min_box_size)
-            h = model.fit(ds, epochs=1, verbose=verbose, shuffle=False)
-            return {k: float(v[-1]) for k, v in h.history.items()}
-
-        return model, fit_block
+        return model, _box_augment(pre), {"max_boxes": spec.max_boxes, "min_box_size": spec.min_box_size}
 
     from lepton_vision.kinds import KINDS
-    from lepton_vision.pipeline import make_dataset
     from lepton_vision.train import _augment, _compile, _sample_weights
 
     model = KINDS[resolved.task.kind].build_model(pre, weights="none", seed=pre.seed)
     _compile(model, pre, per_epoch, epochs)
-    augment = _augment(pre)
+    balanced = pre.train.class_weight == "balanced"
 
-    def fit_block(data: dict[str, Any], epoch: int) -> dict[str, float]:
-        y = data["labels"]
-        w = _sample_weights(y, pre) if len(np.unique(y)) == 2 else None
-        ds = make_dataset(data["images"].astype(np.float32), y, pre.train.batch_size, training=True,
-                          augment=augment, seed=pre.seed + epoch, sample_weights=w)
-        h = model.fit(ds, epochs=1, verbose=verbose, shuffle=False)
-        return {k: float(v[-1]) for k, v in h.history.items()}
+    def weights(y: np.ndarray) -> np.ndarray:
+        if len(np.unique(y)) < 2:  # a chunk of one class: equal weights
+            return np.ones(len(y), np.float32)
+        return _sample_weights(np.asarray(y, np.int64), pre)
 
-    return model, fit_block
+    return model, _augment(pre), {"balanced": balanced, "weights": weights if balanced else (lambda y: None)}
 
 
 def _validate(model: Any, resolved: Any, images_stream: ImageStream, stream: StreamSpec,

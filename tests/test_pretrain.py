@@ -179,7 +179,7 @@ def _ct_project(tmp_path: Path, tiny_ct_project, monkeypatch) -> Path:
 CT_TINY = ["train.epochs=1", "cv.n_splits=2", "input.image_size=[32, 32]", "evaluate.n_bootstrap=20",
            "export.formats=[saved_model]", "export.parity_samples=4", "train.verbose=false"]
 CT_PRE = ["pretrain.dataset=synthetic_ct", "pretrain.images=48", "pretrain.images_per_epoch=24",
-          "pretrain.validation_images=16", "pretrain.workers=1", "train.finetune.freeze_backbone_epochs=0.5",
+          "pretrain.validation_images=16", "pretrain.workers=1", "pretrain.batch_size=8", "train.finetune.freeze_backbone_epochs=0.5",
           "train.finetune.backbone_lr_scale=0.5"]
 
 
