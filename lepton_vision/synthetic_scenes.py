@@ -979,13 +979,15 @@ def _extra_statics(rng: np.random.Generator, r: float, cam: _Camera, light: floa
         else:
             X = float(rng.uniform(road["left"] - road["walk"] - 1.0, road["right"] + road["walk"] + 1.0))
         x, y = cam.project(X, 0, Z)
-        s = cam.f / Z
-        if kind == "car":
-            prims = _car_prims(x, y, s, ["left", "right", "front", "back"][int(rng.integers(4))], _random_car(rng), light)
-        else:
-            prims = _distractor(rng, kind, x, y, s, light)
-        out.append(_Item(Z, prims))
+        out.append(_Item(Z, _static_prims(rng, kind, x, y, cam.f / Z, light)))
     return out
+
+
+def _static_prims(rng: np.random.Generator, kind: str, x: float, y: float, s: float, light: float) -> list[Prim]:
+    """A parked car (random view and look) or another distractor standing at (x, y), s px/m."""
+    if kind == "car":
+        return _car_prims(x, y, s, ["left", "right", "front", "back"][int(rng.integers(4))], _random_car(rng), light)
+    return _distractor(rng, kind, x, y, s, light)
 
 
 def _make_street_sequence(spec: SyntheticSpec, seq: int) -> _Sequence:
@@ -1020,12 +1022,7 @@ def _make_street_sequence(spec: SyntheticSpec, seq: int) -> _Sequence:
         Z = float(np.exp(rng.uniform(np.log(max(z_near * 0.8, 0.8)), np.log(min(z_far * 1.3, zb - 1.0)))))
         X = float(rng.uniform(-0.6, 0.6) * W * Z / cam.f)
         x, y = cam.project(X, 0, Z)
-        s = cam.f / Z
-        if kind == "car":
-            prims = _car_prims(x, y, s, ["left", "right", "front", "back"][int(rng.integers(4))], _random_car(rng), light)
-        else:
-            prims = _distractor(rng, kind, x, y, s, light)
-        statics.append(_Item(Z, prims))
+        statics.append(_Item(Z, _static_prims(rng, kind, x, y, cam.f / Z, light)))
     actors = []
     for a in range(int(rng.integers(1, 7))):
         h_frac = float(np.exp(rng.uniform(*np.log(ph))))
