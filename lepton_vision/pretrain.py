@@ -407,7 +407,8 @@ def _pretrain(resolved: Any, out: Path, key: str, payload: dict[str, Any], progr
     nan = _NanGuard()
     try:
         try:
-            model.fit(ds, epochs=epochs, steps_per_epoch=per_epoch // batch, callbacks=[log, nan], verbose=0)
+            model.fit(ds, epochs=epochs, steps_per_epoch=per_epoch // batch, callbacks=[log, nan], verbose=0,
+                      shuffle=False)
         except Exception:
             if stats.get("error") is not None:  # rendering failed inside tf.data: say that, not TF's wrapper
                 raise stats["error"] from None
