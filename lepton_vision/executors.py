@@ -296,6 +296,7 @@ def _run_ray(fold_fn: FoldFn, shared: Any, pending: list[int], fold_dir: Callabl
                       f"{_cluster_summary(ray)}")
         for k in pending:
             submit(k)
+        fatal: BaseException | None = None  # raised once the folds still running have finished
         while inflight:
             ready, _ = ray.wait(list(inflight), num_returns=1)
             ref = ready[0]
@@ -307,22 +308,30 @@ def _run_ray(fold_fn: FoldFn, shared: Any, pending: list[int], fold_dir: Callabl
                 note = f"attempt {attempts[k]}: {type(cause).__name__}: {_first_line(cause)}"
                 failures[k].append(note)
                 retryable = not isinstance(cause, (DataError, RecipeError))
-                if retryable and attempts[k] <= spec.retries:
+                if retryable and attempts[k] <= spec.retries and fatal is None:
                     console.print(f"[bold yellow]fold {k + 1}/{k_total}: {note}; retrying "
                                   f"({attempts[k]} of {1 + spec.retries} attempts used)[/]")
                     submit(k)
                     continue
+                if fatal is not None:  # already stopping: this fold is reported with its note above
+                    console.print(f"[bold red]fold {k + 1}/{k_total}: {note}[/]")
+                    continue
                 if isinstance(cause, LeptonError):
                     label = f"fold {k + 1}/{k_total}"
                     text = cause.message.removeprefix(f"{label}: ")
-                    raise type(cause)(f"{label} (Ray, {attempts[k]} attempt(s)): {text}", file=cause.file,
-                                      problems=cause.problems, hint=cause.hint) from None
-                raise TrainError(
-                    f"fold {k + 1}/{k_total} failed on Ray after {attempts[k]} attempt(s): "
-                    + "; ".join(failures[k]),
-                    hint="Finished folds are kept: fix the cause and continue with --resume RUN_DIR "
-                    "(train.ray.retries sets how often a failed fold is tried again).",
-                ) from e
+                    fatal = type(cause)(f"{label} (Ray, {attempts[k]} attempt(s)): {text}", file=cause.file,
+                                        problems=cause.problems, hint=cause.hint)
+                else:
+                    fatal = TrainError(
+                        f"fold {k + 1}/{k_total} failed on Ray after {attempts[k]} attempt(s): "
+                        + "; ".join(failures[k]),
+                        hint="Finished folds are kept: fix the cause and continue with --resume RUN_DIR "
+                        "(train.ray.retries sets how often a failed fold is tried again).",
+                    )
+                if inflight:  # their work is kept: wait for them, then stop
+                    console.print(f"[bold red]fold {k + 1}/{k_total} failed; waiting for {len(inflight)} "
+                                  "running fold(s) to finish so their results are kept (Ctrl-C stops now)[/]")
+                continue
             if out["files"] is not None:
                 _unpack(out["files"], fold_dir(k))
             result = _execution(out["result"], executor="ray", attempts=attempts[k], host=out["host"],
@@ -331,6 +340,8 @@ def _run_ray(fold_fn: FoldFn, shared: Any, pending: list[int], fold_dir: Callabl
                 console.print(f"[bold yellow]fold {k + 1}/{k_total}: succeeded on attempt {attempts[k]} "
                               f"after {len(failures[k])} failure(s)[/]")
             on_done(k, result)
+        if fatal is not None:
+            raise fatal
     finally:
         for ref in inflight:
             try:
