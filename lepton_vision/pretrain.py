@@ -22,6 +22,7 @@ of every run with the same pretraining reuses it; an interrupted pretraining sta
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -290,15 +291,15 @@ class PretrainResult:
     reused: bool
 
 
-def _pretrain_recipe(recipe: Any, n_epochs: int) -> Any:
-    """The recipe as pretraining sees it: its own batch size, learning rate and warm-up."""
+def _pretrain_recipe(recipe: Any, n_epochs: int, batch: int) -> Any:
+    """The recipe as pretraining sees it: its own (global) batch, learning rate and warm-up."""
     from lepton_vision.recipe import Finetune, Schedule
 
     spec = recipe.pretrain
     t = recipe.train
     opt = t.optimizer.model_copy(update={"learning_rate": float(spec.learning_rate or t.optimizer.learning_rate)})
     train = t.model_copy(update={
-        "batch_size": int(spec.batch_size or t.batch_size), "optimizer": opt,
+        "batch_size": int(batch), "optimizer": opt,
         "schedule": Schedule(name="cosine", warmup_epochs=float(spec.warmup_epochs)),
         "finetune": Finetune(), "epochs": max(1, n_epochs),
     })
@@ -388,10 +389,9 @@ def _pretrain(resolved: Any, out: Path, key: str, payload: dict[str, Any], progr
     per_epoch = max(batch, (min(int(spec.images_per_epoch), int(spec.images)) // batch) * batch)
     n_chunks = max(1, int(spec.images) // per_epoch)
     n_train = n_chunks * per_epoch
-    stream = StreamSpec(**{**stream.__dict__, "n_train": n_train})
+    stream = dataclasses.replace(stream, n_train=n_train)
     epochs = n_chunks * rounds
-    pre = _pretrain_recipe(recipe, epochs)
-    pre = pre.model_copy(update={"train": pre.train.model_copy(update={"batch_size": batch})})
+    pre = _pretrain_recipe(recipe, epochs, batch)
     job = job_size(stream)
     images_stream = ImageStream(stream, workers if n_train > job else 0,
                                 ahead=max(2, math.ceil(per_epoch / job) + 2))
