@@ -239,6 +239,8 @@ def pretrain_key(resolved: Any) -> tuple[str, dict[str, Any]]:
     for k in ("workers", "cache_dir"):
         spec.pop(k)
     spec["seed"] = int(r.seed if r.pretrain.seed is None else r.pretrain.seed)
+    lr = float(r.pretrain.learning_rate or r.train.optimizer.learning_rate)
+    spec["learning_rate"] = None  # folded into the optimizer's rate below (same key either way)
     model = r.model.model_dump(mode="json")
     model.pop("weights")
     train = r.train
@@ -251,7 +253,9 @@ def pretrain_key(resolved: Any) -> tuple[str, dict[str, Any]]:
         "input": r.input.model_dump(mode="json"),
         "model": model,
         "augment": [op.model_dump(mode="json") for op in r.augment],
-        "optimizer": train.optimizer.model_dump(mode="json"),
+        # The optimizer pretraining uses, with its effective rate: pretrain.learning_rate if set,
+        # else train.optimizer.learning_rate. The fine-tuning rate alone does not change the key.
+        "optimizer": {**train.optimizer.model_dump(mode="json"), "learning_rate": lr},
         "batch_size": int(r.pretrain.batch_size or train.batch_size),
         "class_weight": train.class_weight,
         "mixed_precision": train.mixed_precision,

@@ -215,6 +215,13 @@ def test_ct_run_pretrains_once_caches_and_fine_tunes(tmp_path, tiny_ct_project, 
     k1, _ = pretrain_key(load_resolved(recipe, CT_TINY + CT_PRE))
     k2, _ = pretrain_key(load_resolved(recipe, CT_TINY + CT_PRE + ["pretrain.images=64"]))
     assert k1 == start["key"] and k2 != k1
+    # The fine-tuning learning rate is the pretraining one unless pretrain.learning_rate is set.
+    k3, _ = pretrain_key(load_resolved(recipe, CT_TINY + CT_PRE + ["train.optimizer.learning_rate=0.0005"]))
+    lr = float(rec["learning_rate"])
+    own = ["pretrain.learning_rate=" + repr(lr)]
+    k4, _ = pretrain_key(load_resolved(recipe, CT_TINY + CT_PRE + own))
+    k5, _ = pretrain_key(load_resolved(recipe, CT_TINY + CT_PRE + own + ["train.optimizer.learning_rate=0.0005"]))
+    assert k3 != k1 and k4 == k5 == k1
 
 
 @pytest.mark.tf
