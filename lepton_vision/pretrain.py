@@ -230,6 +230,11 @@ def cache_root(spec: Any) -> Path:
     return Path.home() / ".cache" / "lepton-vision" / "pretrain"
 
 
+def _pretrain_lr(recipe: Any) -> float:
+    """The learning rate pretraining uses: ``pretrain.learning_rate``, else the recipe's."""
+    return float(recipe.pretrain.learning_rate or recipe.train.optimizer.learning_rate)
+
+
 def pretrain_key(resolved: Any) -> tuple[str, dict[str, Any]]:
     """(sha256 hex, the JSON payload it hashes): everything the pretrained weights depend on."""
     from lepton_vision import __version__
@@ -239,7 +244,6 @@ def pretrain_key(resolved: Any) -> tuple[str, dict[str, Any]]:
     for k in ("workers", "cache_dir"):
         spec.pop(k)
     spec["seed"] = int(r.seed if r.pretrain.seed is None else r.pretrain.seed)
-    lr = float(r.pretrain.learning_rate or r.train.optimizer.learning_rate)
     spec["learning_rate"] = None  # folded into the optimizer's rate below (same key either way)
     model = r.model.model_dump(mode="json")
     model.pop("weights")
@@ -255,7 +259,7 @@ def pretrain_key(resolved: Any) -> tuple[str, dict[str, Any]]:
         "augment": [op.model_dump(mode="json") for op in r.augment],
         # The optimizer pretraining uses, with its effective rate: pretrain.learning_rate if set,
         # else train.optimizer.learning_rate. The fine-tuning rate alone does not change the key.
-        "optimizer": {**train.optimizer.model_dump(mode="json"), "learning_rate": lr},
+        "optimizer": {**train.optimizer.model_dump(mode="json"), "learning_rate": _pretrain_lr(r)},
         "batch_size": int(r.pretrain.batch_size or train.batch_size),
         "class_weight": train.class_weight,
         "mixed_precision": train.mixed_precision,
@@ -301,7 +305,7 @@ def _pretrain_recipe(recipe: Any, n_epochs: int, batch: int) -> Any:
 
     spec = recipe.pretrain
     t = recipe.train
-    opt = t.optimizer.model_copy(update={"learning_rate": float(spec.learning_rate or t.optimizer.learning_rate)})
+    opt = t.optimizer.model_copy(update={"learning_rate": _pretrain_lr(recipe)})
     train = t.model_copy(update={
         "batch_size": int(batch), "optimizer": opt,
         "schedule": Schedule(name="cosine", warmup_epochs=float(spec.warmup_epochs)),
