@@ -278,7 +278,7 @@ def start_info(run_root: Path) -> dict[str, Any]:
     pre = rec.get("pretrain")
     if pre:
         out["pretrain"] = {k: pre.get(k) for k in ("dataset", "generator", "images", "epochs", "seconds",
-                                                   "synthetic_validation", "classes_match_task")}
+                                                   "synthetic_validation", "classes_match_task", "image_size")}
     if rec.get("source") != "pretrain":
         out["file"] = Path(rec["path"]).name
     return out

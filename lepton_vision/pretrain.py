@@ -98,7 +98,7 @@ def stream_spec(resolved: Any) -> StreamSpec:
     return StreamSpec(
         synthetic=synth.model_dump(mode="json"),
         detection=resolved.task.kind == "object_detection",
-        size_hw=(int(r.input.image_size[0]), int(r.input.image_size[1])),
+        size_hw=tuple(int(v) for v in _pretrain_input(r).image_size),
         channels=int(r.input.channels),
         window=r.input.window_spec(),
         n_train=int(r.pretrain.images),
@@ -235,6 +235,14 @@ def _pretrain_lr(recipe: Any) -> float:
     return float(recipe.pretrain.learning_rate or recipe.train.optimizer.learning_rate)
 
 
+def _pretrain_input(recipe: Any) -> Any:
+    """The network input while pretraining: ``input`` at ``pretrain.image_size`` when that is set."""
+    size = recipe.pretrain.image_size
+    if size is None:
+        return recipe.input
+    return recipe.input.model_copy(update={"image_size": tuple(int(v) for v in size)})
+
+
 def pretrain_key(resolved: Any) -> tuple[str, dict[str, Any]]:
     """(sha256 hex, the JSON payload it hashes): everything the pretrained weights depend on."""
     from lepton_vision import __version__
@@ -245,6 +253,7 @@ def pretrain_key(resolved: Any) -> tuple[str, dict[str, Any]]:
         spec.pop(k)
     spec["seed"] = int(r.seed if r.pretrain.seed is None else r.pretrain.seed)
     spec["learning_rate"] = None  # folded into the optimizer's rate below (same key either way)
+    spec.pop("image_size")  # folded into "input" below: the size the weights were trained at
     model = r.model.model_dump(mode="json")
     model.pop("weights")
     train = r.train
@@ -254,7 +263,7 @@ def pretrain_key(resolved: Any) -> tuple[str, dict[str, Any]]:
         "pretrain": spec,
         "generator": stream_spec(resolved).synthetic,
         "kind": resolved.task.kind,
-        "input": r.input.model_dump(mode="json"),
+        "input": _pretrain_input(r).model_dump(mode="json"),
         "model": model,
         "augment": [op.model_dump(mode="json") for op in r.augment],
         # The optimizer pretraining uses, with its effective rate: pretrain.learning_rate if set,
@@ -300,7 +309,7 @@ class PretrainResult:
 
 
 def _pretrain_recipe(recipe: Any, n_epochs: int, batch: int) -> Any:
-    """The recipe as pretraining sees it: its own (global) batch, learning rate and warm-up."""
+    """The recipe as pretraining sees it: its own input size, (global) batch, learning rate and warm-up."""
     from lepton_vision.recipe import Finetune, Schedule
 
     spec = recipe.pretrain
@@ -312,7 +321,7 @@ def _pretrain_recipe(recipe: Any, n_epochs: int, batch: int) -> Any:
         "finetune": Finetune(), "epochs": max(1, n_epochs),
     })
     seed = int(recipe.seed if spec.seed is None else spec.seed)
-    return recipe.model_copy(update={"train": train, "seed": seed})
+    return recipe.model_copy(update={"train": train, "seed": seed, "input": _pretrain_input(recipe)})
 
 
 def _alive(pid: str) -> bool:
@@ -446,6 +455,7 @@ def _pretrain(resolved: Any, out: Path, key: str, payload: dict[str, Any], progr
         "classes_match_task": list(gen_classes) == list(resolved.task.classes),
         "images": int(n_train),
         "images_seen": int(n_train * rounds),
+        "image_size": [int(v) for v in stream.size_hw],
         "epochs": int(epochs),
         "batch_size": int(batch),
         "learning_rate": float(pre.train.optimizer.learning_rate),

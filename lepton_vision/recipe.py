@@ -373,8 +373,15 @@ class PretrainSpec(_Model):
     )
     frame_size: tuple[Annotated[int, Field(ge=32, le=4096)], Annotated[int, Field(ge=32, le=4096)]] | None = Field(
         None,
-        description="Scenes: rendered frame [width, height] before letterboxing into "
-        "input.image_size (null: the card's frame_size). CT: ignored (the card's image_size).",
+        description="Scenes: rendered frame [width, height] before letterboxing into the "
+        "pretraining input (pretrain.image_size, else input.image_size; null: the card's "
+        "frame_size). CT: ignored (the card's image_size).",
+    )
+    image_size: tuple[Annotated[int, Field(ge=16, le=2048)], Annotated[int, Field(ge=16, le=2048)]] | None = Field(
+        None,
+        description="Network input [height, width] while pretraining (null: input.image_size). "
+        "A smaller size pretrains faster; the folds then fine-tune at input.image_size (a "
+        "convolutional network's weights fit any input size). Part of the cache key.",
     )
     sequence_length: int | None = Field(
         None, ge=1,
@@ -553,6 +560,7 @@ EXECUTION_FIELDS: tuple[str, ...] = (
 #: written before they existed resumes, because at these values they are left out of the hash.
 _LATER_FIELDS: dict[str, Any] = {
     "pretrain": None,
+    "pretrain.image_size": None,
     "train.finetune": {"freeze_backbone_epochs": 0.0, "backbone_lr_scale": 1.0},
 }
 
@@ -571,8 +579,8 @@ def result_sha256(recipe: Recipe) -> str:
         node = data
         *head, last = dotted.split(".")
         for part in head:
-            node = node[part]
-        if node.get(last, unused) == unused:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(last, unused) == unused:
             node.pop(last, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -752,10 +760,18 @@ def _augment_problems(recipe: Recipe, doc: YamlDoc) -> list[Problem]:
     from lepton_vision.augment import augment_problems
 
     ops = [op.model_dump() for op in recipe.augment]
+    found = augment_problems(ops, channels=recipe.input.channels, image_size=recipe.input.image_size)
+    pre_size = recipe.pretrain.image_size if recipe.pretrain is not None else None
+    if pre_size is not None and tuple(pre_size) != tuple(recipe.input.image_size):
+        # Pretraining augments at its own input size: the transforms must keep that one too.
+        seen = {loc for loc, _ in found}
+        found += [(loc, f"{msg} (while pretraining at pretrain.image_size {list(pre_size)})")
+                  for loc, msg in augment_problems(ops, channels=recipe.input.channels, image_size=pre_size)
+                  if loc not in seen]
     return [
         Problem(render_path(loc) + (" (from --set)" if doc.from_override(loc) else ""), msg,
                 line=doc.line_of(loc))
-        for loc, msg in augment_problems(ops, channels=recipe.input.channels, image_size=recipe.input.image_size)
+        for loc, msg in found
     ]
 
 

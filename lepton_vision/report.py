@@ -278,8 +278,10 @@ def start_section(start: dict[str, Any] | None) -> str:
     pre = start.get("pretrain") or {}
     if pre:
         val = pre.get("synthetic_validation") or {}
+        size = pre.get("image_size")  # absent in caches written before pretrain.image_size existed
+        at = f" at {size[0]} x {size[1]} input" if size else ""
         rows += [["Pretrained on", f"{pre.get('images')} generated images ({pre.get('generator')}, "
-                  f"dataset {pre.get('dataset')}), {pre.get('epochs')} epochs, {pre.get('seconds')} s"]]
+                  f"dataset {pre.get('dataset')}){at}, {pre.get('epochs')} epochs, {pre.get('seconds')} s"]]
         if val:
             rows.append([f"Pretrained model on {val.get('n_images')} unseen generated images",
                          f"{val.get('metric')} {val.get('value')}"])

@@ -40,11 +40,26 @@ def test_runs_written_before_pretraining_existed_keep_their_result_hash():
     old.pop("pretrain")
     old["train"].pop("finetune")
     assert result_sha256(recipe_from_text(yaml.safe_dump(old))) == result_sha256(r)
-    # ...but a pretrain stage or fine-tuning settings change it, and the pretrain workers do not.
+    # A pretrain stage written before pretrain.image_size existed keeps its hash too.
     pre = recipe_from_text(CT_BASE, ["pretrain.dataset=synthetic_ct"])
+    old_pre = pre.model_dump(mode="json")
+    old_pre["pretrain"].pop("image_size")
+    assert result_sha256(recipe_from_text(yaml.safe_dump(old_pre))) == result_sha256(pre)
+    assert result_sha256(recipe_from_text(CT_BASE, ["pretrain.dataset=synthetic_ct", "pretrain.image_size=[64, 64]"])) \
+        != result_sha256(pre)
+    # ...but a pretrain stage or fine-tuning settings change it, and the pretrain workers do not.
     assert result_sha256(pre) != result_sha256(r)
     assert result_sha256(recipe_from_text(CT_BASE, ["pretrain.dataset=synthetic_ct", "pretrain.workers=3"])) \
         == result_sha256(pre)
+
+
+def test_augmentation_must_keep_the_pretraining_input_size_too():
+    crop = ["augment=[{name: RandomCrop, params: {height: 128, width: 128}}]"]
+    recipe_from_text(CT_BASE, crop + ["input.image_size=[128, 128]", "pretrain.dataset=synthetic_ct"])
+    with pytest.raises(RecipeError) as e:
+        recipe_from_text(CT_BASE, crop + ["input.image_size=[128, 128]", "pretrain.dataset=synthetic_ct",
+                                          "pretrain.image_size=[64, 64]"])
+    assert "augment[0]" in str(e.value) and "pretrain.image_size [64, 64]" in str(e.value)
 
 
 def test_pretrain_dataset_must_be_generated_and_fit_the_task(tmp_path, tiny_ct_project):
@@ -203,6 +218,7 @@ def test_ct_run_pretrains_once_caches_and_fine_tunes(tmp_path, tiny_ct_project, 
     assert bundle["training_start"]["pretrain"]["images"] == 48
     report = (run1 / "report.html").read_text()
     assert "<h2>Start point</h2>" in report and "48 generated images (ct_phantom" in report
+    assert "at 32 x 32 input" in report
     # A second run (other worker count: not part of the result) reuses the cached weights.
     run2 = run_train(recipe, CT_TINY + CT_PRE + ["pretrain.workers=0"], out=tmp_path / "run2")
     start2 = json.loads((run2 / "start_weights.json").read_text())
@@ -210,7 +226,7 @@ def test_ct_run_pretrains_once_caches_and_fine_tunes(tmp_path, tiny_ct_project, 
     assert len([p for p in (tmp_path / "cache" / "pretrain").iterdir()]) == 1
     # More generated images: another pretraining.
     from lepton_vision.cards import load_resolved
-    from lepton_vision.pretrain import pretrain_key
+    from lepton_vision.pretrain import prepare_start, pretrain_key
 
     k1, _ = pretrain_key(load_resolved(recipe, CT_TINY + CT_PRE))
     k2, _ = pretrain_key(load_resolved(recipe, CT_TINY + CT_PRE + ["pretrain.images=64"]))
@@ -222,6 +238,16 @@ def test_ct_run_pretrains_once_caches_and_fine_tunes(tmp_path, tiny_ct_project, 
     k4, _ = pretrain_key(load_resolved(recipe, CT_TINY + CT_PRE + own))
     k5, _ = pretrain_key(load_resolved(recipe, CT_TINY + CT_PRE + own + ["train.optimizer.learning_rate=0.0005"]))
     assert k3 != k1 and k4 == k5 == k1
+    # pretrain.image_size: the key holds the size the weights were trained at, not the folds'
+    # size, so folds at a larger input reuse this 32 x 32 pretraining and load the whole model.
+    larger = CT_TINY + CT_PRE + ["input.image_size=[48, 48]"]
+    k6, _ = pretrain_key(load_resolved(recipe, larger + ["pretrain.image_size=[32, 32]"]))
+    k7, _ = pretrain_key(load_resolved(recipe, larger))
+    assert k6 == k1 and k7 != k1
+    (tmp_path / "run3").mkdir()
+    start3 = prepare_start(load_resolved(recipe, larger + ["pretrain.image_size=[32, 32]"]), tmp_path / "run3",
+                           progress=False)
+    assert start3["reused_cache"] is True and start3["key"] == k1 and start3["loaded"] == "model"
 
 
 @pytest.mark.tf
@@ -252,9 +278,11 @@ def test_detection_pretrain_stage_streams_road_scenes(tmp_path, monkeypatch):
     monkeypatch.setenv("LEPTON_HOME", str(tmp_path))
     monkeypatch.setenv("LEPTON_CACHE_DIR", str(tmp_path / "cache"))
     recipe = tmp_path / "recipes/obstacle_detection/baseline.yaml"
+    # Pretrained at half the folds' input size (pretrain.image_size), fine-tuned at 64 x 192.
     overrides = ["input.image_size=[64, 192]", "train.batch_size=8", "train.verbose=false",
                  "pretrain.dataset=synthetic_road", "pretrain.images=32", "pretrain.images_per_epoch=16",
-                 "pretrain.validation_images=8", "pretrain.frame_size=[240, 80]", "pretrain.workers=0"]
+                 "pretrain.validation_images=8", "pretrain.frame_size=[240, 80]", "pretrain.workers=0",
+                 "pretrain.image_size=[32, 96]"]
     resolved = load_resolved(recipe, overrides)
     res = ensure_pretrained(resolved, progress=False)
     assert not res.reused
@@ -262,6 +290,7 @@ def test_detection_pretrain_stage_streams_road_scenes(tmp_path, monkeypatch):
     assert rec["generator_classes"] == ["car", "pedestrian", "cyclist"] and rec["classes_match_task"] is True
     assert rec["synthetic_validation"]["metric"] == "ap50" and rec["synthetic_validation"]["n_boxes"] > 0
     assert np.isfinite(rec["final_loss"])
+    assert rec["payload"]["input"]["image_size"] == rec["image_size"] == [32, 96]
     assert not list((tmp_path / "cache" / "pretrain").glob(".*tmp*"))  # no half-written folder left
     start = prepare_start(resolved, tmp_path, progress=False)
     assert start["reused_cache"] is True and start["loaded"] == "model"
