@@ -31,6 +31,7 @@ from lepton_vision.train import (
     _NanGuard,
     _save_model,
     _write_history,
+    ema_callbacks,
     make_optimizer,
 )
 
@@ -210,7 +211,8 @@ def fit_detection_fold(
     log = _EpochLog(fold_label, epochs, len(tx), recipe.train.verbose)
     nan = _NanGuard()
     best = _BestWeights(recipe.train.early_stopping.min_delta, monitor="val_ap50")
-    callbacks: list[Any] = [_ValidateAP(vx, vb, vc, vi, n_classes, adapter, recipe, policy), log, nan, best]
+    callbacks: list[Any] = [*ema_callbacks(recipe), _ValidateAP(vx, vb, vc, vi, n_classes, adapter, recipe, policy),
+                            log, nan, best]
     es = recipe.train.early_stopping
     if es.enabled:
         callbacks.append(keras.callbacks.EarlyStopping(

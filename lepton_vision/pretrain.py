@@ -235,6 +235,11 @@ def _pretrain_lr(recipe: Any) -> float:
     return float(recipe.pretrain.learning_rate or recipe.train.optimizer.learning_rate)
 
 
+def _pretrain_optimizer(recipe: Any) -> Any:
+    """The recipe's optimizer as pretraining uses it: its own rate, no weight averaging."""
+    return recipe.train.optimizer.model_copy(update={"learning_rate": _pretrain_lr(recipe), "ema_momentum": None})
+
+
 def _pretrain_input(recipe: Any) -> Any:
     """The network input while pretraining: ``input`` at ``pretrain.image_size`` when that is set."""
     size = recipe.pretrain.image_size
@@ -268,7 +273,7 @@ def pretrain_key(resolved: Any) -> tuple[str, dict[str, Any]]:
         "augment": [op.model_dump(mode="json") for op in r.augment],
         # The optimizer pretraining uses, with its effective rate: pretrain.learning_rate if set,
         # else train.optimizer.learning_rate. The fine-tuning rate alone does not change the key.
-        "optimizer": {**train.optimizer.model_dump(mode="json"), "learning_rate": _pretrain_lr(r)},
+        "optimizer": _pretrain_optimizer(r).model_dump(mode="json", exclude={"ema_momentum"}),
         "batch_size": int(r.pretrain.batch_size or train.batch_size),
         "class_weight": train.class_weight,
         "mixed_precision": train.mixed_precision,
@@ -314,7 +319,7 @@ def _pretrain_recipe(recipe: Any, n_epochs: int, batch: int) -> Any:
 
     spec = recipe.pretrain
     t = recipe.train
-    opt = t.optimizer.model_copy(update={"learning_rate": _pretrain_lr(recipe)})
+    opt = _pretrain_optimizer(recipe)
     train = t.model_copy(update={
         "batch_size": int(batch), "optimizer": opt,
         "schedule": Schedule(name="cosine", warmup_epochs=float(spec.warmup_epochs)),

@@ -215,6 +215,12 @@ class Optimizer(_Model):
         "inflated for ~1000 steps (measured on USC pedestrians: val AP50 0.16 vs 0.68 after 30 "
         "epochs). Use it instead of clipnorm, not with it.",
     )
+    ema_momentum: float | None = Field(
+        None, gt=0, lt=1,
+        description="Keep an exponential moving average of the weights with this momentum (e.g. "
+        "0.99; null: off). Each epoch's validation, the best-epoch choice, the refit and the "
+        "export use the averaged weights. Folds only: pretraining keeps its last weights.",
+    )
 
     @model_validator(mode="after")
     def _one_clip(self) -> Optimizer:
@@ -561,6 +567,7 @@ EXECUTION_FIELDS: tuple[str, ...] = (
 _LATER_FIELDS: dict[str, Any] = {
     "pretrain": None,
     "pretrain.image_size": None,
+    "train.optimizer.ema_momentum": None,
     "train.finetune": {"freeze_backbone_epochs": 0.0, "backbone_lr_scale": 1.0},
 }
 

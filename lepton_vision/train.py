@@ -257,6 +257,15 @@ def make_optimizer(recipe: Recipe, n_train: int, epochs: int, model: Any = None)
                                int(round(ft.freeze_backbone_epochs * steps_per_epoch)))
 
 
+def ema_callbacks(recipe: Recipe) -> list[Any]:
+    """With ``train.optimizer.ema_momentum``: the callback that puts the averaged weights into
+    the model at each epoch's end (for the callbacks after it: validation, best weights) and
+    the training weights back at the next epoch's start. Goes first in the callback list."""
+    if recipe.train.optimizer.ema_momentum is None:
+        return []
+    return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
+
+
 def _base_optimizer(recipe: Recipe, n_train: int, epochs: int) -> Any:
     opt = recipe.train.optimizer
     lr = _schedule_and_lr(recipe, n_train, epochs)
@@ -265,6 +274,8 @@ def _base_optimizer(recipe: Recipe, n_train: int, epochs: int) -> Any:
         common["clipnorm"] = float(opt.clipnorm)
     if opt.global_clipnorm is not None:
         common["global_clipnorm"] = float(opt.global_clipnorm)
+    if opt.ema_momentum is not None:
+        common.update(use_ema=True, ema_momentum=float(opt.ema_momentum))
     if opt.name == "adam":
         return keras.optimizers.Adam(**common)
     if opt.name == "adamw":
@@ -408,7 +419,8 @@ def fit_fold(
     nan = _NanGuard()
     best = _BestWeights(recipe.train.early_stopping.min_delta)
     # _Validate first: the callbacks after it read the val_auc it writes into the logs.
-    callbacks: list[Any] = [_Validate(val_x, vy, recipe.train.batch_size, train_x), log, nan, best]
+    callbacks: list[Any] = [*ema_callbacks(recipe), _Validate(val_x, vy, recipe.train.batch_size, train_x),
+                            log, nan, best]
     es = recipe.train.early_stopping
     if es.enabled:
         callbacks.append(keras.callbacks.EarlyStopping(

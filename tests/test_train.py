@@ -147,6 +147,28 @@ def test_fit_final_sgd_plateau_no_class_weight(data, tmp_path):
     assert scores.shape == (5,) and np.all(np.isfinite(scores))
 
 
+def test_weight_average_is_what_validation_and_the_best_epoch_see(data, tmp_path):
+    from lepton_vision.train import fit_fold
+
+    # A momentum this close to 1 keeps the average at the start weights: the weights that are
+    # validated and returned stay those of a fresh model while the training weights learn.
+    recipe = _recipe(epochs=3, optimizer={"learning_rate": 3e-3, "ema_momentum": 0.9999999},
+                     early_stopping={"enabled": False})
+    res = fit_fold(_builder(), *data, recipe, tmp_path, fold_label="fold 1/1")
+    def trainable(model):  # BatchNorm statistics are not averaged (not trained by the optimizer)
+        return [np.asarray(v) for v in model.trainable_weights]
+
+    # Keras starts the average at the weights after the first step (here one Adam step of at most
+    # the first warm-up rate, 7.5e-4): it stays there, within 1e-3 of the start weights.
+    start = trainable(_builder()())
+    assert all(np.allclose(a, b, atol=1e-3) for a, b in zip(trainable(res.model), start))
+    assert res.history["val_loss"].max() - res.history["val_loss"].min() < 1e-4  # validated: the average
+    assert res.history["loss"].iloc[-1] < res.history["loss"].iloc[0]  # the training weights moved
+    plain = fit_fold(_builder(), *data, _recipe(epochs=3, early_stopping={"enabled": False}), tmp_path / "p",
+                     fold_label="fold 1/1")
+    assert not all(np.allclose(a, b, atol=1e-3) for a, b in zip(trainable(plain.model), start))
+
+
 def test_cosine_schedule_values_and_config():
     from lepton_vision._keras import import_keras
     from lepton_vision.train import WarmupCosine, make_optimizer
