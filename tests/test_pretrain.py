@@ -219,11 +219,14 @@ def test_ct_run_pretrains_once_caches_and_fine_tunes(tmp_path, tiny_ct_project, 
     report = (run1 / "report.html").read_text()
     assert "<h2>Start point</h2>" in report and "48 generated images (ct_phantom" in report
     assert "at 32 x 32 input" in report
-    # A second run (other worker count: not part of the result) reuses the cached weights.
-    run2 = run_train(recipe, CT_TINY + CT_PRE + ["pretrain.workers=0"], out=tmp_path / "run2")
+    # A second run reuses the cached weights: the worker count is not part of the result, and
+    # the folds' weight averaging (refit and exported with it) is not part of pretraining.
+    run2 = run_train(recipe, CT_TINY + CT_PRE + ["pretrain.workers=0", "train.optimizer.ema_momentum=0.9"],
+                     out=tmp_path / "run2")
     start2 = json.loads((run2 / "start_weights.json").read_text())
     assert start2["reused_cache"] is True and start2["key"] == start["key"] and start2["sha256"] == start["sha256"]
     assert len([p for p in (tmp_path / "cache" / "pretrain").iterdir()]) == 1
+    assert json.loads((run2 / "export" / "bundle.json").read_text())["training_start"]["source"] == "pretrain"
     # More generated images: another pretraining.
     from lepton_vision.cards import load_resolved
     from lepton_vision.pretrain import prepare_start, pretrain_key
