@@ -230,14 +230,11 @@ def cache_root(spec: Any) -> Path:
     return Path.home() / ".cache" / "lepton-vision" / "pretrain"
 
 
-def _pretrain_lr(recipe: Any) -> float:
-    """The learning rate pretraining uses: ``pretrain.learning_rate``, else the recipe's."""
-    return float(recipe.pretrain.learning_rate or recipe.train.optimizer.learning_rate)
-
-
 def _pretrain_optimizer(recipe: Any) -> Any:
-    """The recipe's optimizer as pretraining uses it: its own rate, no weight averaging."""
-    return recipe.train.optimizer.model_copy(update={"learning_rate": _pretrain_lr(recipe), "ema_momentum": None})
+    """The recipe's optimizer as pretraining uses it: ``pretrain.learning_rate`` (else the
+    recipe's rate) and no weight averaging."""
+    lr = float(recipe.pretrain.learning_rate or recipe.train.optimizer.learning_rate)
+    return recipe.train.optimizer.model_copy(update={"learning_rate": lr, "ema_momentum": None})
 
 
 def _pretrain_input(recipe: Any) -> Any:
