@@ -17,12 +17,12 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from lepton_vision._keras import import_keras
-from lepton_vision.recipe import DETECTOR_SIZES, DetectorSpec
+from lepton_vision.recipe import DETECTOR_SIZES, DETECTOR_STRIDE, DetectorSpec
 
 #: Letterbox pad value (grey), as in YOLO practice; also what ignore regions are painted with.
 PAD_VALUE = 114
-#: Strides of the YOLOv8 heads; the network input must be a multiple of the largest.
-STRIDE = 32
+#: Largest stride of the YOLOv8 heads; recipes whose input is not a multiple of it are refused.
+STRIDE = DETECTOR_STRIDE
 
 
 class DetectorAdapter(Protocol):

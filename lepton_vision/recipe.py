@@ -125,6 +125,9 @@ class AugmentOp(_Model):
 
 #: Detector sizes: YOLOv8 backbone channels per stage, blocks per stage, and FPN depth. "tiny"
 #: and "xs" train on a 2-core CPU; n/s/m/l are the usual YOLOv8 scales for a GPU.
+#: Largest stride of the YOLOv8 heads: a detector's input height and width must be multiples of it.
+DETECTOR_STRIDE = 32
+
 DETECTOR_SIZES: dict[str, tuple[tuple[int, int, int, int], tuple[int, int, int, int], int]] = {
     "tiny": ((16, 32, 64, 128), (1, 1, 1, 1), 1),
     "xs": ((32, 64, 128, 256), (1, 2, 2, 1), 1),
@@ -649,6 +652,24 @@ class Recipe(_Model):
                 "train.finetune freezes or slows the backbone, but the folds start from random "
                 "weights; add a pretrain: stage or model.weights, or remove train.finetune"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _detector_input(self) -> Recipe:
+        if self.model.detector is None:
+            return self
+        sizes = [("input.image_size", self.input.image_size)]
+        if self.pretrain is not None and self.pretrain.image_size is not None:
+            sizes.append(("pretrain.image_size", self.pretrain.image_size))
+        for where, (h, w) in sizes:
+            if h % DETECTOR_STRIDE or w % DETECTOR_STRIDE:
+                def up(v: int) -> int:
+                    return -(-v // DETECTOR_STRIDE) * DETECTOR_STRIDE
+
+                raise ValueError(
+                    f"{where}: a detector's input height and width must be multiples of "
+                    f"{DETECTOR_STRIDE} (its largest stride). Got [{h}, {w}]; e.g. [{up(h)}, {up(w)}]"
+                )
         return self
 
     @field_validator("tracking", mode="before")

@@ -103,6 +103,19 @@ def test_unknown_backbone_suggests():
     assert "Did you mean 'mobilenet_v3_small'?" in str(e.value)
 
 
+def test_detector_input_must_be_a_multiple_of_its_stride():
+    det = MINIMAL + "model: {detector: {architecture: yolov8, size: tiny}}\n"
+    recipe_from_text(det, ["input.image_size=[192, 640]"])
+    recipe_from_text(MINIMAL, ["input.image_size=[100, 100]"])  # classifiers resize to any size
+    with pytest.raises(RecipeError) as e:
+        recipe_from_text(det, ["input.image_size=[100, 640]"])
+    assert "input.image_size" in str(e.value) and "multiples of 32" in str(e.value) and "[128, 640]" in str(e.value)
+    with pytest.raises(RecipeError) as e:
+        recipe_from_text(det, ["input.image_size=[192, 640]", "pretrain.dataset=synthetic_road",
+                               "pretrain.image_size=[96, 300]"])
+    assert "pretrain.image_size" in str(e.value) and "[96, 320]" in str(e.value)
+
+
 def test_class_names_like_no_are_not_silently_booleans():
     with pytest.raises(RecipeError) as e:
         recipe_from_text(MINIMAL.replace("name: t", "name: no"))
