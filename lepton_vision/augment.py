@@ -34,6 +34,28 @@ _EXCLUDED = {
     "Lambda",
 }
 
+#: Transforms that combine the sample with other training images and their boxes (albumentations
+#: ``Mosaic``): detection recipes only; the training pipelines hand them the other images.
+MULTI_IMAGE = {"Mosaic"}
+
+
+def sized_for_input(ops: list[dict[str, Any]], image_size: tuple[int, int] | None) -> list[dict[str, Any]]:
+    """``ops`` with a multi-image transform's output and cell size defaulting to the network
+    input (``Mosaic``'s own default, 512 x 512, would change the image size), so one recipe line
+    works at ``input.image_size`` and at ``pretrain.image_size``; sizes the recipe sets are kept."""
+    if image_size is None:
+        return ops
+    hw = [int(image_size[0]), int(image_size[1])]
+    out = []
+    for op in ops:
+        if op.get("name") in MULTI_IMAGE:
+            params = dict(op.get("params") or {})
+            params.setdefault("target_size", hw)
+            params.setdefault("cell_shape", list(params["target_size"]))
+            op = {**op, "params": params}
+        out.append(op)
+    return out
+
 
 def _albumentations() -> Any:
     # albumentations 2.0.8 calls pypi.org on import unless this is set.
@@ -169,6 +191,8 @@ def augment_problems(
             problems.append((base + ("params",), f"{name}: {e}"))
             continue
         if channels is not None and not unknown:
+            if name in MULTI_IMAGE:
+                params = sized_for_input([{"name": name, "params": params}], image_size)[0]["params"]
             msg = _trial(A, name, params, channels, image_size or (64, 64), image_size is not None)
             if msg:
                 problems.append((base, msg))
@@ -185,17 +209,21 @@ def _trial(
         with warnings.catch_warnings():
             warnings.simplefilter("error", UserWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
-            out = A.Compose([_build_one(A, name, 1.0, params)], seed=0)(image=img)["image"]
+            t = _build_one(A, name, 1.0, params)
+            # Multi-image transforms get no other images here: they tile the one they have.
+            extra = {t.metadata_key: []} if name in MULTI_IMAGE else {}
+            out = A.Compose([t], seed=0)(image=img, **extra)["image"]
     except Exception as e:  # noqa: BLE001 - anything it raises on a plain image is a recipe problem
         return (
             f"{name} fails on a float32 {h}x{w}x{channels} image "
             f"(input.channels={channels}): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         )
     if check_shape and out.shape != img.shape:
+        size_param = next((k for k in ("size", "target_size") if k in _param_names(getattr(A, name))), "size")
         return (
             f"{name} changes the image shape from {h}x{w}x{channels} to "
             f"{'x'.join(map(str, out.shape))}; augmentation must keep input.image_size "
-            f"(e.g. set size: [{h}, {w}])"
+            f"(e.g. set {size_param}: [{h}, {w}])"
         )
     return None
 
@@ -228,8 +256,12 @@ def build_augment(ops: list[dict[str, Any]], seed: int) -> A.Compose | None:
     return A.Compose(transforms, seed=seed)
 
 
-def build_box_augment(ops: list[dict[str, Any]], seed: int, min_visibility: float = 0.3) -> A.Compose | None:
+def build_box_augment(ops: list[dict[str, Any]], seed: int, min_visibility: float = 0.3,
+                      image_size: tuple[int, int] | None = None) -> A.Compose | None:
     """The training augmentation for object detection: boxes move with the image.
+
+    ``image_size``: the network input (height, width) the images arrive at; a ``Mosaic``
+    without sizes of its own assembles frames of that size (:func:`sized_for_input`).
 
     Boxes are ``pascal_voc`` (x1, y1, x2, y2 in pixels), the sample table's format; boxes left
     with less than ``min_visibility`` of their area after a crop/affine are dropped with their
@@ -238,7 +270,7 @@ def build_box_augment(ops: list[dict[str, Any]], seed: int, min_visibility: floa
     Raises:
         RecipeError: When the list has problems (see :func:`augment_problems`).
     """
-    plain = build_augment(ops, seed)
+    plain = build_augment(sized_for_input(ops, image_size), seed)
     if plain is None:
         return None
     A = _albumentations()
@@ -250,6 +282,48 @@ def build_box_augment(ops: list[dict[str, Any]], seed: int, min_visibility: floa
             clip=True, filter_invalid_bboxes=True,
         ),
     )
+
+
+def partners_needed(compose: A.Compose | None) -> int:
+    """How many other training images one sample needs for ``compose``'s multi-image transforms
+    (``Mosaic`` with an ``r x c`` grid: ``r * c - 1``); 0 when it has none."""
+    if compose is None:
+        return 0
+    return max((int(np.prod(t.grid_yx)) - 1 for t in compose.transforms if type(t).__name__ in MULTI_IMAGE),
+               default=0)
+
+
+def augment_with_boxes(compose: A.Compose, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
+                       partners: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Augment one detection sample (float32 image in [0, 1], ``pascal_voc`` boxes, labels).
+
+    ``partners``: (image, boxes, labels) of other training images for ``Mosaic``, at least
+    :func:`partners_needed` of them (the caller draws them from the training set, seeded).
+
+    Returns:
+        (image clipped to [0, 1], boxes ``[n, 4]`` float32, labels ``[n]``).
+    """
+    extra: dict[str, Any] = {}
+    for t in compose.transforms:
+        if type(t).__name__ in MULTI_IMAGE:
+            extra[t.metadata_key] = [
+                {"image": im, "bboxes": np.asarray(b, np.float32).reshape(-1, 4), "labels": np.asarray(c).reshape(-1)}
+                for im, b, c in (partners or [])
+            ]
+    out = compose(image=image, bboxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+                  labels=np.asarray(labels).reshape(-1), **extra)
+    return (np.clip(out["image"], 0.0, 1.0), np.asarray(out["bboxes"], np.float32).reshape(-1, 4),
+            np.asarray(out["labels"]))
+
+
+def draw_partners(rng: np.random.Generator, n: int, i: int, k: int) -> np.ndarray:
+    """``k`` indices of other images than ``i`` among ``n`` (with replacement when there are
+    fewer than ``k`` others; ``i`` itself only when it is the only image)."""
+    if k == 0:
+        return np.zeros(0, np.int64)
+    others = np.delete(np.arange(n), i) if n > 1 else np.arange(n)
+    return rng.choice(others, size=k, replace=len(others) < k)
 
 
 def apply_augment(compose: A.Compose | None, image: np.ndarray) -> np.ndarray:

@@ -154,7 +154,8 @@ def _box_augment(recipe: Recipe) -> Any:
         return None
     from lepton_vision.augment import build_box_augment
 
-    return build_box_augment([op.model_dump() for op in recipe.augment], recipe.seed)
+    return build_box_augment([op.model_dump() for op in recipe.augment], recipe.seed,
+                             image_size=tuple(recipe.input.image_size))
 
 
 def _compiled(build: Callable[[], Any], adapter: DetectorAdapter, recipe: Recipe, n_train: int,

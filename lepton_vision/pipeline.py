@@ -298,6 +298,9 @@ def make_detection_dataset(
     use_aug = bool(training and augment is not None)
     lock = threading.Lock()
     img_shape = images.shape[1:]
+    from lepton_vision.augment import augment_with_boxes, draw_partners, partners_needed
+
+    n_partners = partners_needed(augment) if use_aug else 0
 
     def gather(idx: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, ...]:
         xs = np.empty((len(idx), *img_shape), dtype=np.float32)
@@ -310,10 +313,10 @@ def make_detection_dataset(
             for j, i in enumerate(idx):
                 img, b, c = images[i], boxes[i], classes[i]
                 if use_aug:
-                    out = augment(image=img, bboxes=np.asarray(b, np.float32).reshape(-1, 4),
-                                  labels=np.asarray(c).reshape(-1))
-                    img = np.clip(out["image"], 0.0, 1.0)
-                    b, c = np.asarray(out["bboxes"], np.float32).reshape(-1, 4), np.asarray(out["labels"])
+                    # Mosaic partners: other training images, drawn from the sample's own seed.
+                    pick = draw_partners(np.random.default_rng(int(seeds[j]) % 2**63), n, int(i), n_partners)
+                    img, b, c = augment_with_boxes(augment, img, b, c,
+                                                   [(images[q], boxes[q], classes[q]) for q in pick])
                 xs[j] = img * np.float32(255.0)
                 bs[j], cs[j], _, _ = pad_targets(b, c, max_boxes, min_box_size)
         return xs, bs, cs

@@ -536,6 +536,7 @@ def _batch_dataset(tf: Any, images_stream: ImageStream, stream: StreamSpec, chun
             raise
 
     def _batches() -> Iterator[Any]:
+        from lepton_vision.augment import augment_with_boxes, draw_partners, partners_needed
         from lepton_vision.pipeline import pad_targets
 
         for c, data in chunks():
@@ -555,9 +556,12 @@ def _batch_dataset(tf: Any, images_stream: ImageStream, stream: StreamSpec, chun
                             img = data["images"][i].astype(np.float32) / np.float32(255.0)
                             b, cl = data["boxes"][i], data["classes"][i]
                             if augment is not None:
-                                o = augment(image=img, bboxes=b.reshape(-1, 4), labels=cl.reshape(-1))
-                                img = np.clip(o["image"], 0.0, 1.0)
-                                b, cl = np.asarray(o["bboxes"], np.float32).reshape(-1, 4), np.asarray(o["labels"])
+                                pick = draw_partners(np.random.default_rng([seed, c, r, k, j]), n, int(i),
+                                                     partners_needed(augment))
+                                img, b, cl = augment_with_boxes(
+                                    augment, img, b, cl,
+                                    [(data["images"][q].astype(np.float32) / np.float32(255.0), data["boxes"][q],
+                                      data["classes"][q]) for q in pick])
                             xs[j] = img * np.float32(255.0)
                             bs[j], cs[j], _, _ = pad_targets(b, cl, extra["max_boxes"], extra["min_box_size"])
                         yield xs, {"boxes": bs, "classes": cs}

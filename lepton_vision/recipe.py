@@ -787,8 +787,15 @@ def _augment_problems(recipe: Recipe, doc: YamlDoc) -> list[Problem]:
         return []
     from lepton_vision.augment import augment_problems
 
+    from lepton_vision.augment import MULTI_IMAGE
+
     ops = [op.model_dump() for op in recipe.augment]
     found = augment_problems(ops, channels=recipe.input.channels, image_size=recipe.input.image_size)
+    if recipe.model.detector is None:
+        found += [(("augment", i, "name"),
+                   f"{op['name']} combines several training images and their boxes: only detection "
+                   "recipes (model.detector) can use it")
+                  for i, op in enumerate(ops) if op["name"] in MULTI_IMAGE]
     pre_size = recipe.pretrain.image_size if recipe.pretrain is not None else None
     if pre_size is not None and tuple(pre_size) != tuple(recipe.input.image_size):
         # Pretraining augments at its own input size: the transforms must keep that one too.

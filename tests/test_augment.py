@@ -118,3 +118,71 @@ augment:
     assert "line 6    augment[0].name: unknown albumentations transform 'HorizontalFlp'. Did you mean 'HorizontalFlip'?" in msg
     assert "line 10   augment[1].params.scale:" in msg
     assert "line 11   augment[1].params.rotat: Affine has no parameter 'rotat'. Did you mean 'rotate'?" in msg
+
+
+def _tiles(n=6, h=64, w=128):
+    """n images, each with one box filled with its own grey level (class i -> (i + 1) / 10)."""
+    imgs = np.zeros((n, h, w, 3), np.float32)
+    boxes, classes = [], []
+    for i in range(n):
+        x1, y1 = 8 + 12 * i, 8 + 4 * i
+        imgs[i, y1 : y1 + 30, x1 : x1 + 40] = (i + 1) / 10
+        boxes.append(np.array([[x1, y1, x1 + 40, y1 + 30]], np.float32))
+        classes.append(np.array([i]))
+    return imgs, boxes, classes
+
+
+# No sizes: Mosaic assembles frames of the network input size it is built for.
+MOSAIC = [op("Mosaic", p=1.0), op("HorizontalFlip", p=0.5)]
+
+
+def _mosaic_batches(seed):
+    from lepton_vision.augment import build_box_augment
+    from lepton_vision.pipeline import make_detection_dataset
+
+    imgs, boxes, classes = _tiles()
+    ds = make_detection_dataset(imgs, boxes, classes, 3, training=True, augment=build_box_augment(MOSAIC, 1, image_size=(64, 128)),
+                                seed=seed, max_boxes=8)
+    return [(x.numpy(), y["boxes"].numpy(), y["classes"].numpy()) for _ in range(3) for x, y in ds]
+
+
+def test_mosaic_tiles_other_training_images_and_their_boxes_move_with_them():
+    from lepton_vision.augment import build_box_augment, partners_needed
+
+    assert partners_needed(build_box_augment(MOSAIC, 1, image_size=(64, 128))) == 3
+    assert partners_needed(build_box_augment([op("HorizontalFlip")], 1)) == 0
+    batches = _mosaic_batches(seed=5)
+    n_boxes, mixed = 0, 0
+    for x, b, c in batches:
+        for img, bb, cc in zip(x, b, c):
+            keep = cc >= 0
+            mixed += len(set(cc[keep].astype(int))) > 1
+            for (x1, y1, x2, y2), k in zip(bb[keep], cc[keep].astype(int)):
+                # Each box still frames its own image's grey patch (at the same scale: cell = input).
+                patch = img[int(np.ceil(y1)) : int(y2), int(np.ceil(x1)) : int(x2)]
+                assert patch.size and np.allclose(patch, 255 * (k + 1) / 10, atol=1.0), (k, (x1, y1, x2, y2))
+                n_boxes += 1
+    assert n_boxes > 20 and mixed > 5  # frames combine boxes of several training images
+    # Seeded: the same seed gives the same mosaics, another seed others.
+    again, other = _mosaic_batches(seed=5), _mosaic_batches(seed=6)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(batches, again))
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(batches, other))
+
+
+def test_mosaic_is_checked_against_the_input_size_and_refused_outside_detection():
+    probs = dict(augment_problems([op("Mosaic", p=1.0, target_size=[32, 32], cell_shape=[32, 32])], 3, (64, 128)))
+    assert "set target_size: [64, 128]" in probs[("augment", 0)]
+    assert augment_problems(MOSAIC, channels=3, image_size=(64, 128)) == []
+    assert augment_problems(MOSAIC, channels=3, image_size=(32, 96)) == []
+    text = """schema_version: 1
+name: x
+task: t
+dataset: d
+input: {image_size: [64, 128]}
+augment:
+  - {name: Mosaic, p: 0.5}
+"""
+    with pytest.raises(RecipeError, match=r"augment\[0\].name: Mosaic combines several training images and their "
+                                          r"boxes: only detection recipes \(model.detector\) can use it"):
+        recipe_from_text(text, file="r.yaml")
+    recipe_from_text(text + "model:\n  detector: {architecture: yolov8, size: tiny}\n", file="r.yaml")

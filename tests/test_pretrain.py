@@ -285,7 +285,9 @@ def test_detection_pretrain_stage_streams_road_scenes(tmp_path, monkeypatch):
     overrides = ["input.image_size=[64, 192]", "train.batch_size=8", "train.verbose=false",
                  "pretrain.dataset=synthetic_road", "pretrain.images=32", "pretrain.images_per_epoch=16",
                  "pretrain.validation_images=8", "pretrain.frame_size=[240, 80]", "pretrain.workers=0",
-                 "pretrain.image_size=[32, 96]"]
+                 "pretrain.image_size=[32, 96]",
+                 # Mosaic tiles other streamed frames, at the pretraining size here and 64 x 192 later.
+                 "augment=[{name: Mosaic, p: 0.5}, {name: HorizontalFlip, p: 0.5}]"]
     resolved = load_resolved(recipe, overrides)
     res = ensure_pretrained(resolved, progress=False)
     assert not res.reused
