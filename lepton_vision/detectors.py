@@ -74,6 +74,8 @@ class YoloV8Adapter:
             box_loss_weight=spec.box_loss_weight,
             classification_loss_weight=spec.class_loss_weight,
         )
+        if spec.dfl_loss_weight:
+            _add_dfl(model, float(spec.dfl_loss_weight))
 
     def dense_predictions(self, model: Any, x: Any, training: bool = False,
                           network_scope: str | None = None) -> tuple[Any, Any]:
@@ -92,6 +94,92 @@ class YoloV8Adapter:
         anchors, strides = get_anchors(image_shape=tuple(int(d) for d in x.shape[1:3]))
         boxes = dist2bbox(dist, anchors) * tf.expand_dims(strides, -1)
         return boxes, raw["classes"]
+
+
+def _add_dfl(model: Any, weight: float) -> None:
+    """Train ``model`` (a compiled keras-cv ``YOLOV8Detector``) with YOLOv8's distribution focal
+    loss added to its CIoU + BCE.
+
+    keras-cv's YOLOv8 predicts each box edge as a distribution over 16 distance bins but trains
+    only the CIoU of the distributions' means; Ultralytics also trains the bins themselves with
+    DFL (Li et al. 2020, weight 1.5): cross-entropy towards the two bins around the assigned
+    target distance, weighted by how close each is. This is keras-cv's ``compute_loss`` (0.9)
+    with that term added for the same positive anchors and weights; the model's class, saved
+    files and export are unchanged (the loss only exists in training). The term is logged as
+    ``dfl_loss`` and is part of ``loss``.
+    """
+    from keras_cv.src.bounding_box import convert_format
+    from keras_cv.src.models.object_detection.yolo_v8.yolo_v8_detector import (
+        YOLOV8Detector,
+        decode_regression_to_boxes,
+        dist2bbox,
+        get_anchors,
+    )
+
+    _, keras = import_keras()
+    ops = keras.ops
+    tracker = keras.metrics.Mean(name="dfl_loss")
+
+    def compute_loss(x: Any, y: Any, y_pred: Any, sample_weight: Any = None, **kwargs: Any) -> Any:
+        box_pred, cls_pred = y_pred["boxes"], y_pred["classes"]
+        anchor_points, stride_tensor = get_anchors(image_shape=x.shape[1:])
+        stride_tensor = ops.expand_dims(stride_tensor, axis=-1)
+        mask_gt = ops.all(y["boxes"] > -1.0, axis=-1, keepdims=True)
+        gt_bboxes = convert_format(y["boxes"], source=model.bounding_box_format, target="xyxy", images=x)
+        pred_bboxes = dist2bbox(decode_regression_to_boxes(box_pred), anchor_points)
+        target_bboxes, target_scores, fg_mask = model.label_encoder(
+            cls_pred, ops.cast(pred_bboxes * stride_tensor, gt_bboxes.dtype), anchor_points * stride_tensor,
+            y["classes"], gt_bboxes, mask_gt,
+        )
+        target_bboxes /= stride_tensor
+        target_scores_sum = ops.maximum(ops.sum(target_scores), 1)
+        anchor_weight = ops.sum(target_scores, axis=-1) * fg_mask
+        total = super(YOLOV8Detector, model).compute_loss(
+            x=x,
+            y={"box": target_bboxes * fg_mask[..., None], "class": target_scores},
+            y_pred={"box": pred_bboxes * fg_mask[..., None], "class": cls_pred},
+            sample_weight={"box": model.box_loss_weight * ops.expand_dims(anchor_weight, -1) / target_scores_sum,
+                           "class": model.classification_loss_weight / target_scores_sum},
+            **kwargs,
+        )
+        # DFL: target edge distances (left, top, right, bottom) in stride units.
+        ltrb = ops.concatenate([anchor_points - target_bboxes[..., :2], target_bboxes[..., 2:] - anchor_points], -1)
+        per_anchor = dfl_per_anchor(box_pred, ltrb)
+        dfl = ops.sum(per_anchor * ops.cast(anchor_weight, "float32")) / ops.cast(target_scores_sum, "float32")
+        tracker.update_state(dfl)
+        return total + ops.cast(weight * dfl, total.dtype)
+
+    # An instance attribute (not a subclass): best.keras and exports stay plain YOLOV8Detector files.
+    object.__setattr__(model, "compute_loss", compute_loss)
+    model._lepton_dfl_tracker = tracker  # a Metric attribute: Keras adds it to model.metrics (logs)
+
+
+#: Distance bins per box edge of keras-cv's YOLOv8 head (its 64 box channels / 4).
+_REG_MAX = 16
+
+
+def dfl_per_anchor(box_logits: Any, ltrb: Any) -> Any:
+    """Distribution focal loss of each anchor, averaged over its 4 edges.
+
+    Args:
+        box_logits: ``[B, A, 4 * 16]`` raw box channels (per edge, logits over distances 0..15).
+        ltrb: ``[B, A, 4]`` target distances in stride units (clipped into the bins' range).
+
+    Returns:
+        ``[B, A]`` float32: for target ``t`` between bins ``i`` and ``i + 1``,
+        ``-((i + 1 - t) log p_i + (t - i) log p_(i+1))``; smallest when the distribution puts
+        exactly those masses on the two bins, whose mean is then ``t``.
+    """
+    _, keras = import_keras()
+    ops = keras.ops
+    logits = ops.reshape(ops.cast(box_logits, "float32"), (-1, ops.shape(box_logits)[1], 4, _REG_MAX))
+    t = ops.clip(ops.cast(ltrb, "float32"), 0.0, _REG_MAX - 1.01)
+    left = ops.floor(t)
+    w_right = t - left
+    i = ops.cast(left, "int32")
+    target = (ops.one_hot(i, _REG_MAX) * ops.expand_dims(1.0 - w_right, -1)
+              + ops.one_hot(i + 1, _REG_MAX) * ops.expand_dims(w_right, -1))
+    return ops.mean(-ops.sum(target * ops.log_softmax(logits, axis=-1), axis=-1), axis=-1)
 
 
 ADAPTERS: dict[str, DetectorAdapter] = {"yolov8": YoloV8Adapter()}

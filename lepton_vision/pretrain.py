@@ -258,6 +258,8 @@ def pretrain_key(resolved: Any) -> tuple[str, dict[str, Any]]:
     spec.pop("image_size")  # folded into "input" below: the size the weights were trained at
     model = r.model.model_dump(mode="json")
     model.pop("weights")
+    if model.get("detector") and not model["detector"].get("dfl_loss_weight"):
+        model["detector"].pop("dfl_loss_weight", None)  # off: the key of caches made before the field
     train = r.train
     payload = {
         "format": PRETRAIN_FORMAT,

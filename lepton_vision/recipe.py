@@ -157,6 +157,11 @@ class DetectorSpec(_Model):
     )
     box_loss_weight: float = Field(7.5, gt=0, description="Weight of the CIoU box loss (YOLOv8).")
     class_loss_weight: float = Field(0.5, gt=0, description="Weight of the classification loss (YOLOv8).")
+    dfl_loss_weight: float = Field(
+        0.0, ge=0,
+        description="Weight of YOLOv8's distribution focal loss on the box-edge distance bins "
+        "(Ultralytics uses 1.5; keras-cv trains without it). 0: off.",
+    )
     min_box_size: float = Field(
         2.0, ge=0,
         description="Boxes narrower or shorter than this many pixels after augmentation and "
@@ -571,6 +576,7 @@ _LATER_FIELDS: dict[str, Any] = {
     "pretrain": None,
     "pretrain.image_size": None,
     "train.optimizer.ema_momentum": None,
+    "model.detector.dfl_loss_weight": 0.0,
     "train.finetune": {"freeze_backbone_epochs": 0.0, "backbone_lr_scale": 1.0},
 }
 

@@ -1,0 +1,91 @@
+"""detectors: YOLOv8's distribution focal loss (DFL), which keras-cv's YOLOv8 trains without."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lepton_vision.recipe import DetectorSpec
+
+
+def _peaked(masses: dict[int, float]) -> np.ndarray:
+    """Logits over the 16 distance bins with (nearly) these masses."""
+    p = np.full(16, 1e-9)
+    for k, v in masses.items():
+        p[k] = v
+    return np.log(p / p.sum())
+
+
+def test_dfl_targets_the_two_bins_around_the_distance():
+    from lepton_vision.detectors import dfl_per_anchor
+
+    def loss(edge_logits, t):
+        logits = np.tile(edge_logits, 4)[None, None].astype(np.float32)  # [1, 1, 64]
+        return float(np.asarray(dfl_per_anchor(logits, np.full((1, 1, 4), t, np.float32)))[0, 0])
+
+    entropy = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))
+    # 3.25 lies between bins 3 and 4 with weights 0.75 / 0.25: those masses give the minimum, the entropy.
+    assert loss(_peaked({3: 0.75, 4: 0.25}), 3.25) == pytest.approx(entropy, abs=1e-4)
+    assert loss(_peaked({3: 1.0}), 3.25) > loss(_peaked({3: 0.75, 4: 0.25}), 3.25) + 1.0
+    assert loss(_peaked({3: 0.25, 4: 0.75}), 3.25) > entropy + 0.5
+    # Distances beyond the last bin count as the last bin (15 is out of range: 14.99).
+    assert loss(_peaked({14: 0.01, 15: 0.99}), 40.0) == pytest.approx(
+        -(0.01 * np.log(0.01) + 0.99 * np.log(0.99)), abs=1e-3)
+
+
+def _batch():
+    rng = np.random.default_rng(0)
+    x = (rng.random((2, 64, 96, 3)) * 255).astype("float32")
+    y = {"boxes": np.array([[[10, 8, 42, 50], [50, 20, 90, 60]], [[5, 5, 30, 40], [-1, -1, -1, -1]]], "float32"),
+         "classes": np.array([[1, 0], [2, -1]], "float32")}
+    return x, y
+
+
+def test_dfl_adds_exactly_its_weighted_term_to_keras_cvs_loss_and_trains():
+    import keras
+
+    from lepton_vision.detectors import YoloV8Adapter
+
+    adapter = YoloV8Adapter()
+    x, y = _batch()
+    spec = DetectorSpec(size="tiny")
+    model = adapter.build(spec, 3, (64, 96), 0)
+    adapter.compile(model, spec, keras.optimizers.Adam(1e-3))
+    y_pred = model(x)
+    base = float(model.compute_loss(x=x, y=y, y_pred=y_pred))  # keras-cv's own CIoU + BCE
+
+    with_dfl = DetectorSpec(size="tiny", dfl_loss_weight=2.0)
+    adapter.compile(model, with_dfl, keras.optimizers.Adam(1e-3))
+    tracker = next(m for m in model.metrics if m.name == "dfl_loss")
+    tracker.reset_state()
+    total = float(model.compute_loss(x=x, y=y, y_pred=y_pred))
+    dfl = float(tracker.result())
+    assert dfl > 0.5  # an untrained head spreads every edge over the bins
+    assert total == pytest.approx(base + 2.0 * dfl, rel=1e-5)
+
+    history = model.fit(x, y, epochs=8, batch_size=2, verbose=0).history
+    assert history["dfl_loss"][-1] < history["dfl_loss"][0]
+    assert history["loss"][0] == pytest.approx(
+        history["box_loss"][0] + history["class_loss"][0] + 2.0 * history["dfl_loss"][0], rel=1e-4)
+
+
+def test_dfl_off_by_default_keeps_old_keys(tmp_path, monkeypatch):
+    """Off (the default), the field is left out of the result hash and the pretrain cache key, so
+    runs and pretrained caches made before it existed still match."""
+    from pathlib import Path
+
+    from lepton_vision.cards import load_resolved
+    from lepton_vision.pretrain import pretrain_key
+    from lepton_vision.recipe import _LATER_FIELDS, result_sha256
+
+    monkeypatch.setenv("LEPTON_GENERATED_ROOT", str(tmp_path / "generated"))
+    recipe = Path(__file__).resolve().parents[1] / "recipes/obstacle_detection/baseline.yaml"
+    base = ["pretrain.dataset=synthetic_road", "pretrain.images=32"]
+    off = load_resolved(recipe, base)
+    on = load_resolved(recipe, [*base, "model.detector.dfl_loss_weight=1.5"])
+    assert off.recipe.model.detector.dfl_loss_weight == 0.0
+    (k_off, p_off), (k_on, p_on) = pretrain_key(off), pretrain_key(on)
+    assert "dfl_loss_weight" not in p_off["model"]["detector"] and p_on["model"]["detector"]["dfl_loss_weight"] == 1.5
+    assert k_off != k_on
+    assert _LATER_FIELDS["model.detector.dfl_loss_weight"] == 0.0
+    assert result_sha256(off.recipe) != result_sha256(on.recipe)
