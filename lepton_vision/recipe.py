@@ -141,10 +141,11 @@ DETECTOR_SIZES: dict[str, tuple[tuple[int, int, int, int], tuple[int, int, int, 
 class DetectorSpec(_Model):
     """The object detector (object_detection tasks only)."""
 
-    architecture: Literal["yolov8", "retinanet"] = Field(
+    architecture: Literal["yolov8"] = Field(
         "yolov8",
-        description="yolov8: keras-cv YOLOv8 (anchor-free, CIoU + DFL); retinanet: keras-hub "
-        "RetinaNet on a small ResNet (needs keras-hub installed).",
+        description="yolov8: keras-cv YOLOv8 (anchor-free; CIoU box loss, BCE class loss, optional "
+        "DFL). The only detector so far: a keras-hub RetinaNet would be one more adapter "
+        "(lepton_vision/detectors.py).",
     )
     size: Literal["tiny", "xs", "n", "s", "m", "l"] = Field(
         "tiny",

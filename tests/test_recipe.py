@@ -116,6 +116,13 @@ def test_detector_input_must_be_a_multiple_of_its_stride():
     assert "pretrain.image_size" in str(e.value) and "[96, 320]" in str(e.value)
 
 
+def test_only_built_detectors_are_accepted():
+    # RetinaNet is not built: refused at validation, not a KeyError when training starts.
+    with pytest.raises(RecipeError) as e:
+        recipe_from_text(MINIMAL + "model: {detector: {architecture: retinanet}}\n")
+    assert "model.detector.architecture: Input should be 'yolov8'. Got 'retinanet'" in str(e.value)
+
+
 def test_class_names_like_no_are_not_silently_booleans():
     with pytest.raises(RecipeError) as e:
         recipe_from_text(MINIMAL.replace("name: t", "name: no"))
