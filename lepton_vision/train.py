@@ -111,7 +111,7 @@ class _EpochLog(keras.callbacks.Callback):
         self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
         if self.verbose:
             parts = [f"{self.label} epoch {epoch + 1}/{self.epochs}"]
-            for key in ("loss", "auc", "val_loss", "val_auc", "box_loss", "class_loss", "val_ap50"):
+            for key in ("loss", "auc", "val_loss", "val_auc", "box_loss", "class_loss", "dfl_loss", "val_ap50"):
                 if key in logs:
                     parts.append(f"{key} {float(logs[key]):.3f}")
             parts.append(f"lr {lr:.2g}")
