@@ -116,7 +116,7 @@ def _add_dfl(model: Any, weight: float) -> None:
         get_anchors,
     )
 
-    _, keras = import_keras()
+    tf, keras = import_keras()
     ops = keras.ops
     tracker = keras.metrics.Mean(name="dfl_loss")
 
@@ -147,7 +147,9 @@ def _add_dfl(model: Any, weight: float) -> None:
         per_anchor = dfl_per_anchor(box_pred, ltrb)
         dfl = ops.sum(per_anchor * ops.cast(anchor_weight, "float32")) / ops.cast(target_scores_sum, "float32")
         tracker.update_state(dfl)
-        return total + ops.cast(weight * dfl, total.dtype)
+        # Per replica, like Keras' compiled losses (scale_loss_for_distribution): the gradients are summed.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        return total + ops.cast(weight * dfl / replicas, total.dtype)
 
     # An instance attribute (not a subclass): best.keras and exports stay plain YOLOV8Detector files.
     object.__setattr__(model, "compute_loss", compute_loss)

@@ -541,6 +541,8 @@ def _batch_dataset(tf: Any, images_stream: ImageStream, stream: StreamSpec, chun
         from lepton_vision.augment import augment_with_boxes, draw_partners, partners_needed
         from lepton_vision.pipeline import pad_targets
 
+        n_partners = partners_needed(augment) if det else 0
+
         for c, data in chunks():
             n = len(data["images"])
             weights = extra["weights"](data["labels"]) if not det else None
@@ -558,8 +560,7 @@ def _batch_dataset(tf: Any, images_stream: ImageStream, stream: StreamSpec, chun
                             img = data["images"][i].astype(np.float32) / np.float32(255.0)
                             b, cl = data["boxes"][i], data["classes"][i]
                             if augment is not None:
-                                pick = draw_partners(np.random.default_rng([seed, c, r, k, j]), n, int(i),
-                                                     partners_needed(augment))
+                                pick = draw_partners(np.random.default_rng([seed, c, r, k, j]), n, int(i), n_partners)
                                 img, b, cl = augment_with_boxes(
                                     augment, img, b, cl,
                                     [(data["images"][q].astype(np.float32) / np.float32(255.0), data["boxes"][q],

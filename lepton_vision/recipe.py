@@ -792,9 +792,7 @@ def validate_doc(doc: YamlDoc, model: type[BaseModel], what: str = "recipe") -> 
 def _augment_problems(recipe: Recipe, doc: YamlDoc) -> list[Problem]:
     if not recipe.augment:
         return []
-    from lepton_vision.augment import augment_problems
-
-    from lepton_vision.augment import MULTI_IMAGE
+    from lepton_vision.augment import MULTI_IMAGE, augment_problems
 
     ops = [op.model_dump() for op in recipe.augment]
     found = augment_problems(ops, channels=recipe.input.channels, image_size=recipe.input.image_size)
