@@ -89,3 +89,47 @@ def test_dfl_off_by_default_keeps_old_keys(tmp_path, monkeypatch):
     assert k_off != k_on
     assert _LATER_FIELDS["model.detector.dfl_loss_weight"] == 0.0
     assert result_sha256(off.recipe) != result_sha256(on.recipe)
+
+
+TWO_REPLICAS = """
+import json, numpy as np
+from lepton_vision._keras import import_keras
+tf, keras = import_keras()
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from lepton_vision.detectors import YoloV8Adapter
+from lepton_vision.recipe import DetectorSpec
+x = (np.random.default_rng(0).random((2, 64, 96, 3)) * 255).astype("float32")
+y = {"boxes": np.array([[[10, 8, 42, 50], [50, 20, 90, 60]], [[5, 5, 30, 40], [-1, -1, -1, -1]]], "float32"),
+     "classes": np.array([[1, 0], [2, -1]], "float32")}
+strategy = tf.distribute.MirroredStrategy()
+adapter = YoloV8Adapter()
+with strategy.scope():
+    model = adapter.build(DetectorSpec(size="tiny"), 3, (64, 96), 0)
+    adapter.compile(model, DetectorSpec(size="tiny"), keras.optimizers.Adam(1e-3))
+loss = lambda: strategy.run(lambda: model.compute_loss(x=x, y=y, y_pred=model(x)))
+base = [float(v) for v in strategy.experimental_local_results(loss())]
+with strategy.scope():
+    adapter.compile(model, DetectorSpec(size="tiny", dfl_loss_weight=2.0), keras.optimizers.Adam(1e-3))
+tracker = next(m for m in model.metrics if m.name == "dfl_loss")
+total = [float(v) for v in strategy.experimental_local_results(loss())]
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, "base": base, "total": total,
+                  "dfl": float(tracker.result())}))
+"""
+
+
+def test_dfl_is_scaled_per_replica_like_the_compiled_losses(tmp_path):
+    """Under tf.distribute each replica's loss is divided by the replica count (gradients are
+    summed); an unscaled DFL term would weigh 2x on two replicas."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "two.py"
+    script.write_text(TWO_REPLICAS)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["replicas"] == 2 and out["dfl"] > 0.5
+    for b, t in zip(out["base"], out["total"]):  # both replicas saw the same batch
+        assert t - b == pytest.approx(2.0 * out["dfl"] / 2, rel=1e-4)
