@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from lepton_vision.errors import CardError, LeptonError, Problem, RecipeError
+from lepton_vision.recipe import drop_unused_later_fields
 
 #: Bumped when the pretraining procedure changes in a way the recipe does not show.
 PRETRAIN_FORMAT = 1
@@ -256,10 +257,8 @@ def pretrain_key(resolved: Any) -> tuple[str, dict[str, Any]]:
     spec["seed"] = int(r.seed if r.pretrain.seed is None else r.pretrain.seed)
     spec["learning_rate"] = None  # folded into the optimizer's rate below (same key either way)
     spec.pop("image_size")  # folded into "input" below: the size the weights were trained at
-    model = r.model.model_dump(mode="json")
+    model = drop_unused_later_fields({"model": r.model.model_dump(mode="json")})["model"]
     model.pop("weights")
-    if model.get("detector") and not model["detector"].get("dfl_loss_weight"):
-        model["detector"].pop("dfl_loss_weight", None)  # off: the key of caches made before the field
     train = r.train
     payload = {
         "format": PRETRAIN_FORMAT,

@@ -592,14 +592,22 @@ def result_sha256(recipe: Recipe) -> str:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(last, None)
+    drop_unused_later_fields(data)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def drop_unused_later_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """Remove, in place, each :data:`_LATER_FIELDS` entry of a recipe dump (or of a part of one
+    with the same nesting, e.g. ``{"model": ...}``) that holds its "unused" value, so hashes of
+    recipes written before the field existed stay the same. Returns ``data``."""
     for dotted, unused in _LATER_FIELDS.items():
-        node = data
+        node: Any = data
         *head, last = dotted.split(".")
         for part in head:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and node.get(last, unused) == unused:
             node.pop(last, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return data
 
 
 class DataSpec(_Model):
