@@ -63,6 +63,15 @@ def _wall(run: Path) -> float | None:
     return None
 
 
+def scratch_overrides(overrides: list[str]) -> list[str]:
+    """The overrides for the scratch arm: ``pretrain`` ones concern only the pretrained arm.
+
+    The scratch recipe has no ``pretrain:`` stage, so ``pretrain.seed=1234`` (which keeps the
+    cached pretraining while ``seed=7`` redraws the folds) would fail its validation.
+    """
+    return [o for o in overrides if o.split("=", 1)[0].strip().split(".", 1)[0] != "pretrain"]
+
+
 def run_arm(recipe: Path, overrides: list[str], out: Path) -> tuple[Path, float | None]:
     """Cross-validate one arm into ``out`` (reused when finished, resumed when interrupted)."""
     from lepton_vision.crossval import run_train
@@ -103,10 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "runs" / "pretraining_gain", help="where the arms' runs go")
     p.add_argument("--only", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override for both arms of every dataset")
+                   help="override for both arms of every dataset (pretrain.*: the pretrained arm only)")
     for name in ARMS:
         p.add_argument(f"--set-{name}", dest=f"set_{name}", action="append", default=[], metavar="KEY=VALUE",
-                       help=f"override for both arms of {name}")
+                       help=f"override for both arms of {name} (pretrain.*: the pretrained arm only)")
     p.add_argument("--n-bootstrap", type=int, default=1000)
     args = p.parse_args(argv)
 
@@ -123,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         overrides = [*args.overrides, *getattr(args, f"set_{name}")]
         scratch_recipe, pre_recipe = (REPO / "recipes" / r for r in ARMS[name])
-        print(f"== {name}: scratch ({scratch_recipe.name}) {' '.join(overrides)}", flush=True)
-        a, wall_a = run_arm(scratch_recipe, overrides, args.out / f"{name}-scratch")
-        print(f"== {name}: pretrained ({pre_recipe.name})", flush=True)
+        scratch = scratch_overrides(overrides)
+        print(f"== {name}: scratch ({scratch_recipe.name}) {' '.join(scratch)}", flush=True)
+        a, wall_a = run_arm(scratch_recipe, scratch, args.out / f"{name}-scratch")
+        print(f"== {name}: pretrained ({pre_recipe.name}) {' '.join(overrides)}", flush=True)
         b, wall_b = run_arm(pre_recipe, overrides, args.out / f"{name}-pretrained")
         pre = json.loads((b / "pretrain.json").read_text())
         start = json.loads((b / "start_weights.json").read_text())
