@@ -106,7 +106,7 @@ def test_corrupt_upload_burst_leaves_the_app_serving(ct, client, server, tmp_pat
         try:
             client.predict(handle_file(str(path)), 0.5, False, api_name="/on_score")
         except Exception as exc:  # gradio_client raises AppError carrying the gr.Error message
-            return str(exc)
+            return f"{type(exc).__name__}: {exc}"  # the type too: a bare transport error has no message
         return "no error"
 
     with ThreadPoolExecutor(max_workers=10) as pool:
