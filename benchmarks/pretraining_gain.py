@@ -69,7 +69,9 @@ def scratch_overrides(overrides: list[str]) -> list[str]:
     The scratch recipe has no ``pretrain:`` stage, so ``pretrain.seed=1234`` (which keeps the
     cached pretraining while ``seed=7`` redraws the folds) would fail its validation.
     """
-    return [o for o in overrides if o.split("=", 1)[0].strip().split(".", 1)[0] != "pretrain"]
+    from lepton_vision.recipe import parse_override
+
+    return [o for o in overrides if parse_override(o)[0][0] != "pretrain"]
 
 
 def run_arm(recipe: Path, overrides: list[str], out: Path) -> tuple[Path, float | None]:
