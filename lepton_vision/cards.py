@@ -155,6 +155,48 @@ class SyntheticSpec(_Model):
         "(int16 HU, RAS affine with the pixel and slice spacing) + volumes.csv (volume, "
         "slice_index, label, patient_id). The manifest is written last.",
     )
+    boxes: Literal["visible", "amodal"] = Field(
+        "visible",
+        description="Scenes: visible = the tight extent of an object's visible pixels (COCO's "
+        "convention); amodal = the object's whole extent, occluded parts included, clipped to "
+        "the frame (KITTI's convention: a car behind another is boxed to its full size).",
+    )
+    min_visible: float = Field(
+        0.4, gt=0, le=1,
+        description="Scenes: an object with fewer visible pixels than this fraction of its whole "
+        "(unoccluded, unclipped) area is not drawn, so nothing drawn lacks a box.",
+    )
+    car_model: Literal["flat", "perspective"] = Field(
+        "flat",
+        description="road_scenes: flat = cars drawn as a rear, front or side view; perspective = "
+        "cars as 3-D bodies seen through the scene's camera (a car beside the lane shows its "
+        "rear and its side, as on a real road).",
+    )
+    parked_rows: float = Field(
+        0.0, ge=0, le=1,
+        description="road_scenes: chance that a scene has a row of cars parked along its right "
+        "kerb (the left kerb: 0.7 times that): nose to tail, so they hide each other as in "
+        "city streets.",
+    )
+
+    def unused_later_fields(self) -> set[str]:
+        """Fields added later that hold the value which draws what was drawn before they existed:
+        left out of dumps, so generated data and pretraining cache keys from before stay the same."""
+        return {name for name, unused in _LATER_SYNTHETIC_FIELDS.items() if getattr(self, name) == unused}
+
+    @model_validator(mode="after")
+    def _check_scene_fields(self) -> SyntheticSpec:
+        if self.generator != "road_scenes":
+            for name in ("car_model", "parked_rows"):
+                if getattr(self, name) != _LATER_SYNTHETIC_FIELDS[name]:
+                    raise ValueError(f"{name} is for generator road_scenes, not '{self.generator}'")
+        return self
+
+
+#: SyntheticSpec fields added after data and caches were made, with the value that draws exactly
+#: what was drawn before they existed.
+_LATER_SYNTHETIC_FIELDS: dict[str, Any] = {"boxes": "visible", "min_visible": 0.4, "car_model": "flat",
+                                           "parked_rows": 0.0}
 
 
 class DatasetCard(_Model):

@@ -97,7 +97,7 @@ def stream_spec(resolved: Any) -> StreamSpec:
     r = resolved.recipe
     _, synth = _synthetic_spec(resolved)
     return StreamSpec(
-        synthetic=synth.model_dump(mode="json"),
+        synthetic=synth.model_dump(mode="json", exclude=synth.unused_later_fields()),
         detection=resolved.task.kind == "object_detection",
         size_hw=tuple(int(v) for v in _pretrain_input(r).image_size),
         channels=int(r.input.channels),

@@ -10,7 +10,10 @@ Two generators write COCO detection datasets with exact boxes:
 * ``road_scenes`` (classes ``car``, ``pedestrian``, ``cyclist``, ids 1, 2, 3): a straight road
   in perspective (horizon, vanishing point, lanes, kerbs, sidewalks, verges, roadside buildings),
   cars seen from the rear, front or side, pedestrians, and riders on bicycles; roadside poles,
-  signs, trees and bins.
+  signs, trees and bins. ``spec.car_model == "perspective"`` draws cars as 3-D bodies through
+  the camera instead (:func:`_car3d_prims`: rear or front and side together, as beside a real
+  lane), and ``spec.parked_rows`` adds rows of cars parked nose to tail along the kerbs
+  (:func:`_parked_rows`, from its own random stream, so everything else is drawn as without).
 
 Geometry is a pinhole camera over a flat ground plane: an object at depth ``Z`` metres is
 ``f / Z`` pixels per metre and stands on the row ``horizon + f * camera_height / Z``, so far
@@ -22,10 +25,12 @@ between frames, so frames of a sequence are strongly correlated and must stay in
 Boxes: everything is drawn far to near. Every shape of an object is drawn twice with the same
 call, once in colour and once into an integer owner map holding the object's id; whatever is
 drawn later (nearer objects, occluders) overwrites both. An object's box is the tight extent of
-its pixels left in the owner map, i.e. of its visible pixels (clipped at the frame edge). An
-object whose visible pixels are fewer than :data:`MIN_VISIBLE_FRACTION` of its unoccluded,
-unclipped pixels is removed from the scene and the frame is drawn again without it, so every
-drawn object has a box and no box is a sliver. Shapes are drawn without anti-aliasing so that
+its pixels left in the owner map, i.e. of its visible pixels (clipped at the frame edge); with
+``spec.boxes == "amodal"`` (KITTI's convention) it is the extent of all its pixels drawn alone,
+hidden ones included, clipped at the frame edge. An object whose visible pixels are fewer than
+``spec.min_visible`` (default :data:`MIN_VISIBLE_FRACTION`) of its unoccluded, unclipped pixels
+is removed from the scene and the frame is drawn again without it, so every drawn object has a
+box and no box is a sliver. Shapes are drawn without anti-aliasing so that
 the colour and the owner map agree pixel for pixel; a light blur afterwards (lens softness)
 smooths edges by at most a pixel or so. COCO ``area`` is the visible pixel count.
 
@@ -70,7 +75,7 @@ import functools
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +92,8 @@ CLASSES: dict[str, tuple[str, ...]] = {
     "road_scenes": ("car", "pedestrian", "cyclist"),
 }
 #: An object with fewer visible pixels than this fraction of its full (unoccluded, unclipped)
-#: pixels is removed from the frame, so it is neither drawn nor boxed.
+#: pixels is removed from the frame, so it is neither drawn nor boxed (SyntheticSpec.min_visible
+#: sets it per dataset; this is its default).
 MIN_VISIBLE_FRACTION = 0.4
 #: People in street scenes: height as a fraction of the frame height (log-uniform).
 STREET_PERSON_HEIGHT = (0.15, 0.7)
@@ -163,12 +169,18 @@ def _bounds(prims: list[Prim]) -> tuple[int, int, int, int]:
     return math.floor(min(xs)) - 3, math.floor(min(ys)) - 3, math.ceil(max(xs)) + 4, math.ceil(max(ys)) + 4
 
 
-def _full_area(prims: list[Prim]) -> int:
-    """Pixels an object covers when drawn alone on an unbounded canvas (no occlusion, no clipping)."""
+def _full_extent(prims: list[Prim]) -> tuple[int, tuple[int, int, int, int]]:
+    """An object drawn alone on an unbounded canvas (no occlusion, no clipping): its pixel count
+    and the tight extent ``(x0, y0, x1, y1)`` of those pixels in frame coordinates (x1, y1
+    exclusive), which is the visible box's extent wherever nothing hides it."""
     x0, y0, x1, y1 = _bounds(prims)
     canvas = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
     _draw(prims, [(canvas, 1)], off=(x0, y0))
-    return int(canvas.sum())
+    area = int(canvas.sum())
+    if area == 0:
+        return 0, (x0, y0, x0, y0)
+    cols, rows = np.flatnonzero(canvas.any(axis=0)), np.flatnonzero(canvas.any(axis=1))
+    return area, (x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1, y0 + int(rows[-1]) + 1)
 
 
 def _shade(c: Colour | tuple[float, ...], k: float) -> Colour:
@@ -263,6 +275,9 @@ class _Sequence:
     blur: float  # lens blur sigma (pixels)
     cast: np.ndarray  # per-channel white-balance gains
     rand: _Rand | None = None  # domain randomisation (spec.randomization > 0), else None
+    amodal: bool = False  # boxes: whole object extent clipped to the frame (else visible pixels)
+    perspective_cars: bool = False  # cars as 3-D bodies through the camera (else flat views)
+    min_visible: float = MIN_VISIBLE_FRACTION  # objects less visible than this are not drawn
 
 
 @dataclass
@@ -490,6 +505,121 @@ def _car_prims(xc: float, yb: float, s: float, view: str, look: _CarLook, light:
     out.append(("poly", _rect(xc + d * 0.49 * L, base + 0.05 * hgt, xc + d * 0.44 * L, base + 0.15 * hgt), _shade((250, 240, 200), max(light, 0.8))))
     out.append(("poly", _rect(xc - d * 0.5 * L, base + 0.05 * hgt, xc - d * 0.46 * L, base + 0.15 * hgt), _shade((200, 30, 30), max(light, 0.8))))
     return out
+
+
+#: Direction of the light that shades the faces of perspective cars (up, to the right, ahead).
+_SUN = np.array([0.45, 0.8, 0.4]) / np.linalg.norm([0.45, 0.8, 0.4])
+#: Heading (radians, 0 = away from the camera along +Z) of each flat view's car.
+_VIEW_YAW = {"back": 0.0, "front": math.pi, "right": math.pi / 2, "left": -math.pi / 2}
+
+
+#: The six faces of a hexahedron whose 8 corners are the bottom ring, then the top ring, each
+#: ordered rear-left, rear-right, front-right, front-left: name and corner indices.
+_FACES = (("bottom", (3, 2, 1, 0)), ("top", (4, 5, 6, 7)), ("rear", (0, 1, 5, 4)), ("front", (2, 3, 7, 6)),
+          ("left", (3, 0, 4, 7)), ("right", (1, 2, 6, 5)))
+_FACE_INDEX = np.array([f for _, f in _FACES])
+
+
+def _car3d_prims(cam: _Camera, X: float, Z: float, yaw: float, look: _CarLook, light: float) -> list[Prim]:
+    """A car as a 3-D body standing on the ground at ``(X, Z)`` (metres, its centre), heading
+    ``yaw``, seen through ``cam``: the faces that look towards the camera, shaded by their angle
+    to the light, with windows, wheels, lamps and a number plate.
+
+    A car beside the camera's lane shows its rear (or front) and its side, as on a real road, and
+    its drawn extent is the projection of the whole body, so an amodal box fits it exactly.
+    Empty when part of the car is beside or behind the camera (it is then left out)."""
+    fwd = np.array([math.sin(yaw), 0.0, math.cos(yaw)])
+    right = np.array([math.cos(yaw), 0.0, -math.sin(yaw)])
+    centre = np.array([X, 0.0, Z])
+    eye = np.array([0.0, cam.cam_h, 0.0])
+    L, W, H = look.length, look.width, look.height
+    tall = H > 1.58
+    sill, belt = 0.2 * min(1.0, H / 1.45), 0.55 * H if tall else 0.62 * H
+
+    def at(a: Any, b: Any, y: Any) -> np.ndarray:
+        """Points ``a`` lengths ahead of the centre, ``b`` widths to the right, ``y`` metres up."""
+        a, b, y = (np.asarray(v, dtype=np.float64)[..., None] for v in (a, b, y))
+        return centre + a * L * fwd + b * W * right + y * np.array([0.0, 1.0, 0.0])
+
+    def solid(a: tuple[float, float], b: float, ta: tuple[float, float], tb: float, y0: float, y1: float) -> np.ndarray:
+        return at([a[0], a[0], a[1], a[1], ta[0], ta[0], ta[1], ta[1]], [-b, b, b, -b, -tb, tb, tb, -tb],
+                  [y0] * 4 + [y1] * 4)
+
+    def project(pts: np.ndarray) -> np.ndarray:
+        return np.stack([cam.vx + cam.f * pts[:, 0] / pts[:, 2], cam.horizon + cam.f * (cam.cam_h - pts[:, 1]) / pts[:, 2]], axis=1)
+
+    def faces(corners: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+        """(name, 3-D corners, projected corners, unit outward normal) of the faces the camera sees."""
+        f = corners[_FACE_INDEX]  # 6 x 4 x 3
+        n = np.cross(f[:, 1] - f[:, 0], f[:, 2] - f[:, 0])
+        mid = f.mean(axis=1)
+        n *= np.sign(np.einsum("ij,ij->i", n, mid - corners.mean(axis=0)))[:, None]
+        seen = np.einsum("ij,ij->i", n, eye - mid) > 1e-9
+        n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
+        q = project(corners)[_FACE_INDEX]
+        return [(_FACES[k][0], f[k], q[k], n[k]) for k in np.flatnonzero(seen)]
+
+    def shade(colour: Colour, n: np.ndarray) -> Colour:
+        return _shade(colour, light * (0.55 + 0.5 * max(0.0, float(n @ _SUN))))
+
+    under = solid((-0.46, 0.46), 0.46, (-0.46, 0.46), 0.46, 0.04, sill + 0.02)
+    body = solid((-0.5, 0.5), 0.5, (-0.48, 0.47), 0.48, sill, belt)
+    cab_a, cab_ta = ((-0.46, 0.3), (-0.44, 0.12)) if tall else ((-0.36, 0.22), (-0.25, 0.06))
+    cabin = solid(cab_a, 0.46, cab_ta, 0.39, belt, H)
+    if min(body[:, 2].min(), cabin[:, 2].min()) < 0.5:  # (partly) beside or behind the camera
+        return []
+    dark, rim = _shade((28, 28, 30), light), _shade((150, 150, 155), light)
+    out: list[Prim] = [("poly", q, dark) for _, _, q, _ in faces(under)]
+    seen: set[str] = set()
+    for name, _, q, n in faces(body):
+        out.append(("poly", q, shade(look.body, n)))
+        seen.add(name)
+    ang = np.linspace(0, 2 * math.pi, 14, endpoint=False)
+    for side in seen & {"left", "right"}:  # wheels on a side the camera sees
+        bb = 0.505 if side == "right" else -0.505
+        for a in (-0.31, 0.31):
+            for rad, col in ((0.34, dark), (0.19, rim)):
+                out.append(("poly", project(at(a + rad * np.cos(ang) / L, bb, 0.33 + rad * np.sin(ang))), col))
+
+    def quad(a: float, b0: float, b1: float, y0: float, y1: float) -> np.ndarray:
+        return project(at(a, [b0, b1, b1, b0], [y0, y0, y1, y1]))
+
+    for end, lamp in (("rear", (210, 30, 30)), ("front", (250, 245, 215))):
+        if end not in seen:
+            continue
+        a = -0.505 if end == "rear" else 0.505
+        lamp_col = _shade(lamp, max(light, 0.8))
+        out += [("poly", quad(a, b0, b1, belt - 0.2, belt - 0.07), lamp_col) for b0, b1 in ((-0.48, -0.3), (0.3, 0.48))]
+        out.append(("poly", quad(a, -0.13, 0.13, sill + 0.1, sill + 0.22), _shade((235, 235, 225), light)))
+        if end == "front":
+            out.append(("poly", quad(a, -0.24, 0.24, belt - 0.2, belt - 0.09), dark))
+    for name, f, q, n in faces(cabin):
+        out.append(("poly", q, shade(look.body, n)))
+        if name not in ("top", "bottom"):  # windows: the face shrunk towards its centre
+            c = q.mean(axis=0)
+            out.append(("poly", c + (q - c) * 0.86, shade(look.glass, n)))
+    return out
+
+
+def _parked_rows(rng: np.random.Generator, p: float, road: dict[str, float], depth_far: float) -> list[_Actor]:
+    """Rows of cars parked nose to tail along the kerbs (right kerb with chance ``p``, left with
+    0.7 ``p``): mostly facing the way the camera drives, with gaps, so they hide each other."""
+    actors: list[_Actor] = []
+    for side, chance in (("r", p), ("l", 0.7 * p)):
+        if rng.random() >= chance:
+            continue
+        kerb = road["right"] - 1.05 if side == "r" else road["left"] + 1.05
+        Z = float(rng.uniform(3.0, 14.0))
+        for i in range(int(rng.integers(2, 9))):
+            look = _random_car(rng)
+            view = "back" if rng.random() < 0.75 else "front"
+            actors.append(_Actor("car", float(kerb + rng.uniform(-0.2, 0.2)), Z, 0.0, 0.0, view,
+                                 float(rng.normal(0.0, 0.05)), False, 1.0, look, 1, f"k{side}{i}"))
+            gap = float(rng.uniform(0.4, 2.0)) + (float(rng.uniform(4.0, 10.0)) if rng.random() < 0.15 else 0.0)
+            Z += look.length + gap
+            if Z > depth_far:
+                break
+    return actors
 
 
 def _two_link(a: np.ndarray, b: np.ndarray, l1: float, l2: float, bend: float) -> np.ndarray:
@@ -1099,7 +1229,7 @@ def _road_cyclist(rng: np.random.Generator, road: dict[str, float], depth: tuple
 ROAD_DEPTH_WIDE = {"car": (4.0, 75.0), "pedestrian": (3.0, 50.0), "cyclist": (3.5, 50.0)}
 
 
-def _make_road_sequence(spec: SyntheticSpec, seq: int) -> _Sequence:
+def _make_road_sequence_base(spec: SyntheticSpec, seq: int) -> tuple[_Sequence, dict[str, float]]:
     rng = _seq_rng(spec.seed, seq, 0)
     r = spec.randomization
     rr = _seq_rng(spec.seed, seq, 0xD0) if r > 0 else None  # randomisation: never touches rng
@@ -1154,7 +1284,7 @@ def _make_road_sequence(spec: SyntheticSpec, seq: int) -> _Sequence:
         actors.append(_road_cyclist(rng, road, depth["cyclist"], log, f"b{a}"))
     noise, blur, cast = _camera_finish(rng)
     if rr is None:
-        return _Sequence(cam, background, statics, actors, light, noise, blur, cast)
+        return _Sequence(cam, background, statics, actors, light, noise, blur, cast), road
     # class balance: fewer cars, more pedestrians and cyclists (r=1: roughly a third each)
     actors = [a for a in actors if a.kind != "car" or rr.random() >= ROAD_CAR_DROP * r]
     for a in range(int(rr.integers(0, 1 + round(ROAD_EXTRA_PEDESTRIANS * r)))):
@@ -1163,7 +1293,16 @@ def _make_road_sequence(spec: SyntheticSpec, seq: int) -> _Sequence:
         actors.append(_road_cyclist(rr, road, depth["cyclist"], log, f"b{100 + a}"))
     statics += _extra_statics(rr, r, cam, light, False, road, (2.5, 45.0))
     rand, noise, blur, cast = _make_rand(rr, r, cam, night, (0.12 - 0.07 * r, 0.9))
-    return _Sequence(cam, background, statics, actors, light, noise, blur, cast, rand)
+    return _Sequence(cam, background, statics, actors, light, noise, blur, cast, rand), road
+
+
+def _make_road_sequence(spec: SyntheticSpec, seq: int) -> _Sequence:
+    out, road = _make_road_sequence_base(spec, seq)
+    out.perspective_cars = spec.car_model == "perspective"
+    if spec.parked_rows > 0:  # its own generator: every other draw stays as without rows
+        far = ROAD_DEPTH["car"][1] if out.rand is None else _widen(ROAD_DEPTH["car"], ROAD_DEPTH_WIDE["car"], spec.randomization)[1]
+        out.actors += _parked_rows(_seq_rng(spec.seed, seq, 0xCA), spec.parked_rows, road, far)
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -1191,6 +1330,10 @@ def _actor_item(seq: _Sequence, a: _Actor, j: int, street: bool) -> _Item | None
             return None
         look, pose = a.look
         prims = _person_prims(x, y, h, look, a.view, a.phase + 1.6 * j, a.walking, seq.light, pose)
+    elif a.kind == "car" and seq.perspective_cars:  # phase: a parked car's yaw off the kerb line
+        prims = _car3d_prims(cam, X, Z, _VIEW_YAW[a.view] + a.phase, a.look, seq.light)
+        if not prims:
+            return None
     elif a.kind == "car":
         prims = _car_prims(x, y, s, a.view, a.look, seq.light)
     else:
@@ -1236,11 +1379,14 @@ class FrameObject:
 
 
 def _render(seq: _Sequence, items: list[_Item], frame_rng: np.random.Generator,
-            fx_rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, list[FrameObject]]:
+            fx_rng: np.random.Generator | None = None,
+            extents: dict[str, tuple[int, tuple[int, int, int, int]]] | None = None) -> tuple[np.ndarray, np.ndarray, list[FrameObject]]:
     """Draw items far to near; return RGB image, owner map and the visible objects.
 
-    ``fx_rng`` draws the per-frame randomisation (only used when ``seq.rand`` is set).
+    ``fx_rng`` draws the per-frame randomisation (only used when ``seq.rand`` is set);
+    ``extents`` keeps each object's :func:`_full_extent` between attempts at one frame.
     """
+    extents = {} if extents is None else extents
     cam = seq.camera
     img = seq.background.copy()
     owner = np.zeros((cam.height, cam.width), dtype=np.uint16)
@@ -1255,10 +1401,17 @@ def _render(seq: _Sequence, items: list[_Item], frame_rng: np.random.Generator,
     counts = np.bincount(owner.ravel(), minlength=len(objs) + 1)
     found: list[FrameObject] = []
     for oid, it in objs:
-        full = _full_area(it.prims)
+        if it.key not in extents:
+            extents[it.key] = _full_extent(it.prims)
+        full, extent = extents[it.key]
         vis = int(counts[oid])
         if vis == 0:
             found.append(FrameObject(oid, it.category, [0, 0, 0, 0], 0, full, it.key))
+            continue
+        if seq.amodal:  # the whole object, hidden parts included, cut at the frame edge
+            x0, y0 = max(extent[0], 0), max(extent[1], 0)
+            x1, y1 = min(extent[2], cam.width), min(extent[3], cam.height)
+            found.append(FrameObject(oid, it.category, [x0, y0, x1 - x0, y1 - y0], vis, full, it.key))
             continue
         ys, xs = np.nonzero(owner == oid)
         x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
@@ -1271,15 +1424,20 @@ def _render(seq: _Sequence, items: list[_Item], frame_rng: np.random.Generator,
     return np.clip(np.rint(f), 0, 255).astype(np.uint8), owner, found
 
 
-def _frame_items(seq: _Sequence, j: int, empty: bool, street: bool, extra: list[_Actor], hidden: set[str]) -> list[_Item]:
+def _frame_items(seq: _Sequence, j: int, empty: bool, street: bool, extra: list[_Actor], hidden: set[str],
+                 memo: dict[str, _Item | None] | None = None) -> list[_Item]:
+    """What frame ``j`` draws; ``memo`` keeps each actor's item between attempts at one frame."""
     items = list(seq.statics)
+    memo = {} if memo is None else memo
     if not empty:
         for a in seq.actors + extra:
             if a.key in hidden:
                 continue
-            it = _actor_item(seq, a, j, street)
+            if a.key not in memo:
+                memo[a.key] = _actor_item(seq, a, j, street)
+            it = memo[a.key]
             if it is not None:
-                items.append(it)
+                items.append(replace(it))
     for a in extra:  # the fallback is drawn last: nothing occludes it
         for it in items:
             if it.key == a.key:
@@ -1292,16 +1450,18 @@ def render_frame(seq: _Sequence, seed: int, seq_index: int, j: int, empty: bool,
 
     Returns:
         ``(rgb uint8 HxWx3, owner map uint16 HxW, objects)``: object ``o`` owns exactly the
-        pixels ``owner == o.owner_id``; every object is at least :data:`MIN_VISIBLE_FRACTION`
+        pixels ``owner == o.owner_id``; every object is at least ``spec.min_visible``
         visible and has a box. Distractors and background are 0 in the owner map.
     """
     hidden: set[str] = set()
     extra: list[_Actor] = []
+    memo: dict[str, _Item | None] = {}
+    extents: dict[str, tuple[int, tuple[int, int, int, int]]] = {}
     for attempt in range(8):
-        items = _frame_items(seq, j, empty, street, extra, hidden)
+        items = _frame_items(seq, j, empty, street, extra, hidden, memo)
         fx = _fx_rng(seed, seq_index, j) if seq.rand is not None else None
-        img, owner, objs = _render(seq, items, _seq_rng(seed, seq_index, 1 + j), fx)
-        low = [o for o in objs if o.area < MIN_VISIBLE_FRACTION * o.full_area]
+        img, owner, objs = _render(seq, items, _seq_rng(seed, seq_index, 1 + j), fx, extents)
+        low = [o for o in objs if o.area < seq.min_visible * o.full_area]
         if low:
             hidden |= {o.key for o in low}
             continue
@@ -1338,7 +1498,9 @@ def _empty_frames(seed: int, n: int, empty_fraction: float) -> frozenset[int]:
 
 def make_sequence(spec: SyntheticSpec, seq: int) -> _Sequence:
     """Build sequence ``seq`` (background, camera, distractors, moving objects)."""
-    return _make_street_sequence(spec, seq) if spec.generator == "street_scenes" else _make_road_sequence(spec, seq)
+    out = _make_street_sequence(spec, seq) if spec.generator == "street_scenes" else _make_road_sequence(spec, seq)
+    out.amodal, out.min_visible = spec.boxes == "amodal", float(spec.min_visible)
+    return out
 
 
 def render_scene_frame(spec: SyntheticSpec, index: int, seq: _Sequence | None = None) -> tuple[np.ndarray, np.ndarray, list[FrameObject]]:
@@ -1422,11 +1584,17 @@ Layout:
                                   annotations[] (bbox [x, y, w, h] pixels, area = visible pixels),
                                   categories[] {categories}
 Frames of one sequence share background and camera: group folds by images[].group_id.
-Boxes are the tight extent of each object's visible pixels; objects less than {vis:.0%} visible
+{boxes}; objects less than {vis:.0%} visible
 are not drawn. annotations.json is written last: if it exists, the dataset is complete.
 
 Generator settings: {settings}
 """
+
+
+_BOXES_TEXT = {
+    "visible": "Boxes are the tight extent of each object's visible pixels",
+    "amodal": "Boxes are each object's whole extent (occluded parts included),\nclipped to the frame",
+}
 
 
 def settings_dump(spec: SyntheticSpec) -> dict[str, Any]:
@@ -1435,8 +1603,8 @@ def settings_dump(spec: SyntheticSpec) -> dict[str, Any]:
     return spec.model_dump(mode="json", exclude=_settings_exclude(spec))
 
 
-def _settings_exclude(spec: SyntheticSpec) -> set[str] | None:
-    return None if spec.randomization else {"randomization"}
+def _settings_exclude(spec: SyntheticSpec) -> set[str]:
+    return spec.unused_later_fields() | (set() if spec.randomization else {"randomization"})
 
 
 def generate_scene_dataset(out: str | Path, spec: SyntheticSpec, progress: bool = True) -> dict[str, Any]:
@@ -1517,7 +1685,7 @@ def generate_scene_dataset(out: str | Path, spec: SyntheticSpec, progress: bool 
     title = "street scenes with people" if street else "road scenes with cars, pedestrians and cyclists"
     atomic_write_text(out / "README.txt", _README.format(
         title=title, generator=spec.generator, w=W, h=H, categories=", ".join(f"{k + 1}={n}" for k, n in enumerate(names)),
-        vis=MIN_VISIBLE_FRACTION, settings=spec.model_dump_json(exclude=_settings_exclude(spec))))
+        boxes=_BOXES_TEXT[spec.boxes], vis=spec.min_visible, settings=spec.model_dump_json(exclude=_settings_exclude(spec))))
     atomic_write_json(done, coco)
     per_class = {n: sum(a["category_id"] == k + 1 for a in annotations) for k, n in enumerate(names)}
     with_boxes = {a["image_id"] for a in annotations}

@@ -336,3 +336,25 @@ def test_failed_pretraining_names_the_images_and_leaves_no_cache_entry(tmp_path,
     with pytest.raises(LeptonError, match=r"rendering generated images 16\.\.23 of 'ct_phantom' failed: RuntimeError"):
         pretrain.ensure_pretrained(resolved, progress=False)
     assert list((tmp_path / "cache" / "pretrain").iterdir()) == []  # neither weights nor a half-written folder
+
+
+def test_kitti_recipe_streams_kitti_style_road_scenes_and_older_stages_keep_their_keys():
+    """kitti_pretrained.yaml pretrains on synthetic_road_kitti (amodal boxes, perspective cars,
+    parked rows); a stage on synthetic_road hashes exactly the fields it hashed before those existed."""
+    from lepton_vision.cards import load_resolved
+    from lepton_vision.pretrain import pretrain_key, render_job, stream_spec
+
+    recipe = REPO / "recipes/obstacle_detection/kitti_pretrained.yaml"
+    kitti = load_resolved(recipe, ["pretrain.images=8", "pretrain.validation_images=0"])
+    stream = stream_spec(kitti)
+    assert {k: stream.synthetic[k] for k in ("boxes", "min_visible", "car_model", "parked_rows")} == {
+        "boxes": "amodal", "min_visible": 0.25, "car_model": "perspective", "parked_rows": 0.6}
+    part = render_job(stream, 0, 4)
+    assert part["images"].shape == (4, 192, 640, 3)
+    for boxes in part["boxes"]:
+        assert ((boxes[:, 2:] > boxes[:, :2]) & (boxes[:, 2:] <= [640, 192]) & (boxes[:, :2] >= 0)).all()
+    old = load_resolved(recipe, ["pretrain.dataset=synthetic_road"])
+    assert set(pretrain_key(old)[1]["generator"]) == {
+        "generator", "n_images", "frame_size", "empty_fraction", "sequence_length", "n_patients",
+        "slices_per_patient", "image_size", "abnormal_patient_fraction", "seed", "randomization", "layout"}
+    assert pretrain_key(old)[0] != pretrain_key(load_resolved(recipe))[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -184,3 +185,115 @@ def test_owner_map_is_what_each_object_changed(dataset: tuple[SyntheticSpec, Pat
                 assert changed[mask].mean() > 0.97, (q, j, o.key, changed[mask].mean())
                 checked += 1
     assert checked >= 4
+
+
+# ------------------------------------------------------------------------------------------
+# KITTI-style road scenes: amodal boxes, perspective cars, parked rows (synthetic_road_kitti)
+# ------------------------------------------------------------------------------------------
+
+KITTI_STYLE = {"boxes": "amodal", "min_visible": 0.25, "car_model": "perspective", "parked_rows": 1.0}
+
+
+def test_kitti_card_loads_and_its_settings_reach_the_generator() -> None:
+    from lepton_vision.cards import load_dataset_card
+
+    card = load_dataset_card(Path(__file__).resolve().parents[1] / "datasets" / "synthetic_road_kitti" / "dataset.yaml")
+    assert card.synthetic is not None
+    assert {k: getattr(card.synthetic, k) for k in KITTI_STYLE} == dict(KITTI_STYLE, parked_rows=0.6)
+    assert ss.settings_dump(card.synthetic)["boxes"] == "amodal"
+
+
+def test_new_scene_fields_at_their_defaults_leave_the_settings_dump_as_before() -> None:
+    spec = SyntheticSpec(**ROAD)
+    assert set(ss.settings_dump(spec)) == {"generator", "n_images", "frame_size", "empty_fraction", "sequence_length",
+                                           "n_patients", "slices_per_patient", "image_size",
+                                           "abnormal_patient_fraction", "seed", "layout"}
+    assert spec.unused_later_fields() == {"boxes", "min_visible", "car_model", "parked_rows"}
+    assert SyntheticSpec(**ROAD, boxes="amodal").unused_later_fields() == {"min_visible", "car_model", "parked_rows"}
+
+
+@pytest.mark.parametrize("field,value", [("car_model", "perspective"), ("parked_rows", 0.5)])
+def test_road_only_fields_are_refused_for_street_scenes(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=f"{field} is for generator road_scenes"):
+        SyntheticSpec(**STREET, **{field: value})
+
+
+@pytest.mark.parametrize("r", [0.0, 0.5])
+def test_amodal_boxes_hold_the_hidden_parts_and_equal_the_visible_box_when_nothing_hides(r: float) -> None:
+    spec = SyntheticSpec(**{**ROAD, "n_images": 24, "frame_size": (320, 96)}, **KITTI_STYLE, randomization=r)
+    W, H = spec.frame_size
+    whole = hidden = 0
+    for i, (_, boxes, _) in enumerate(ss.iter_scene_frames(spec, 0, spec.n_images)):
+        _, owner, objs = ss.render_scene_frame(spec, i)
+        assert len(objs) == len(boxes)
+        for o, box in zip(objs, boxes, strict=True):
+            ys, xs = np.nonzero(owner == o.owner_id)
+            visible = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+            x0, y0, x1, y1 = box.tolist()
+            assert 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H
+            # the box holds every visible pixel ...
+            assert x0 <= visible[0] and y0 <= visible[1] and x1 >= visible[2] and y1 >= visible[3], (i, box, visible)
+            assert o.area >= spec.min_visible * o.full_area
+            if o.area == o.full_area:  # ... and is exactly the visible box when nothing hides or clips it
+                assert box.tolist() == visible
+                whole += 1
+            elif (x1 - x0) * (y1 - y0) > (visible[2] - visible[0]) * (visible[3] - visible[1]):
+                hidden += 1
+    assert whole > 0 and hidden > 0, (whole, hidden)
+
+
+def test_amodal_box_is_the_whole_car_behind_an_occluder() -> None:
+    """A car hidden in part by a nearer one is boxed to the extent it has when drawn alone."""
+    spec = SyntheticSpec(**{**ROAD, "frame_size": (320, 96)}, **KITTI_STYLE)
+    seq = ss.make_sequence(spec, 0)
+    cam, look = seq.camera, ss._random_car(np.random.default_rng(0))
+    far = ss._Item(16.0, ss._car3d_prims(cam, 2.0, 16.0, 0.0, look, 1.0), 1, "far")
+    near = ss._Item(9.0, ss._car3d_prims(cam, 1.2, 9.0, 0.0, look, 1.0), 1, "near")
+    alone = ss._render(seq, [far], np.random.default_rng(1))[2][0]
+    _, owner, (o_far, o_near) = ss._render(seq, [far, near], np.random.default_rng(1))
+    assert o_far.area < 0.9 * alone.area  # the near car hides part of it ...
+    assert o_far.bbox == alone.bbox  # ... and its box does not shrink
+    ys, xs = np.nonzero(owner == o_far.owner_id)
+    assert (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1) < o_far.bbox[2] * o_far.bbox[3]
+
+
+def test_perspective_car_beside_the_lane_shows_its_side() -> None:
+    cam = ss._Camera(640, 192, f=380.0, horizon=80.0, vx=320.0, cam_h=1.65)
+    look = ss._CarLook(body=(200, 40, 40), width=1.8, height=1.45, length=4.4, glass=(40, 50, 60))
+
+    def extent(X: float, yaw: float) -> tuple[float, float]:
+        area, (x0, y0, x1, y1) = ss._full_extent(ss._car3d_prims(cam, X, 12.0, yaw, look, 1.0))
+        assert area > 0
+        return x1 - x0, y1 - y0
+
+    ahead_w, ahead_h = extent(0.0, 0.0)
+    rear_width_px = cam.f * look.width / (12.0 - look.length / 2)
+    assert abs(ahead_w - rear_width_px) < 0.12 * rear_width_px  # straight ahead: the rear only
+    side_w, side_h = extent(4.5, 0.0)
+    assert side_w > 1.3 * ahead_w and abs(side_h - ahead_h) < 0.15 * ahead_h  # beside the lane: rear + side
+    crossing_w, _ = extent(0.0, math.pi / 2)
+    assert crossing_w > 2.0 * ahead_w  # crossing: the car's length
+    assert ss._car3d_prims(cam, 0.0, 1.0, 0.0, look, 1.0) == []  # reaching behind the camera: left out
+
+
+def test_parked_rows_line_the_kerb_and_hide_each_other() -> None:
+    spec = SyntheticSpec(**{**ROAD, "n_images": 40, "frame_size": (320, 96), "sequence_length": 1}, **KITTI_STYLE)
+    plain = SyntheticSpec(**{**ROAD, "n_images": 40, "frame_size": (320, 96), "sequence_length": 1},
+                          **dict(KITTI_STYLE, parked_rows=0.0))
+    rows = 0
+    for q in range(spec.n_images):
+        seq, base = ss.make_sequence(spec, q), ss.make_sequence(plain, q)
+        parked = [a for a in seq.actors if a.key.startswith("k")]
+        # rows come on top of the scene's other actors, which are drawn exactly as without rows
+        assert [a.key for a in seq.actors if not a.key.startswith("k")] == [a.key for a in base.actors]
+        for side in ("kr", "kl"):
+            row = sorted((a for a in parked if a.key.startswith(side)), key=lambda a: a.Z)
+            if not row:
+                continue
+            rows += 1
+            assert len(row) >= 2 and len({round(a.X) for a in row}) <= 2  # one kerb line
+            assert all(b.Z - a.Z >= a.look.length for a, b in itertools.pairwise(row))  # nose to tail
+            assert all(a.vX == a.vZ == 0.0 for a in row)
+    assert rows >= spec.n_images  # right kerb always (p = 1), left kerb 70 % of the time
+    occluded = sum(o.area < o.full_area for i in range(12) for o in ss.render_scene_frame(spec, i)[2])
+    assert occluded >= 8
