@@ -1379,14 +1379,20 @@ class FrameObject:
 
 
 def _render(seq: _Sequence, items: list[_Item], frame_rng: np.random.Generator,
-            fx_rng: np.random.Generator | None = None,
-            extents: dict[str, tuple[int, tuple[int, int, int, int]]] | None = None) -> tuple[np.ndarray, np.ndarray, list[FrameObject]]:
+            fx_rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, list[FrameObject]]:
     """Draw items far to near; return RGB image, owner map and the visible objects.
 
-    ``fx_rng`` draws the per-frame randomisation (only used when ``seq.rand`` is set);
-    ``extents`` keeps each object's :func:`_full_extent` between attempts at one frame.
+    ``fx_rng`` draws the per-frame randomisation (only used when ``seq.rand`` is set).
     """
-    extents = {} if extents is None else extents
+    img, owner, found = _draw_items(seq, items, {})
+    return _finish(seq, img, owner, frame_rng, fx_rng), owner, found
+
+
+def _draw_items(seq: _Sequence, items: list[_Item],
+                extents: dict[str, tuple[int, tuple[int, int, int, int]]]) -> tuple[np.ndarray, np.ndarray, list[FrameObject]]:
+    """Draw items far to near over the background, before the camera finish: the image, the
+    owner map and the objects. ``extents`` keeps each object's :func:`_full_extent` between
+    attempts at one frame."""
     cam = seq.camera
     img = seq.background.copy()
     owner = np.zeros((cam.height, cam.width), dtype=np.uint16)
@@ -1416,12 +1422,18 @@ def _render(seq: _Sequence, items: list[_Item], frame_rng: np.random.Generator,
         ys, xs = np.nonzero(owner == oid)
         x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
         found.append(FrameObject(oid, it.category, [x0, y0, x1 - x0 + 1, y1 - y0 + 1], vis, full, it.key))
+    return img, owner, found
+
+
+def _finish(seq: _Sequence, img: np.ndarray, owner: np.ndarray, frame_rng: np.random.Generator,
+            fx_rng: np.random.Generator | None) -> np.ndarray:
+    """The camera's finish of a drawn frame: randomised (``seq.rand``) or lens blur, sensor noise
+    and white balance."""
     if seq.rand is not None:
-        return _finish_random(seq, img, owner, frame_rng, fx_rng or np.random.default_rng(0)), owner, found
-    # camera: lens blur, sensor noise, white balance
+        return _finish_random(seq, img, owner, frame_rng, fx_rng or np.random.default_rng(0))
     f = (cv2.GaussianBlur(img, (0, 0), seq.blur) if seq.blur > 0 else img).astype(np.float32)
     f = f * seq.cast.astype(np.float32) + frame_rng.normal(0.0, seq.noise, f.shape).astype(np.float32)
-    return np.clip(np.rint(f), 0, 255).astype(np.uint8), owner, found
+    return np.clip(np.rint(f), 0, 255).astype(np.uint8)
 
 
 def _frame_items(seq: _Sequence, j: int, empty: bool, street: bool, extra: list[_Actor], hidden: set[str],
@@ -1459,8 +1471,7 @@ def render_frame(seq: _Sequence, seed: int, seq_index: int, j: int, empty: bool,
     extents: dict[str, tuple[int, tuple[int, int, int, int]]] = {}
     for attempt in range(8):
         items = _frame_items(seq, j, empty, street, extra, hidden, memo)
-        fx = _fx_rng(seed, seq_index, j) if seq.rand is not None else None
-        img, owner, objs = _render(seq, items, _seq_rng(seed, seq_index, 1 + j), fx, extents)
+        img, owner, objs = _draw_items(seq, items, extents)  # finished only when it is kept
         low = [o for o in objs if o.area < seq.min_visible * o.full_area]
         if low:
             hidden |= {o.key for o in low}
@@ -1470,7 +1481,8 @@ def render_frame(seq: _Sequence, seed: int, seq_index: int, j: int, empty: bool,
             if attempt:  # a fresh key: an earlier fallback may be among the hidden ones
                 extra[0].key = f"fallback{attempt}"
             continue
-        return img, owner, objs
+        fx = _fx_rng(seed, seq_index, j) if seq.rand is not None else None
+        return _finish(seq, img, owner, _seq_rng(seed, seq_index, 1 + j), fx), owner, objs
     # Rare, only with strong randomisation (crowded occluders, haze): nothing stays visible
     # enough. Draw the frame without its moving objects, so no drawn object lacks a box.
     items = _frame_items(seq, j, True, street, [], set())
