@@ -1,4 +1,5 @@
-"""Object detection end to end through the real CLI on tiny generated street scenes (tf tier).
+"""Object detection end to end through the real CLI on tiny generated street scenes (slow tier:
+about 6 min on 2 cores, so it runs in CI's second stage).
 
 One module-scoped run (2 folds grouped by sequence, 1 epoch, 64x96 input, 20 frames with some
 empty) is shared: every artefact of the run directory, OOF boxes in original pixels, metrics
@@ -19,7 +20,7 @@ import yaml
 
 from lepton_vision.cli import main
 
-pytestmark = pytest.mark.tf
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
