@@ -6,13 +6,13 @@ the decision at a threshold slider, a Grad-CAM overlay and the model card.
 
 Serves on http://127.0.0.1 only (--host to change), no share link, no analytics. With no export
 yet: lepton-vision train recipes/ct_screening/baseline.yaml. The page itself is built by
-lepton_vision.serve.build_demo, as for 'lepton-vision demo EXPORT_DIR'.
+lepton_vision.serve.demo.build_demo, as for 'lepton-vision demo EXPORT_DIR'.
 """
 
 import sys
 from pathlib import Path
 
-from lepton_vision.serve import app_main
+from lepton_vision.serve.demo import app_main
 
 TASK = "ct_screening"
 RUNS = Path(__file__).resolve().parents[1] / "runs"  # where lepton-vision train writes

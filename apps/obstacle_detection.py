@@ -6,13 +6,13 @@ videos with boxes, class and score; score and NMS sliders, counts per class, lat
 
 Serves on http://127.0.0.1 only (--host to change), no share link, no analytics. With no export
 yet: lepton-vision train recipes/obstacle_detection/baseline.yaml. The page itself is built by
-lepton_vision.serve.build_demo, as for 'lepton-vision demo EXPORT_DIR'.
+lepton_vision.serve.demo.build_demo, as for 'lepton-vision demo EXPORT_DIR'.
 """
 
 import sys
 from pathlib import Path
 
-from lepton_vision.serve import app_main
+from lepton_vision.serve.demo import app_main
 
 TASK = "obstacle_detection"
 RUNS = Path(__file__).resolve().parents[1] / "runs"  # where lepton-vision train writes

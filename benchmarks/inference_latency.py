@@ -85,12 +85,12 @@ def raw_image(kind: str, bundle: dict[str, Any], image: Path | None) -> Any:
     import cv2
     import numpy as np
 
-    from lepton_vision import preprocess
+    from lepton_vision.data import preprocess
 
     inp = bundle["input"]
     channels = 3 if kind == "object_detection" else int(inp["channels"])
     if image is not None:
-        from lepton_vision.export import window_from_bundle
+        from lepton_vision.kinds.classification.export import window_from_bundle
 
         window = None if kind == "object_detection" else window_from_bundle(inp.get("window"))
         return preprocess.to_uint8(preprocess.read_image(image), channels, window)
@@ -142,7 +142,7 @@ def make_call(backend: str, kind: str, export: Path, img: Any, input_hw: tuple[i
     if kind == "object_detection":
         import keras_cv  # noqa: F401 - registers the YOLOv8 classes for load_model
 
-        from lepton_vision.preprocess import letterbox
+        from lepton_vision.data.preprocess import letterbox
 
         x = letterbox(img, input_hw)[0][None]
     else:

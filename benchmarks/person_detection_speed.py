@@ -61,7 +61,7 @@ def run_worker(export: Path, backend: str, video: Path, n_frames: int, warmup: i
     """One backend, in this process: decode, warm up, time (called in a subprocess)."""
     import numpy as np
 
-    from lepton_vision.det_predictor import DetPredictor, iter_video_frames
+    from lepton_vision.kinds.detection.predictor import DetPredictor, iter_video_frames
 
     frames = [rgb for _, rgb in iter_video_frames(video, max_frames=n_frames)]
     t = time.perf_counter()

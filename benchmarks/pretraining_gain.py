@@ -10,7 +10,7 @@ data, seed and cv settings; stop after metrics, no refit or export):
 
 and prints, per dataset, the out-of-fold metric of both arms with bootstrap CIs, the paired
 difference (pretrained - scratch) with its CI and the share of resamples where pretrained is
-better (lepton_vision.compare: the same resamples of the same groups for both arms), and wall
+better (lepton_vision.evaluate.compare: the same resamples of the same groups for both arms), and wall
 times (the pretrained arm's includes its pretrain stage unless it came from the cache; the
 stage's own time is shown). KITTI is also scored with its classes merged (one "obstacle"
 class). Results go to OUT/pretraining_gain.json.
@@ -69,20 +69,20 @@ def scratch_overrides(overrides: list[str]) -> list[str]:
     The scratch recipe has no ``pretrain:`` stage, so ``pretrain.seed=1234`` (which keeps the
     cached pretraining while ``seed=7`` redraws the folds) would fail its validation.
     """
-    from lepton_vision.recipe import parse_override
+    from lepton_vision.config.recipe import parse_override
 
     return [o for o in overrides if parse_override(o)[0][0] != "pretrain"]
 
 
 def run_arm(recipe: Path, overrides: list[str], out: Path) -> tuple[Path, float | None]:
     """Cross-validate one arm into ``out`` (reused when finished, resumed when interrupted)."""
-    from lepton_vision.crossval import run_train
+    from lepton_vision.engine.run import run_train
     from lepton_vision.runio import atomic_write_json
 
     if (out / "metrics.json").is_file():
-        from lepton_vision.cards import load_resolved
-        from lepton_vision.errors import LeptonError
-        from lepton_vision.recipe import recipe_from_text, result_sha256
+        from lepton_vision.config.cards import load_resolved
+        from lepton_vision.config.errors import LeptonError
+        from lepton_vision.config.recipe import recipe_from_text, result_sha256
 
         done = recipe_from_text((out / "recipe.resolved.yaml").read_text())
         if result_sha256(done) != result_sha256(load_resolved(recipe, overrides).recipe):
@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-bootstrap", type=int, default=1000)
     args = p.parse_args(argv)
 
-    from lepton_vision.cards import data_root
-    from lepton_vision.compare import compare_runs
+    from lepton_vision.config.cards import data_root
+    from lepton_vision.evaluate.compare import compare_runs
 
     root = data_root()
     results: dict[str, dict] = {}

@@ -47,10 +47,10 @@ def _images(n: int, size: tuple[int, int], channels: int, seed: int) -> tuple[np
 
 def framework_epochs(recipe, x, y, epochs: int) -> float:
     """Seconds for ``epochs`` timed epochs of the framework's fit (after a warm-up epoch)."""
-    from lepton_vision.augment import build_augment
-    from lepton_vision.kinds.classification import build_model
-    from lepton_vision.pipeline import make_dataset
-    from lepton_vision.train import _compile, _NanGuard, _sample_weights
+    from lepton_vision.data.augment import build_augment
+    from lepton_vision.kinds.classification.kind import build_model
+    from lepton_vision.data.pipeline import make_dataset
+    from lepton_vision.kinds.classification.train import _compile, _NanGuard, _sample_weights
 
     model = build_model(recipe, seed=recipe.seed)
     _compile(model, recipe, len(x), epochs + 1)
@@ -67,10 +67,10 @@ def framework_epochs(recipe, x, y, epochs: int) -> float:
 
 def baseline_epochs(recipe, x, y, epochs: int) -> float:
     """Seconds for ``epochs`` timed epochs of a hand-written loop (after a warm-up epoch)."""
-    from lepton_vision._keras import import_keras
-    from lepton_vision.augment import apply_augment, build_augment
-    from lepton_vision.kinds.classification import build_model
-    from lepton_vision.train import _sample_weights, make_optimizer
+    from lepton_vision.backend import import_keras
+    from lepton_vision.data.augment import apply_augment, build_augment
+    from lepton_vision.kinds.classification.kind import build_model
+    from lepton_vision.kinds.classification.train import _sample_weights, make_optimizer
 
     tf, keras = import_keras()
     model = build_model(recipe, seed=recipe.seed)
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=4, help="measurements per side (order alternates)")
     args = ap.parse_args(argv)
 
-    from lepton_vision._keras import configure_devices
-    from lepton_vision.recipe import load_recipe
+    from lepton_vision.backend import configure_devices
+    from lepton_vision.config.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     info, _ = configure_devices(recipe.seed)

@@ -60,7 +60,7 @@ def start(export_dir: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
 def pick_sample(export_dir: Path) -> tuple[Path, str]:
     """(file, upload name) of the sample to show."""
     from lepton_vision import Predictor
-    from lepton_vision.serve import pick_examples
+    from lepton_vision.serve.demo import pick_examples
 
     p = Predictor.from_bundle(export_dir)
     examples = pick_examples(export_dir, per_class=8)
@@ -129,7 +129,7 @@ def shoot(task: str, export_dir: Path, out: Path, browser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lepton_vision.serve import latest_export
+    from lepton_vision.serve.demo import latest_export
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ct", type=Path, help="CT export (default: newest under runs/)")

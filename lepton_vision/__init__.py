@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):  # PEP 562: ``from lepton_vision import Predictor`` stays cheap
     if name == "Predictor":
-        from lepton_vision.predictor import Predictor
+        from lepton_vision.kinds.classification.predictor import Predictor
 
         return Predictor
     raise AttributeError(f"module 'lepton_vision' has no attribute {name!r}")

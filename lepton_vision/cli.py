@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 from lepton_vision import __version__
-from lepton_vision.errors import LeptonError
+from lepton_vision.config.errors import LeptonError
 
 # Nothing here may call out to the internet at run time (albumentations checks PyPI on import,
 # Gradio and huggingface_hub phone home unless told not to).
@@ -279,7 +279,7 @@ def _scale_out_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from lepton_vision.crossval import run_train
+    from lepton_vision.engine.run import run_train
 
     overrides = [*args.overrides, *_scale_out_overrides(args)]
     run_dir = run_train(args.recipe, overrides=overrides, out=args.out, resume=args.resume)
@@ -288,9 +288,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from lepton_vision.cards import load_resolved
-    from lepton_vision.errors import RecipeError
-    from lepton_vision.pretrain import ensure_pretrained
+    from lepton_vision.config.cards import load_resolved
+    from lepton_vision.config.errors import RecipeError
+    from lepton_vision.engine.pretrain import ensure_pretrained
 
     resolved = load_resolved(args.recipe, args.overrides)
     if resolved.recipe.pretrain is None:
@@ -308,7 +308,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from lepton_vision.sweep import run_tune
+    from lepton_vision.engine.sweep import run_tune
 
     sweep = run_tune(args.recipe, args.space, args.trials, overrides=args.overrides, out=args.out,
                      address=args.address, max_concurrent=args.max_concurrent)
@@ -317,11 +317,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from lepton_vision.metrics import parse_policy, rescore
-    from lepton_vision.report import print_summary
+    from lepton_vision.kinds.classification.metrics import parse_policy, rescore
+    from lepton_vision.kinds.classification.report import print_summary
     from lepton_vision.runio import RunDir, atomic_write_json
 
-    from lepton_vision.det_crossval import rescore_detection_run, run_kind
+    from lepton_vision.kinds.detection.steps import rescore_detection_run, run_kind
 
     policy = parse_policy(args.policy) if args.policy else None
     detection = run_kind(args.run_dir) == "object_detection"
@@ -333,7 +333,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     out = args.out or default
     atomic_write_json(out, metrics)
     if detection:
-        from lepton_vision.det_crossval import _console, _print_summary
+        from lepton_vision.kinds.detection.steps import _console, _print_summary
 
         _print_summary(metrics, _console())
     else:
@@ -343,7 +343,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _parse_formats(text: str) -> tuple[str, ...]:
-    from lepton_vision.export import KNOWN_FORMATS
+    from lepton_vision.kinds.classification.export import KNOWN_FORMATS
 
     items = [f.strip() for f in text.split(",") if f.strip()]
     bad = [f for f in items if f not in KNOWN_FORMATS]
@@ -354,8 +354,8 @@ def _parse_formats(text: str) -> tuple[str, ...]:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from lepton_vision.crossval import export_run
-    from lepton_vision.det_crossval import export_detection_from_run, run_kind
+    from lepton_vision.engine.run import export_run
+    from lepton_vision.kinds.detection.steps import export_detection_from_run, run_kind
 
     formats = _parse_formats(args.formats) if args.formats else None
     detection = run_kind(args.run_dir) == "object_detection"
@@ -366,7 +366,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from lepton_vision.predictor import (
+    from lepton_vision.kinds.classification.predictor import (
         Predictor,
         bundle_kind,
         list_images,
@@ -400,7 +400,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict_detection(args: argparse.Namespace) -> int:
-    from lepton_vision.det_predictor import DetPredictor, collect_inputs, predict_paths
+    from lepton_vision.kinds.detection.predictor import DetPredictor, collect_inputs, predict_paths
     from lepton_vision.runio import atomic_write_json
 
     stride = 1 if args.video_stride is None else args.video_stride
@@ -426,7 +426,7 @@ def _cmd_predict_detection(args: argparse.Namespace) -> int:
 def _cmd_explain(args: argparse.Namespace) -> int:
     import cv2
 
-    from lepton_vision.explain import load_explainer
+    from lepton_vision.kinds.classification.explain import load_explainer
     from lepton_vision.runio import atomic_write_bytes
 
     if not args.image.is_file():  # fail before the model is loaded (seconds)
@@ -447,8 +447,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 def _cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "synth":
-        from lepton_vision.crossval import ensure_generated
-        from lepton_vision.cards import _find_card, load_dataset_card, project_root
+        from lepton_vision.engine.run import ensure_generated
+        from lepton_vision.config.cards import _find_card, load_dataset_card, project_root
 
         path = _find_card(args.dataset, "datasets", "dataset.yaml", project_root(), "data synth")
         card = load_dataset_card(path)
@@ -456,8 +456,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
         print(f"{card.name}: {out}")
         return 0
     if args.data_command == "check":
-        from lepton_vision.cards import load_resolved
-        from lepton_vision.crossval import load_samples
+        from lepton_vision.config.cards import load_resolved
+        from lepton_vision.engine.run import load_samples
 
         resolved = load_resolved(args.recipe, args.overrides)
         sample_set = load_samples(resolved, progress=True)
@@ -475,11 +475,11 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     if args.recipe_command == "schema":
         import json
 
-        from lepton_vision.recipe import recipe_schema
+        from lepton_vision.config.recipe import recipe_schema
 
         print(json.dumps(recipe_schema(), indent=2))
         return 0
-    from lepton_vision.cards import load_resolved
+    from lepton_vision.config.cards import load_resolved
 
     if args.recipe_command == "validate":
         failed = 0
@@ -493,7 +493,7 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
                 print(f"{path}: ok (task {resolved.task.name}, dataset {resolved.dataset.name})")
         return 1 if failed else 0
     if args.recipe_command == "show":
-        from lepton_vision.recipe import dump_recipe
+        from lepton_vision.config.recipe import dump_recipe
 
         resolved = load_resolved(args.recipe, args.overrides)
         print(dump_recipe(resolved.recipe), end="")
@@ -505,7 +505,7 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import re
 
-    from lepton_vision.predictor import _load_bundle_json
+    from lepton_vision.kinds.classification.predictor import _load_bundle_json
 
     # Argument and bundle checks first: a typo fails in a fraction of a second, before Gradio loads.
     if args.port is not None and not 0 < args.port < 65536:
@@ -520,7 +520,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not (export_dir / "bundle.json").is_file() and (export_dir / "export" / "bundle.json").is_file():
         export_dir = export_dir / "export"
     _load_bundle_json(export_dir)
-    from lepton_vision.serve import launch_demo, parse_auth
+    from lepton_vision.serve.demo import launch_demo, parse_auth
 
     auth = parse_auth(args.auth)
     launch_demo(export_dir, host=args.host, port=args.port, auth=auth, backend=args.backend,
@@ -529,7 +529,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from lepton_vision.crossval import environment_report
+    from lepton_vision.engine.run import environment_report
 
     for key, value in environment_report().items():
         print(f"{key:>22}: {value}")

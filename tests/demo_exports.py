@@ -74,8 +74,8 @@ def _ct_model(seed: int = 0) -> Any:
 def make_ct_export(root: Path, write_ct_dicom: Any) -> dict[str, Any]:
     """A 1-channel CT classifier export (SavedModel + float TFLite + model.keras) with DICOM and PNG
     samples, a samples.csv of six DICOM slices (three per label) and a corrupt PNG."""
-    from lepton_vision import preprocess
-    from lepton_vision.export import export_classifier
+    from lepton_vision.data import preprocess
+    from lepton_vision.kinds.classification.export import export_classifier
 
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(11)
@@ -143,10 +143,10 @@ def make_det_export(root: Path) -> dict[str, Any]:
     video and a corrupt PNG."""
     import keras
 
-    from lepton_vision.cards import DetectionPolicy
-    from lepton_vision.detectors import adapter_for
-    from lepton_vision.export_detection import export_detector
-    from lepton_vision.recipe import DetectorSpec
+    from lepton_vision.config.cards import DetectionPolicy
+    from lepton_vision.models.detectors import adapter_for
+    from lepton_vision.kinds.detection.export import export_detector
+    from lepton_vision.config.recipe import DetectorSpec
 
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

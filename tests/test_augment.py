@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lepton_vision.augment import apply_augment, augment_problems, build_augment, transform_names
-from lepton_vision.errors import RecipeError
-from lepton_vision.recipe import recipe_from_text
+from lepton_vision.data.augment import apply_augment, augment_problems, build_augment, transform_names
+from lepton_vision.config.errors import RecipeError
+from lepton_vision.config.recipe import recipe_from_text
 
 COMMON = [
     {"name": "HorizontalFlip", "p": 0.5, "params": {}},
@@ -137,8 +137,8 @@ MOSAIC = [op("Mosaic", p=1.0), op("HorizontalFlip", p=0.5)]
 
 
 def _mosaic_batches(seed):
-    from lepton_vision.augment import build_box_augment
-    from lepton_vision.pipeline import make_detection_dataset
+    from lepton_vision.data.augment import build_box_augment
+    from lepton_vision.data.pipeline import make_detection_dataset
 
     imgs, boxes, classes = _tiles()
     ds = make_detection_dataset(imgs, boxes, classes, 3, training=True, augment=build_box_augment(MOSAIC, 1, image_size=(64, 128)),
@@ -147,7 +147,7 @@ def _mosaic_batches(seed):
 
 
 def test_mosaic_tiles_other_training_images_and_their_boxes_move_with_them():
-    from lepton_vision.augment import build_box_augment, partners_needed
+    from lepton_vision.data.augment import build_box_augment, partners_needed
 
     assert partners_needed(build_box_augment(MOSAIC, 1, image_size=(64, 128))) == 3
     assert partners_needed(build_box_augment([op("HorizontalFlip")], 1)) == 0

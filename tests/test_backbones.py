@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lepton_vision.backbones import BACKBONE_NAMES, BACKBONES, build_classifier, load_weights_file
-from lepton_vision.errors import RecipeError
+from lepton_vision.models.backbones import BACKBONE_NAMES, BACKBONES, build_classifier, load_weights_file
+from lepton_vision.config.errors import RecipeError
 
 pytestmark = pytest.mark.tf
 
 
 def _keras():
-    from lepton_vision._keras import import_keras
+    from lepton_vision.backend import import_keras
 
     return import_keras()[1]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lepton_vision.cards import load_dataset_card, load_resolved, load_task_card, resolve
-from lepton_vision.errors import CardError, RecipeError
-from lepton_vision.recipe import load_recipe
+from lepton_vision.config.cards import load_dataset_card, load_resolved, load_task_card, resolve
+from lepton_vision.config.errors import CardError, RecipeError
+from lepton_vision.config.recipe import load_recipe
 
 RECIPES = sorted(Path(__file__).resolve().parents[1].glob("recipes/*/*.yaml"))
 TASKS = sorted(Path(__file__).resolve().parents[1].glob("tasks/*/task.yaml"))

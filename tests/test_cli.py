@@ -56,7 +56,7 @@ def test_user_error_exits_1_without_traceback(repo, capsys):
 
 
 def test_debug_shows_the_traceback(repo):
-    from lepton_vision.errors import RecipeError
+    from lepton_vision.config.errors import RecipeError
 
     with pytest.raises(RecipeError):
         main(["--debug", "train", str(repo / "recipes/ct_screening/baseline.yaml"), "--set", "cv.n_splitz=2"])

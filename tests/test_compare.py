@@ -1,4 +1,4 @@
-"""Paired comparison of two runs on the same folds (lepton_vision.compare; no TensorFlow)."""
+"""Paired comparison of two runs on the same folds (lepton_vision.evaluate.compare; no TensorFlow)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lepton_vision.compare import compare_runs
-from lepton_vision.errors import DataError
+from lepton_vision.evaluate.compare import compare_runs
+from lepton_vision.config.errors import DataError
 
 
 def _run(root: Path, name: str, scores: np.ndarray, labels: np.ndarray, groups: list[str],

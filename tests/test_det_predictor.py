@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lepton_vision.errors import DataError, ExportError
+from lepton_vision.config.errors import DataError, ExportError
 
 pytestmark = pytest.mark.tf
 
@@ -56,10 +56,10 @@ def det_export(tmp_path_factory) -> Path:
     """
     import keras
 
-    from lepton_vision.cards import DetectionPolicy
-    from lepton_vision.detectors import adapter_for
-    from lepton_vision.export_detection import export_detector
-    from lepton_vision.recipe import DetectorSpec
+    from lepton_vision.config.cards import DetectionPolicy
+    from lepton_vision.models.detectors import adapter_for
+    from lepton_vision.kinds.detection.export import export_detector
+    from lepton_vision.config.recipe import DetectorSpec
 
     root = tmp_path_factory.mktemp("det_export")
     rng = np.random.default_rng(0)
@@ -97,7 +97,7 @@ def det_export(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def predictors(det_export):
-    from lepton_vision.det_predictor import DetPredictor
+    from lepton_vision.kinds.detection.predictor import DetPredictor
 
     return {b: DetPredictor.from_bundle(det_export, backend=b) for b in ("saved_model", "tflite", "tflite_int8")}
 
@@ -107,7 +107,7 @@ def test_bundle_and_thresholds(predictors, det_export):
     assert p.classes == ["person"]
     assert p.score_threshold == pytest.approx(SCORE_THR) and p.image_threshold == pytest.approx(IMAGE_THR)
     assert {b: q.backend for b, q in predictors.items()} == {b: b for b in predictors}
-    from lepton_vision.det_predictor import DetPredictor
+    from lepton_vision.kinds.detection.predictor import DetPredictor
 
     assert DetPredictor.from_bundle(det_export, score_threshold=0.9).score_threshold == 0.9
     with pytest.raises(ExportError, match="score threshold override"):
@@ -220,7 +220,7 @@ def test_boxes_come_back_in_original_pixels(predictors):
 
 
 def test_coco_results(predictors, tmp_path):
-    from lepton_vision.det_predictor import to_coco_results
+    from lepton_vision.kinds.detection.predictor import to_coco_results
 
     p = predictors["saved_model"]
     img, _ = _scene(np.random.default_rng(4), 120, 180)
@@ -243,7 +243,7 @@ def test_coco_results(predictors, tmp_path):
 
 
 def test_draw_detections(predictors):
-    from lepton_vision.det_predictor import draw_detections
+    from lepton_vision.kinds.detection.predictor import draw_detections
 
     img, _ = _scene(np.random.default_rng(5), 120, 180)
     d = predictors["saved_model"].predict_array(img)
@@ -254,7 +254,7 @@ def test_draw_detections(predictors):
 
 
 def test_video_frames_and_stride(predictors, tmp_path):
-    from lepton_vision.det_predictor import iter_video_frames, to_coco_results
+    from lepton_vision.kinds.detection.predictor import iter_video_frames, to_coco_results
 
     rng = np.random.default_rng(6)
     frames = [_scene(rng, 96, 160)[0] for _ in range(6)]
@@ -271,7 +271,7 @@ def test_video_frames_and_stride(predictors, tmp_path):
 
 
 def test_bad_inputs_name_the_file(predictors, tmp_path):
-    from lepton_vision.det_predictor import collect_inputs, iter_video_frames
+    from lepton_vision.kinds.detection.predictor import collect_inputs, iter_video_frames
 
     p = predictors["saved_model"]
     with pytest.raises(DataError, match="missing.png"):
@@ -309,7 +309,7 @@ def test_one_predictor_entry_point_for_every_kind(det_export, predictors):
     """``from lepton_vision import Predictor``: a detection bundle gives a DetPredictor with the
     same predict / predict_many / iter_folder API as the classifier's."""
     from lepton_vision import Predictor
-    from lepton_vision.det_predictor import DetPredictor
+    from lepton_vision.kinds.detection.predictor import DetPredictor
 
     p = Predictor.from_bundle(det_export, backend="tflite", threshold=0.35, num_threads=1)
     assert isinstance(p, DetPredictor) and p.backend == "tflite" and p.score_threshold == 0.35
@@ -346,7 +346,7 @@ def test_readme_examples_reproduce_the_predictor_on_a_detector(det_export, predi
 
 
 def test_kind_mismatch_is_explained(det_export, tmp_path):
-    from lepton_vision.det_predictor import DetPredictor
+    from lepton_vision.kinds.detection.predictor import DetPredictor
 
     cls_dir = tmp_path / "cls"
     cls_dir.mkdir()

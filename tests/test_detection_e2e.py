@@ -87,7 +87,7 @@ def test_oof_boxes_are_in_original_pixels_and_metrics_have_cis(project):
 def test_export_contract_any_size_boxes_in_frame_pixels(project, readme_schema_fields):
     import tensorflow as tf
 
-    from lepton_vision.preprocess import read_image
+    from lepton_vision.data.preprocess import read_image
 
     _, _, run = project
     bundle = json.loads((run / "export/bundle.json").read_text())
@@ -115,7 +115,7 @@ def test_export_contract_any_size_boxes_in_frame_pixels(project, readme_schema_f
 def test_int8_tflite_quantises_the_network_and_keeps_post_processing_float(project):
     from ai_edge_litert.interpreter import Interpreter
 
-    from lepton_vision.export_detection import NETWORK_SCOPE
+    from lepton_vision.kinds.detection.export import NETWORK_SCOPE
 
     _, _, run = project
     interp = Interpreter(model_path=str(run / "export/model_int8.tflite"))
@@ -184,7 +184,7 @@ def test_evaluate_rescores_without_tensorflow_and_export_reexports(project, tmp_
 
 
 def test_compare_a_run_with_itself_matches_its_metrics(project):
-    from lepton_vision.compare import compare_runs
+    from lepton_vision.evaluate.compare import compare_runs
 
     _, _, run = project
     m = json.loads((run / "metrics.json").read_text())

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lepton_vision import detection_metrics as D
-from lepton_vision.cards import DetectionPolicy
-from lepton_vision.errors import DataError
-from lepton_vision.recipe import Threshold
+from lepton_vision.kinds.detection import metrics as D
+from lepton_vision.config.cards import DetectionPolicy
+from lepton_vision.config.errors import DataError
+from lepton_vision.config.recipe import Threshold
 
 CLASSES = ["car", "person", "bike"]
 DET_COLS = ["sample_id", "fold", "class_id", "class_name", "score", "x1", "y1", "x2", "y2"]

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lepton_vision.cards import DetectionPolicy
-from lepton_vision.detection_metrics import score_detection_oof
-from lepton_vision.detection_report import worst_images, write_detection_report
-from lepton_vision.recipe import Threshold
+from lepton_vision.config.cards import DetectionPolicy
+from lepton_vision.kinds.detection.metrics import score_detection_oof
+from lepton_vision.kinds.detection.report import worst_images, write_detection_report
+from lepton_vision.config.recipe import Threshold
 from lepton_vision.runio import RunDir
 
 CLASSES = ["person", "car"]
@@ -121,7 +121,7 @@ def test_worst_images_first() -> None:
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_draw_boxes_colours(channels: int) -> None:
-    from lepton_vision.detection_report import _display_rgb, draw_boxes
+    from lepton_vision.kinds.detection.report import _display_rgb, draw_boxes
 
     raw = np.zeros((40, 80), np.uint8) if channels == 1 else np.zeros((40, 80, 3), np.uint8)
     out = draw_boxes(_display_rgb(raw), np.array([[10, 10, 30, 30]]), np.zeros((0, 4)),

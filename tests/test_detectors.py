@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lepton_vision.recipe import DetectorSpec
+from lepton_vision.config.recipe import DetectorSpec
 
 
 def _peaked(masses: dict[int, float]) -> np.ndarray:
@@ -17,7 +17,7 @@ def _peaked(masses: dict[int, float]) -> np.ndarray:
 
 
 def test_dfl_targets_the_two_bins_around_the_distance():
-    from lepton_vision.detectors import dfl_per_anchor
+    from lepton_vision.models.detectors import dfl_per_anchor
 
     def loss(edge_logits, t):
         logits = np.tile(edge_logits, 4)[None, None].astype(np.float32)  # [1, 1, 64]
@@ -44,7 +44,7 @@ def _batch():
 def test_dfl_adds_exactly_its_weighted_term_to_keras_cvs_loss_and_trains():
     import keras
 
-    from lepton_vision.detectors import YoloV8Adapter
+    from lepton_vision.models.detectors import YoloV8Adapter
 
     adapter = YoloV8Adapter()
     x, y = _batch()
@@ -74,9 +74,9 @@ def test_dfl_off_by_default_keeps_old_keys(tmp_path, monkeypatch):
     runs and pretrained caches made before it existed still match."""
     from pathlib import Path
 
-    from lepton_vision.cards import load_resolved
-    from lepton_vision.pretrain import pretrain_key
-    from lepton_vision.recipe import _LATER_FIELDS, result_sha256
+    from lepton_vision.config.cards import load_resolved
+    from lepton_vision.engine.pretrain import pretrain_key
+    from lepton_vision.config.recipe import _LATER_FIELDS, result_sha256
 
     monkeypatch.setenv("LEPTON_GENERATED_ROOT", str(tmp_path / "generated"))
     recipe = Path(__file__).resolve().parents[1] / "recipes/obstacle_detection/baseline.yaml"
@@ -93,12 +93,12 @@ def test_dfl_off_by_default_keeps_old_keys(tmp_path, monkeypatch):
 
 TWO_REPLICAS = """
 import json, numpy as np
-from lepton_vision._keras import import_keras
+from lepton_vision.backend import import_keras
 tf, keras = import_keras()
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from lepton_vision.detectors import YoloV8Adapter
-from lepton_vision.recipe import DetectorSpec
+from lepton_vision.models.detectors import YoloV8Adapter
+from lepton_vision.config.recipe import DetectorSpec
 x = (np.random.default_rng(0).random((2, 64, 96, 3)) * 255).astype("float32")
 y = {"boxes": np.array([[[10, 8, 42, 50], [50, 20, 90, 60]], [[5, 5, 30, 40], [-1, -1, -1, -1]]], "float32"),
      "classes": np.array([[1, 0], [2, -1]], "float32")}

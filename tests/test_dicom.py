@@ -11,8 +11,8 @@ from pydicom import dcmwrite
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from lepton_vision.errors import DataError
-from lepton_vision.readers.dicom import is_dicom, read_dicom_hu
+from lepton_vision.config.errors import DataError
+from lepton_vision.data.readers.dicom import is_dicom, read_dicom_hu
 
 
 def _write(path: Path, stored: np.ndarray, **attrs: object) -> Path:

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lepton_vision.errors import LeptonError
+from lepton_vision.config.errors import LeptonError
 
 pytestmark = pytest.mark.tf
 
@@ -40,7 +40,7 @@ def make_square_images(n: int, rng: np.random.Generator, pos_frac: float = 0.5):
 
 @pytest.fixture(scope="module")
 def small_cnn_32():
-    from lepton_vision.backbones import build_classifier
+    from lepton_vision.models.backbones import build_classifier
 
     return build_classifier("small_cnn", (32, 32), 1, seed=0)
 
@@ -50,8 +50,8 @@ def test_gradcam_equals_cam_for_a_gap_dense_head():
     relu(sum_k w_k A_k) exactly (up to the per-image scale), so this pins the maths."""
     import keras
 
-    from lepton_vision.backbones import build_classifier
-    from lepton_vision.explain import gradcam
+    from lepton_vision.models.backbones import build_classifier
+    from lepton_vision.kinds.classification.explain import gradcam
 
     rng = np.random.default_rng(0)
     x, y, _ = make_square_images(64, rng)
@@ -71,7 +71,7 @@ def test_gradcam_equals_cam_for_a_gap_dense_head():
 
 
 def test_zero_evidence_map_stays_zero(small_cnn_32):
-    from lepton_vision.explain import gradcam
+    from lepton_vision.kinds.classification.explain import gradcam
 
     head = small_cnn_32.get_layer("score")
     head.kernel.assign(np.zeros(head.kernel.shape, np.float32))
@@ -82,7 +82,7 @@ def test_zero_evidence_map_stays_zero(small_cnn_32):
 
 
 def test_unknown_layer_names_the_layers_and_suggests(small_cnn_32):
-    from lepton_vision.explain import gradcam
+    from lepton_vision.kinds.classification.explain import gradcam
 
     with pytest.raises(LeptonError) as e:
         gradcam(small_cnn_32, np.zeros((1, 32, 32, 1), np.float32), layer="last_cnv")
@@ -91,7 +91,7 @@ def test_unknown_layer_names_the_layers_and_suggests(small_cnn_32):
 
 
 def test_overlay_shape_and_blend():
-    from lepton_vision.explain import overlay
+    from lepton_vision.kinds.classification.explain import overlay
 
     gray = np.full((40, 50, 1), 100, np.uint8)
     out = overlay(gray, np.zeros((8, 8), np.float32))
@@ -111,8 +111,8 @@ def _write_pngs(folder, x):
 
 
 def test_gradcam_panel_counts_and_png(tmp_path):
-    from lepton_vision.backbones import build_classifier
-    from lepton_vision.explain import write_gradcam_panel
+    from lepton_vision.models.backbones import build_classifier
+    from lepton_vision.kinds.classification.explain import write_gradcam_panel
 
     x, _, _ = make_square_images(12, np.random.default_rng(1))
     x = np.stack([cv2.resize(im, (32, 32))[..., None] for im in x])
@@ -136,8 +136,8 @@ def test_gradcam_panel_counts_and_png(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
-    from lepton_vision.backbones import build_classifier
-    from lepton_vision.export import export_classifier
+    from lepton_vision.models.backbones import build_classifier
+    from lepton_vision.kinds.classification.export import export_classifier
 
     model = build_classifier("small_cnn", (32, 32), 1, seed=0)
     rng = np.random.default_rng(0)
@@ -154,7 +154,7 @@ def tiny_export(tmp_path_factory):
 def test_export_holds_the_keras_model(tiny_export):
     import json
 
-    from lepton_vision.explain import load_explainer
+    from lepton_vision.kinds.classification.explain import load_explainer
 
     bundle = json.loads((tiny_export["dir"] / "bundle.json").read_text())
     assert bundle["files"]["keras_model"]["path"] == "model.keras"
@@ -180,7 +180,7 @@ def test_explain_cli(tiny_export, tmp_path, capsys):
 
 
 def test_not_a_run_or_export(tmp_path):
-    from lepton_vision.explain import load_explainer
+    from lepton_vision.kinds.classification.explain import load_explainer
 
     with pytest.raises(LeptonError, match="not a run directory"):
         load_explainer(tmp_path)
@@ -261,7 +261,7 @@ def localisation_case():
     """small_cnn trained on the deciding-region task, plus held-out images it never saw."""
     import keras
 
-    from lepton_vision.backbones import build_classifier
+    from lepton_vision.models.backbones import build_classifier
 
     def trained(decoy: bool) -> dict:
         rng = np.random.default_rng(0)
@@ -282,7 +282,7 @@ def _held_out_accuracy(case: dict) -> float:
 
 
 def test_gradcam_peak_localises_the_deciding_region(localisation_case):
-    from lepton_vision.explain import gradcam
+    from lepton_vision.kinds.classification.explain import gradcam
 
     case = localisation_case["square"]
     # The model must have learnt the task, or a good map would prove nothing about Grad-CAM.
@@ -297,7 +297,7 @@ def test_gradcam_peak_localises_the_deciding_region(localisation_case):
 def test_gradcam_localisation_fails_for_a_model_that_ignores_the_region(localisation_case):
     """Negative control: same architecture and training, same square in every image, but the
     class is decided by a disc elsewhere. Its maps must not point at the square."""
-    from lepton_vision.explain import gradcam
+    from lepton_vision.kinds.classification.explain import gradcam
 
     case = localisation_case["decoy"]
     assert _held_out_accuracy(case) >= 0.95

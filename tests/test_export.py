@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lepton_vision import preprocess
-from lepton_vision.errors import ExportError
+from lepton_vision.data import preprocess
+from lepton_vision.config.errors import ExportError
 
 pytestmark = pytest.mark.tf
 
@@ -45,7 +45,7 @@ def exported(tmp_path_factory, tiny_model_factory):
     model = tiny_model_factory(SIZE, 3)
     images = sample_images(3)
     export_dir = tmp_path_factory.mktemp("run") / "export"
-    from lepton_vision.export import export_classifier
+    from lepton_vision.kinds.classification.export import export_classifier
 
     result = export_classifier(
         model, export_dir, image_size_hw=SIZE, channels=3, window=WINDOW, threshold=THRESHOLD,
@@ -160,7 +160,7 @@ def test_parity_and_bundle_json(exported):
 
 
 def test_forced_parity_failure_raises_and_records(exported, tmp_path):
-    from lepton_vision.export import export_classifier
+    from lepton_vision.kinds.classification.export import export_classifier
 
     model, images = exported["model"], exported["images"]
     off = keras_scores(model, images)
@@ -179,7 +179,7 @@ def test_forced_parity_failure_raises_and_records(exported, tmp_path):
 
 def test_grayscale_export_without_window(tmp_path, tiny_model_factory):
     """C=1 model: no serve_hu, HxW parity images accepted, TFLite runs on HxWx1."""
-    from lepton_vision.export import export_classifier
+    from lepton_vision.kinds.classification.export import export_classifier
 
     model = tiny_model_factory(SIZE, 1, seed=2)
     images = [im[:, :, 0] for im in sample_images(1, n=2)]
@@ -193,7 +193,7 @@ def test_grayscale_export_without_window(tmp_path, tiny_model_factory):
 
 
 def test_bad_arguments_are_export_errors(exported, tmp_path):
-    from lepton_vision.export import export_classifier
+    from lepton_vision.kinds.classification.export import export_classifier
 
     kw = dict(image_size_hw=SIZE, channels=3, window=None, threshold=0.5,
               parity_images=exported["images"])
@@ -222,7 +222,7 @@ def _labelled(model, n: int = 48, seed: int = 5) -> tuple[list[np.ndarray], np.n
 
 @pytest.fixture(scope="module")
 def exported_all(tmp_path_factory, tiny_model_factory):
-    from lepton_vision.export import export_classifier
+    from lepton_vision.kinds.classification.export import export_classifier
 
     model = tiny_model_factory(SIZE, 3)
     images, labels = _labelled(model)
@@ -280,7 +280,7 @@ def test_onnx_matches_saved_model(exported_all):
 
 
 def test_int8_beyond_tolerance_is_marked_not_recommended(exported_all, tmp_path):
-    from lepton_vision.export import export_classifier
+    from lepton_vision.kinds.classification.export import export_classifier
 
     images, labels = exported_all["images"], exported_all["labels"]
     # A negative tolerance: any int8 result is "beyond" it, so the not-recommended path runs.
@@ -299,7 +299,7 @@ def test_int8_beyond_tolerance_is_marked_not_recommended(exported_all, tmp_path)
 
 def test_onnx_converter_that_succeeds_with_unsupported_ops_does_not_pass(exported_all, tmp_path):
     """serve_bytes decodes images (DecodeImage), which ONNX lacks: tf2onnx logs it and exits 0."""
-    from lepton_vision.onnx_export import write_onnx
+    from lepton_vision.export.onnx import write_onnx
 
     out = tmp_path / "model.onnx"
     with pytest.raises(ExportError, match="serve_bytes") as err:

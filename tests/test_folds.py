@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lepton_vision.errors import DataError
-from lepton_vision.folds import (
+from lepton_vision.config.errors import DataError
+from lepton_vision.data.folds import (
     FOLD_COLUMNS,
     _check_folds,
     fold_summary,

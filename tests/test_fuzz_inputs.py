@@ -21,10 +21,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lepton_vision.cards import DatasetCard, TaskCard
-from lepton_vision.errors import LeptonError
-from lepton_vision.recipe import recipe_from_text
-from lepton_vision.samples import read_samples
+from lepton_vision.config.cards import DatasetCard, TaskCard
+from lepton_vision.config.errors import LeptonError
+from lepton_vision.config.recipe import recipe_from_text
+from lepton_vision.data.samples import read_samples
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                 derandomize=True)
@@ -79,7 +79,7 @@ def _det_card(**kw: Any) -> DatasetCard:
 
 
 def _read_det(card: DatasetCard, root: Path) -> Callable[[], Any]:
-    from lepton_vision.readers.detection import read_detection_samples
+    from lepton_vision.data.readers.detection import read_detection_samples
 
     return lambda: read_detection_samples(card, root, DET_TASK, root / "dataset.yaml", progress=False)
 
@@ -114,7 +114,7 @@ def test_recipe_loader_on_wrong_augmentations(ops: list[dict[str, Any]]) -> None
                            "dataset": "synthetic_ct", "augment": ops})
 
     def load() -> None:
-        from lepton_vision.augment import build_augment
+        from lepton_vision.data.augment import build_augment
 
         recipe = recipe_from_text(text, file="fuzz.yaml")
         build_augment([op.model_dump() for op in recipe.augment], recipe.seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typing
 
-from lepton_vision.cards import KIND_NAMES, TaskCard
+from lepton_vision.config.cards import KIND_NAMES, TaskCard
 from lepton_vision.kinds import KINDS
 
 

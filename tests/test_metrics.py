@@ -18,9 +18,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from lepton_vision import metrics as M
-from lepton_vision.errors import DataError, RecipeError
-from lepton_vision.recipe import PatientAggregation, Threshold
+from lepton_vision.kinds.classification import metrics as M
+from lepton_vision.config.errors import DataError, RecipeError
+from lepton_vision.config.recipe import PatientAggregation, Threshold
 from lepton_vision.runio import RunDir, atomic_write_csv, atomic_write_json
 
 
@@ -365,7 +365,7 @@ def _write_run(tmp_path, recipe_text: str) -> RunDir:  # type: ignore[no-untyped
 
 
 def _recipe_or_skip(text: str) -> None:
-    from lepton_vision.recipe import recipe_from_text
+    from lepton_vision.config.recipe import recipe_from_text
 
     try:
         recipe_from_text(text)
@@ -407,7 +407,7 @@ def test_metrics_module_does_not_import_tensorflow() -> None:
     import subprocess
     import sys
 
-    code = "import sys, lepton_vision.metrics, lepton_vision.report; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    code = "import sys, lepton_vision.kinds.classification.metrics, lepton_vision.kinds.classification.report; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
 

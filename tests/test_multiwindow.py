@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from lepton_vision.errors import RecipeError
-from lepton_vision.preprocess import to_uint8, window_hu
-from lepton_vision.recipe import recipe_from_text
+from lepton_vision.config.errors import RecipeError
+from lepton_vision.data.preprocess import to_uint8, window_hu
+from lepton_vision.config.recipe import recipe_from_text
 
 BASE = "schema_version: 1\nname: t\ntask: ct_screening\ndataset: synthetic_ct\n"
 THREE = "[{preset: lung}, {preset: mediastinum}, {preset: bone}]"
@@ -46,8 +46,8 @@ def test_to_uint8_stacks_one_window_per_channel():
 def test_serve_hu_and_predictor_apply_the_three_windows(tmp_path, tiny_model_factory):
     import tensorflow as tf
 
-    from lepton_vision.export import export_classifier
-    from lepton_vision.predictor import Predictor
+    from lepton_vision.kinds.classification.export import export_classifier
+    from lepton_vision.kinds.classification.predictor import Predictor
 
     size = (32, 32)
     wins = ((-600.0, 1500.0), (40.0, 400.0), (400.0, 1800.0))

@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lepton_vision import preprocess
-from lepton_vision.errors import DataError, ExportError
+from lepton_vision.data import preprocess
+from lepton_vision.config.errors import DataError, ExportError
 
 pytestmark = pytest.mark.tf
 
@@ -30,7 +30,7 @@ INFO = {
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, tiny_model_factory, write_ct_dicom):
-    from lepton_vision.export import export_classifier
+    from lepton_vision.kinds.classification.export import export_classifier
 
     root = tmp_path_factory.mktemp("pred")
     rng = np.random.default_rng(5)
@@ -60,7 +60,7 @@ def keras_score(model, path: Path) -> float:
 
 @pytest.mark.parametrize("backend", ["saved_model", "tflite"])
 def test_predictor_equals_keras(bundle, backend):
-    from lepton_vision.predictor import Prediction, Predictor
+    from lepton_vision.kinds.classification.predictor import Prediction, Predictor
 
     pred = Predictor.from_bundle(bundle["dir"], backend=backend)
     assert pred.backend == backend
@@ -84,13 +84,13 @@ def test_predictor_equals_keras(bundle, backend):
 
 
 def test_auto_backend_prefers_tflite(bundle):
-    from lepton_vision.predictor import Predictor
+    from lepton_vision.kinds.classification.predictor import Predictor
 
     assert Predictor.from_bundle(bundle["dir"]).backend == "tflite"
 
 
 def test_threshold_override_changes_decisions(bundle):
-    from lepton_vision.predictor import Predictor
+    from lepton_vision.kinds.classification.predictor import Predictor
 
     paths = [*bundle["pngs"], bundle["dcm"]]
     low = Predictor.from_bundle(bundle["dir"], threshold=0.0).predict_many(paths)
@@ -102,7 +102,7 @@ def test_threshold_override_changes_decisions(bundle):
 
 
 def test_iter_folder_and_csv(bundle, tmp_path):
-    from lepton_vision.predictor import Predictor, write_predictions_csv
+    from lepton_vision.kinds.classification.predictor import Predictor, write_predictions_csv
 
     pred = Predictor.from_bundle(bundle["dir"], backend="tflite")
     results = list(pred.iter_folder(bundle["root"] / "imgs"))
@@ -119,7 +119,7 @@ def test_iter_folder_and_csv(bundle, tmp_path):
 
 
 def test_bad_inputs_give_clear_errors(bundle, tmp_path):
-    from lepton_vision.predictor import Predictor
+    from lepton_vision.kinds.classification.predictor import Predictor
 
     pred = Predictor.from_bundle(bundle["dir"], backend="saved_model")
     bad = tmp_path / "broken.png"
@@ -143,8 +143,8 @@ def test_bad_inputs_give_clear_errors(bundle, tmp_path):
 
 
 def test_float_array_without_window_is_refused(tmp_path, tiny_model_factory):
-    from lepton_vision.export import export_classifier
-    from lepton_vision.predictor import Predictor
+    from lepton_vision.kinds.classification.export import export_classifier
+    from lepton_vision.kinds.classification.predictor import Predictor
 
     imgs = [np.full((20, 20, 3), 100, np.uint8)]
     export_classifier(tiny_model_factory(SIZE, seed=1), tmp_path / "e", image_size_hw=SIZE, channels=3,
@@ -191,8 +191,8 @@ def test_predictor_imports_no_training_code(bundle, tmp_path):
     code = (
         "import sys; from lepton_vision import Predictor; "
         "p = Predictor.from_bundle(sys.argv[1], backend='tflite'); r = p.predict(sys.argv[2]); "
-        "heavy = sorted(m for m in ('tensorflow', 'keras', 'keras_cv', 'albumentations', 'lepton_vision.train', "
-        "'lepton_vision.crossval', 'lepton_vision.pipeline', 'sklearn') if m in sys.modules); "
+        "heavy = sorted(m for m in ('tensorflow', 'keras', 'keras_cv', 'albumentations', 'lepton_vision.kinds.classification.train', "
+        "'lepton_vision.engine.run', 'lepton_vision.data.pipeline', 'sklearn') if m in sys.modules); "
         "print(r.score, heavy)"
     )
     proc = subprocess.run([sys.executable, "-c", code, str(bundle["dir"]), str(bundle["pngs"][0])],

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lepton_vision.errors import DataError
-from lepton_vision.preprocess import (
+from lepton_vision.config.errors import DataError
+from lepton_vision.data.preprocess import (
     content_hash,
     load_for_model,
     read_image,
@@ -173,8 +173,8 @@ def test_content_hash(tmp_path):
 def test_data_modules_do_not_import_tensorflow():
     code = (
         "import sys\n"
-        "import lepton_vision.samples, lepton_vision.folds, lepton_vision.augment, lepton_vision.preprocess\n"
-        "import lepton_vision.augment as a; a.transform_names()\n"
+        "import lepton_vision.data.samples, lepton_vision.data.folds, lepton_vision.data.augment, lepton_vision.data.preprocess\n"
+        "import lepton_vision.data.augment as a; a.transform_names()\n"
         "bad = [m for m in ('tensorflow', 'keras', 'gradio') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from lepton_vision.errors import CardError, RecipeError
-from lepton_vision.recipe import recipe_from_text, result_sha256
+from lepton_vision.config.errors import CardError, RecipeError
+from lepton_vision.config.recipe import recipe_from_text, result_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 CT_BASE = (REPO / "recipes/ct_screening/baseline.yaml").read_text()
@@ -63,7 +63,7 @@ def test_augmentation_must_keep_the_pretraining_input_size_too():
 
 
 def test_pretrain_dataset_must_be_generated_and_fit_the_task(tmp_path, tiny_ct_project):
-    from lepton_vision.cards import load_resolved
+    from lepton_vision.config.cards import load_resolved
 
     recipe = tiny_ct_project(tmp_path)
     with pytest.raises(CardError) as e:
@@ -75,7 +75,7 @@ def test_pretrain_dataset_must_be_generated_and_fit_the_task(tmp_path, tiny_ct_p
 
 
 def test_weights_source_errors_name_the_path(tmp_path):
-    from lepton_vision.finetune import resolve_weights_source
+    from lepton_vision.models.finetune import resolve_weights_source
 
     with pytest.raises(RecipeError, match="no such file or directory.*nope"):
         resolve_weights_source("nope/model.weights.h5", tmp_path)
@@ -97,15 +97,15 @@ def test_weights_source_errors_name_the_path(tmp_path):
 
 
 def _tiny_detector(n_classes: int, seed: int):
-    from lepton_vision.detectors import YoloV8Adapter
-    from lepton_vision.recipe import DetectorSpec
+    from lepton_vision.models.detectors import YoloV8Adapter
+    from lepton_vision.config.recipe import DetectorSpec
 
     return YoloV8Adapter().build(DetectorSpec(size="tiny"), n_classes, (64, 64), seed)
 
 
 @pytest.mark.tf
 def test_detector_start_weights_whole_model_or_backbone(tmp_path):
-    from lepton_vision.finetune import load_start_weights
+    from lepton_vision.models.finetune import load_start_weights
 
     src = _tiny_detector(3, seed=1)
     path = tmp_path / "src.weights.h5"
@@ -124,7 +124,7 @@ def test_detector_start_weights_whole_model_or_backbone(tmp_path):
     export = tmp_path / "run" / "export"
     export.mkdir(parents=True)
     src.save(export / "model.keras")
-    from lepton_vision.finetune import resolve_weights_source
+    from lepton_vision.models.finetune import resolve_weights_source
 
     fresh = _tiny_detector(3, seed=3)
     assert load_start_weights(fresh, resolve_weights_source(str(tmp_path / "run"), tmp_path)) == "model"
@@ -133,8 +133,8 @@ def test_detector_start_weights_whole_model_or_backbone(tmp_path):
 
 @pytest.mark.tf
 def test_classifier_start_weights_from_an_export_model(tmp_path):
-    from lepton_vision.backbones import build_classifier
-    from lepton_vision.finetune import load_start_weights
+    from lepton_vision.models.backbones import build_classifier
+    from lepton_vision.models.finetune import load_start_weights
 
     src = build_classifier("small_cnn", (32, 32), 1, seed=1)
     src.save(tmp_path / "model.keras")
@@ -150,8 +150,8 @@ def test_classifier_start_weights_from_an_export_model(tmp_path):
 def test_layerwise_learning_rate_freezes_then_scales_the_backbone():
     import keras
 
-    from lepton_vision.backbones import build_classifier
-    from lepton_vision.finetune import backbone_variables, layerwise_optimizer
+    from lepton_vision.models.backbones import build_classifier
+    from lepton_vision.models.finetune import backbone_variables, layerwise_optimizer
 
     x = np.random.default_rng(0).random((8, 32, 32, 1)).astype(np.float32)
     y = np.array([0, 1] * 4, np.float32).reshape(-1, 1)
@@ -200,7 +200,7 @@ CT_PRE = ["pretrain.dataset=synthetic_ct", "pretrain.images=48", "pretrain.image
 
 @pytest.mark.tf
 def test_ct_run_pretrains_once_caches_and_fine_tunes(tmp_path, tiny_ct_project, monkeypatch):
-    from lepton_vision.crossval import run_train
+    from lepton_vision.engine.run import run_train
 
     recipe = _ct_project(tmp_path, tiny_ct_project, monkeypatch)
     run1 = run_train(recipe, CT_TINY + CT_PRE, out=tmp_path / "run1")
@@ -228,8 +228,8 @@ def test_ct_run_pretrains_once_caches_and_fine_tunes(tmp_path, tiny_ct_project, 
     assert len([p for p in (tmp_path / "cache" / "pretrain").iterdir()]) == 1
     assert json.loads((run2 / "export" / "bundle.json").read_text())["training_start"]["source"] == "pretrain"
     # More generated images: another pretraining.
-    from lepton_vision.cards import load_resolved
-    from lepton_vision.pretrain import prepare_start, pretrain_key
+    from lepton_vision.config.cards import load_resolved
+    from lepton_vision.engine.pretrain import prepare_start, pretrain_key
 
     k1, _ = pretrain_key(load_resolved(recipe, CT_TINY + CT_PRE))
     k2, _ = pretrain_key(load_resolved(recipe, CT_TINY + CT_PRE + ["pretrain.images=64"]))
@@ -255,7 +255,7 @@ def test_ct_run_pretrains_once_caches_and_fine_tunes(tmp_path, tiny_ct_project, 
 
 @pytest.mark.tf
 def test_run_starts_from_a_previous_runs_export(tmp_path, tiny_ct_project, monkeypatch):
-    from lepton_vision.crossval import run_train
+    from lepton_vision.engine.run import run_train
 
     recipe = _ct_project(tmp_path, tiny_ct_project, monkeypatch)
     first = run_train(recipe, CT_TINY, out=tmp_path / "first")
@@ -272,8 +272,8 @@ def test_run_starts_from_a_previous_runs_export(tmp_path, tiny_ct_project, monke
 
 @pytest.mark.tf
 def test_detection_pretrain_stage_streams_road_scenes(tmp_path, monkeypatch):
-    from lepton_vision.cards import load_resolved
-    from lepton_vision.pretrain import ensure_pretrained, prepare_start
+    from lepton_vision.config.cards import load_resolved
+    from lepton_vision.engine.pretrain import ensure_pretrained, prepare_start
 
     for d in ("tasks", "datasets", "recipes"):
         shutil.copytree(REPO / d, tmp_path / d)
@@ -317,9 +317,9 @@ def test_cli_pretrain_without_a_pretrain_section_is_a_clear_error(capsys):
 
 @pytest.mark.tf
 def test_failed_pretraining_names_the_images_and_leaves_no_cache_entry(tmp_path, tiny_ct_project, monkeypatch):
-    from lepton_vision import pretrain
-    from lepton_vision.cards import load_resolved
-    from lepton_vision.errors import LeptonError
+    from lepton_vision.engine import pretrain
+    from lepton_vision.config.cards import load_resolved
+    from lepton_vision.config.errors import LeptonError
 
     recipe = _ct_project(tmp_path, tiny_ct_project, monkeypatch)
     real = pretrain.render_job
@@ -341,8 +341,8 @@ def test_failed_pretraining_names_the_images_and_leaves_no_cache_entry(tmp_path,
 def test_kitti_recipe_streams_kitti_style_road_scenes_and_older_stages_keep_their_keys():
     """kitti_pretrained.yaml pretrains on synthetic_road_kitti (amodal boxes, perspective cars,
     parked rows); a stage on synthetic_road hashes exactly the fields it hashed before those existed."""
-    from lepton_vision.cards import load_resolved
-    from lepton_vision.pretrain import pretrain_key, render_job, stream_spec
+    from lepton_vision.config.cards import load_resolved
+    from lepton_vision.engine.pretrain import pretrain_key, render_job, stream_spec
 
     recipe = REPO / "recipes/obstacle_detection/kitti_pretrained.yaml"
     kitti = load_resolved(recipe, ["pretrain.images=8", "pretrain.validation_images=0"])

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lepton_vision.errors import RecipeError
-from lepton_vision.recipe import load_recipe
+from lepton_vision.config.errors import RecipeError
+from lepton_vision.config.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 

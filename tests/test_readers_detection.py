@@ -11,15 +11,15 @@ import cv2
 import numpy as np
 import pytest
 
-from lepton_vision.cards import DatasetCard, TaskCard, load_dataset_card
-from lepton_vision.errors import DataError, RecipeError
-from lepton_vision.readers.detection import (
+from lepton_vision.config.cards import DatasetCard, TaskCard, load_dataset_card
+from lepton_vision.config.errors import DataError, RecipeError
+from lepton_vision.data.readers.detection import (
     DETECTION_COLUMNS,
     DROP_REASONS,
     boxes_of,
     read_detection_samples,
 )
-from lepton_vision.samples import read_samples
+from lepton_vision.data.samples import read_samples
 
 REPO = Path(__file__).resolve().parents[1]
 W, H = 40, 30

@@ -11,12 +11,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from lepton_vision.cards import DatasetCard, SyntheticSpec, TaskCard
-from lepton_vision.errors import DataError
-from lepton_vision.preprocess import read_image, slice_path, to_uint8
-from lepton_vision.readers.dicom_series import scan_series
-from lepton_vision.samples import read_samples
-from lepton_vision.synthetic import generate_ct_dataset
+from lepton_vision.config.cards import DatasetCard, SyntheticSpec, TaskCard
+from lepton_vision.config.errors import DataError
+from lepton_vision.data.preprocess import read_image, slice_path, to_uint8
+from lepton_vision.data.readers.dicom_series import scan_series
+from lepton_vision.data.samples import read_samples
+from lepton_vision.data.synthetic.ct import generate_ct_dataset
 
 N_PATIENTS, N_SLICES = 3, 4
 TASK = TaskCard.model_validate(

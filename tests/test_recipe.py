@@ -7,8 +7,8 @@ import json
 import pytest
 from pydantic import BaseModel
 
-from lepton_vision.errors import RecipeError
-from lepton_vision.recipe import (
+from lepton_vision.config.errors import RecipeError
+from lepton_vision.config.recipe import (
     Recipe,
     dump_recipe,
     load_recipe,
@@ -39,14 +39,14 @@ def test_every_field_is_described():
         for name, f in model.model_fields.items():
             if not f.description:
                 missing.append(f"{prefix}{name}")
-            from lepton_vision.recipe import _sub_model
+            from lepton_vision.config.recipe import _sub_model
 
             sub = _sub_model(f.annotation)
             if sub is not None:
                 walk(sub, f"{prefix}{name}.")
 
     walk(Recipe, "")
-    from lepton_vision.cards import DatasetCard, TaskCard
+    from lepton_vision.config.cards import DatasetCard, TaskCard
 
     walk(TaskCard, "task.")
     walk(DatasetCard, "dataset.")

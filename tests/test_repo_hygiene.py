@@ -22,10 +22,10 @@ def test_declarative_folders_hold_no_python():
 def test_light_modules_do_not_import_tensorflow():
     code = (
         "import sys\n"
-        "import lepton_vision, lepton_vision.cli, lepton_vision.recipe, lepton_vision.cards\n"
-        "import lepton_vision.metrics, lepton_vision.report, lepton_vision.folds, lepton_vision.samples\n"
-        "import lepton_vision.augment, lepton_vision.preprocess, lepton_vision.backbones, lepton_vision.synthetic\n"
-        "import lepton_vision.predictor\n"
+        "import lepton_vision, lepton_vision.cli, lepton_vision.config.recipe, lepton_vision.config.cards\n"
+        "import lepton_vision.kinds.classification.metrics, lepton_vision.kinds.classification.report, lepton_vision.data.folds, lepton_vision.data.samples\n"
+        "import lepton_vision.data.augment, lepton_vision.data.preprocess, lepton_vision.models.backbones, lepton_vision.data.synthetic.ct\n"
+        "import lepton_vision.kinds.classification.predictor\n"
         f"bad = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )

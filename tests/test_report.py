@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from lepton_vision import metrics as M
-from lepton_vision.report import PLOT_NAMES, print_summary, write_report
+from lepton_vision.kinds.classification import metrics as M
+from lepton_vision.kinds.classification.report import PLOT_NAMES, print_summary, write_report
 from lepton_vision.runio import RunDir, atomic_write_json
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from lepton_vision.cards import DatasetCard, TaskCard
-from lepton_vision.errors import DataError
-from lepton_vision.readers.dicom import pseudonym
-from lepton_vision.samples import TABLE_COLUMNS, read_samples
+from lepton_vision.config.cards import DatasetCard, TaskCard
+from lepton_vision.config.errors import DataError
+from lepton_vision.data.readers.dicom import pseudonym
+from lepton_vision.data.samples import TABLE_COLUMNS, read_samples
 
 
 TASK = TaskCard.model_validate(

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from lepton_vision.cli import main
-from lepton_vision.errors import LeptonError, RecipeError
-from lepton_vision.recipe import dump_recipe, recipe_from_text, result_sha256
+from lepton_vision.config.errors import LeptonError, RecipeError
+from lepton_vision.config.recipe import dump_recipe, recipe_from_text, result_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = REPO / "recipes/ct_screening/baseline.yaml"
@@ -70,7 +70,7 @@ def test_resume_ignores_where_a_run_executes_but_not_what_it_computes():
 
 
 def test_global_batch_is_explicit():
-    from lepton_vision._keras import global_batch_size, recipe_for_replicas
+    from lepton_vision.backend import global_batch_size, recipe_for_replicas
 
     assert global_batch_size(32, 1) == 32
     assert global_batch_size(32, 4) == 128  # per replica: 32 on each GPU
@@ -133,7 +133,7 @@ def test_cli_scale_out_flags_become_recipe_overrides():
 
 
 def test_loopback_addresses_are_recognised():
-    from lepton_vision.executors import _loopback
+    from lepton_vision.engine.executors import _loopback
 
     assert _loopback("127.0.0.1:6379") and _loopback("ray://localhost:10001") and _loopback("[::1]:6379")
     assert not _loopback("10.0.0.5:6379") and not _loopback("ray://head:10001")
@@ -143,7 +143,7 @@ def test_loopback_addresses_are_recognised():
 
 
 def test_space_file_loads_with_every_domain(tmp_path):
-    from lepton_vision.sweep import load_space
+    from lepton_vision.engine.sweep import load_space
 
     space = tmp_path / "space.yaml"
     space.write_text(
@@ -161,7 +161,7 @@ def test_space_file_loads_with_every_domain(tmp_path):
 
 
 def test_bad_space_file_lists_every_problem_with_its_line(tmp_path):
-    from lepton_vision.sweep import load_space
+    from lepton_vision.engine.sweep import load_space
 
     space = tmp_path / "space.yaml"
     space.write_text(
@@ -186,7 +186,7 @@ def test_bad_space_file_lists_every_problem_with_its_line(tmp_path):
 
 
 def test_space_values_are_checked_against_the_recipe(tmp_path):
-    from lepton_vision.sweep import load_space
+    from lepton_vision.engine.sweep import load_space
 
     space = tmp_path / "space.yaml"
     space.write_text("train.optimizer.learning_rate: {loguniform: [1.0e-3, 20.0]}\n")  # the recipe allows <= 10
@@ -195,7 +195,7 @@ def test_space_values_are_checked_against_the_recipe(tmp_path):
 
 
 def test_tune_values_round_trip_through_set():
-    from lepton_vision.sweep import yaml_value
+    from lepton_vision.engine.sweep import yaml_value
 
     r = recipe_from_text(MINIMAL, [f"train.optimizer.learning_rate={yaml_value(1e-05)}",
                                    f"model.backbone={yaml_value('mobilenet_v3_small')}",
@@ -205,7 +205,7 @@ def test_tune_values_round_trip_through_set():
 
 
 def test_objective_is_the_task_cards_primary_metric():
-    from lepton_vision.sweep import check_objective, objective_of
+    from lepton_vision.engine.sweep import check_objective, objective_of
 
     cls = {"pooled": {"roc_auc": {"value": 0.8, "lo": 0.7, "hi": 0.9}, "f1": {"value": 0.6, "lo": 0.5, "hi": 0.7}}}
     assert objective_of(cls, "roc_auc", "binary_classification") == (0.8, 0.7, 0.9)
@@ -225,7 +225,7 @@ def test_scale_out_modules_import_nothing_heavy():
     code = (
         "import sys, time\n"
         "t = time.perf_counter()\n"
-        "import lepton_vision, lepton_vision.cli, lepton_vision.executors, lepton_vision.tracking, lepton_vision.sweep\n"
+        "import lepton_vision, lepton_vision.cli, lepton_vision.engine.executors, lepton_vision.engine.tracking, lepton_vision.engine.sweep\n"
         "from lepton_vision.cli import main\n"
         "try:\n    main(['tune', '--help'])\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('ray', 'mlflow', 'tensorflow', 'keras') if m in sys.modules]\n"
@@ -237,7 +237,7 @@ def test_scale_out_modules_import_nothing_heavy():
 
 
 def test_a_resource_request_no_node_can_meet_is_refused_or_warned(capsys):
-    from lepton_vision.executors import check_fits
+    from lepton_vision.engine.executors import check_fits
 
     class FakeRay:
         @staticmethod

@@ -52,7 +52,7 @@ def _sets(overrides: list[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster():
-    from lepton_vision.executors import connect_ray
+    from lepton_vision.engine.executors import connect_ray
 
     ray, started = connect_ray(None, num_cpus=2)
     assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")  # loopback only
@@ -232,14 +232,14 @@ def test_interrupted_local_run_resumes_on_a_ray_cluster(runs, project, ray_head,
 
 
 def _fake_recipe(**ray):
-    from lepton_vision.recipe import recipe_from_text
+    from lepton_vision.config.recipe import recipe_from_text
 
     sets = ["train.executor=ray", "cv.n_splits=2", *(f"train.ray.{k}={v}" for k, v in ray.items())]
     return recipe_from_text("schema_version: 1\nname: t\ntask: ct_screening\ndataset: synthetic_ct\n", sets)
 
 
 def test_a_crashed_fold_is_retried_once_and_reported(cluster, tmp_path, capsys):
-    from lepton_vision.executors import run_folds
+    from lepton_vision.engine.executors import run_folds
 
     marker = str(tmp_path / "crashed-once")
 
@@ -263,8 +263,8 @@ def test_a_crashed_fold_is_retried_once_and_reported(cluster, tmp_path, capsys):
 
 
 def test_a_fold_failing_twice_stops_the_run_and_keeps_the_others(cluster, tmp_path):
-    from lepton_vision.errors import TrainError
-    from lepton_vision.executors import run_folds
+    from lepton_vision.config.errors import TrainError
+    from lepton_vision.engine.executors import run_folds
 
     def broken(shared, k, out_dir):
         if k == 1:
@@ -281,8 +281,8 @@ def test_a_fold_failing_twice_stops_the_run_and_keeps_the_others(cluster, tmp_pa
 
 
 def test_data_errors_are_not_retried(cluster, tmp_path):
-    from lepton_vision.errors import DataError
-    from lepton_vision.executors import run_folds
+    from lepton_vision.config.errors import DataError
+    from lepton_vision.engine.executors import run_folds
 
     calls = tmp_path / "calls"
     calls.mkdir()
@@ -341,7 +341,7 @@ def test_sweep_of_four_trials_writes_results_and_a_best_recipe(project, cluster,
 
 
 def test_detection_folds_on_ray_equal_local_folds(project, cluster, tmp_path):
-    from lepton_vision.crossval import run_train
+    from lepton_vision.engine.run import run_train
 
     root, _, _ = project
     recipe = root / "recipes/person_detection/baseline.yaml"
@@ -364,7 +364,7 @@ def test_detection_folds_on_ray_equal_local_folds(project, cluster, tmp_path):
 
 MIRRORED = """
 import sys
-from lepton_vision._keras import import_keras
+from lepton_vision.backend import import_keras
 tf, _ = import_keras()
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)

@@ -26,7 +26,7 @@ _spec.loader.exec_module(demo_exports)
 
 
 def _frame_det(boxes, scores, classes, threshold=0.0, names=("a", "b")):
-    from lepton_vision.det_predictor import FrameDetections
+    from lepton_vision.kinds.detection.predictor import FrameDetections
 
     scores = np.asarray(scores, np.float32)
     return FrameDetections(boxes=np.asarray(boxes, np.float32).reshape(-1, 4), scores=scores,
@@ -47,7 +47,7 @@ def _iou(a, b) -> float:
 
 
 def test_class_nms_is_class_wise_and_suppresses_only_above_the_iou():
-    from lepton_vision.serve import class_nms
+    from lepton_vision.serve.demo import class_nms
 
     boxes = [[0, 0, 10, 10], [1, 0, 11, 10], [0, 0, 10, 10], [50, 50, 60, 60]]
     scores = [0.9, 0.8, 0.7, 0.6]
@@ -61,7 +61,7 @@ def test_class_nms_is_class_wise_and_suppresses_only_above_the_iou():
 
 
 def test_filter_detections_applies_threshold_and_extra_nms_only_below_the_exported_iou():
-    from lepton_vision.serve import filter_detections
+    from lepton_vision.serve.demo import filter_detections
 
     det = _frame_det([[0, 0, 10, 10], [2, 0, 12, 10], [30, 30, 40, 40], [0, 0, 10, 10]],
                      [0.9, 0.8, 0.3, 0.6], [0, 0, 0, 1], threshold=0.5)
@@ -75,7 +75,7 @@ def test_filter_detections_applies_threshold_and_extra_nms_only_below_the_export
 
 
 def test_boxes_get_per_class_colours_and_labels_stay_inside_the_frame():
-    from lepton_vision.det_predictor import CLASS_COLORS_RGB, draw_detections
+    from lepton_vision.kinds.detection.predictor import CLASS_COLORS_RGB, draw_detections
 
     img = np.full((100, 120, 3), 128, np.uint8)
     det = _frame_det([[10, 40, 40, 90], [70, 40, 118, 90]], [0.9, 0.8], [0, 1], names=("car", "pedestrian"))
@@ -88,8 +88,8 @@ def test_boxes_get_per_class_colours_and_labels_stay_inside_the_frame():
 
 
 def test_parse_auth():
-    from lepton_vision.errors import LeptonError
-    from lepton_vision.serve import parse_auth
+    from lepton_vision.config.errors import LeptonError
+    from lepton_vision.serve.demo import parse_auth
 
     assert parse_auth("ann:pa:ss") == ("ann", "pa:ss")
     assert parse_auth(None) is None
@@ -123,7 +123,7 @@ def _det_bundle(**extra):
 
 
 def test_model_card_for_a_detector_states_metrics_cis_thresholds_and_int8():
-    from lepton_vision.serve import model_card_markdown
+    from lepton_vision.serve.demo import model_card_markdown
 
     md = model_card_markdown(_det_bundle(), "LiteRT float32 (`model.tflite`)")
     assert "### Model card: Obstacle detection" in md and "**Intended use.** Engineering only." in md
@@ -139,7 +139,7 @@ def test_model_card_for_a_detector_states_metrics_cis_thresholds_and_int8():
 
 
 def test_pick_examples_spreads_over_groups_and_skips_missing_files(tmp_path):
-    from lepton_vision.serve import _stage_examples, pick_examples
+    from lepton_vision.serve.demo import _stage_examples, pick_examples
 
     run = tmp_path / "run"
     (run / "export").mkdir(parents=True)
@@ -162,8 +162,8 @@ def test_pick_examples_spreads_over_groups_and_skips_missing_files(tmp_path):
 
 
 def test_latest_export_picks_the_newest_of_the_task_and_says_how_to_train(tmp_path, capsys):
-    from lepton_vision.errors import LeptonError
-    from lepton_vision.serve import app_main, latest_export
+    from lepton_vision.config.errors import LeptonError
+    from lepton_vision.serve.demo import app_main, latest_export
 
     with pytest.raises(LeptonError, match=r"train it first: lepton-vision train recipes/ct_screening/baseline.yaml"):
         latest_export("ct_screening", tmp_path)
@@ -225,14 +225,15 @@ def ct(tmp_path_factory, write_ct_dicom):
 
 @pytest.fixture(scope="module")
 def ct_demo(ct):
-    from lepton_vision.serve import ClassificationDemo
+    from lepton_vision.serve.demo import ClassificationDemo
 
     return ClassificationDemo(ct["dir"])
 
 
 @pytest.mark.tf
 def test_classify_equals_the_predictor_on_dicom_and_png(ct, ct_demo):
-    from lepton_vision import Predictor, preprocess
+    from lepton_vision import Predictor
+    from lepton_vision.data import preprocess
 
     p = Predictor.from_bundle(ct["dir"], backend=ct_demo.predictor.backend)
     assert ct_demo.predictor.backend == "tflite"  # auto: LiteRT when installed
@@ -256,7 +257,7 @@ def test_classify_equals_the_predictor_on_dicom_and_png(ct, ct_demo):
 
 @pytest.mark.tf
 def test_threshold_slider_re_decides_without_the_model(ct, ct_demo):
-    from lepton_vision.serve import decision_html
+    from lepton_vision.serve.demo import decision_html
 
     scores = sorted(ct_demo.classify(str(d)).score for d in ct["dicoms"])
     assert scores[0] < scores[-1]
@@ -287,7 +288,7 @@ def test_gradcam_overlay_from_model_keras(ct, ct_demo):
     assert r.image.shape == r.display.shape and r.image.dtype == np.uint8
     assert not np.array_equal(r.image, r.display)
     # the hot spot is where the slice is bright (the model's score rises with brightness)
-    from lepton_vision import preprocess
+    from lepton_vision.data import preprocess
 
     small = preprocess.to_model_input(r.display[:, :, :1], demo_exports.CT_SIZE)[:, :, 0]
     bright = small > np.median(small)
@@ -308,7 +309,7 @@ def test_colour_image_is_converted_to_grey_with_a_note(ct, ct_demo):
 
 @pytest.mark.tf
 def test_bad_ct_uploads_give_friendly_errors(ct, ct_demo, tmp_path):
-    from lepton_vision.serve import ClassificationDemo
+    from lepton_vision.serve.demo import ClassificationDemo
 
     cases = [
         (None, r"Upload a CT slice first"),
@@ -335,7 +336,7 @@ def test_bad_ct_uploads_give_friendly_errors(ct, ct_demo, tmp_path):
 
 @pytest.mark.tf
 def test_ct_page_layout_examples_and_model_card(ct):
-    from lepton_vision.serve import build_demo
+    from lepton_vision.serve.demo import build_demo
 
     blocks = build_demo(ct["dir"])
     comps = {c.get("props", {}).get("elem_id"): c for c in blocks.config["components"]}
@@ -354,7 +355,7 @@ def test_ct_page_layout_examples_and_model_card(ct):
 
 @pytest.mark.tf
 def test_launch_demo_binds_loopback_without_share_and_limits_uploads(ct, monkeypatch, capsys):
-    from lepton_vision import serve
+    from lepton_vision.serve.demo import demo as serve
 
     calls = []
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: calls.append(kw) or (None, "http://x", None))
@@ -383,7 +384,7 @@ def connect(self, address):
     seen.append(str(address[0]) if isinstance(address, tuple) else str(address))
     return _connect(self, address)
 socket.getaddrinfo, socket.socket.connect = gai, connect
-from lepton_vision.serve import launch_demo
+from lepton_vision.serve.demo import launch_demo
 app, url, share = launch_demo(export, port=port, prevent_thread_lock=True, quiet=True)
 for path in ("", "config", "gradio_api/info"):
     urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=30).read()
@@ -427,7 +428,7 @@ def det(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def det_demo(det, tmp_path_factory):
-    from lepton_vision.serve import DetectionDemo
+    from lepton_vision.serve.demo import DetectionDemo
 
     return DetectionDemo(det["dir"], work_dir=tmp_path_factory.mktemp("det_work"))
 
@@ -476,7 +477,7 @@ def test_detection_sliders_refilter_without_the_model(det, det_demo):
 @pytest.mark.tf
 def test_webcam_arrays_and_bad_detection_inputs(det, det_demo, ct, tmp_path):
     from lepton_vision import Predictor
-    from lepton_vision.serve import DetectionDemo
+    from lepton_vision.serve.demo import DetectionDemo
 
     rgb = det["scenes"][2][0]
     ref = Predictor.from_bundle(det["dir"], backend="tflite").predict(rgb)
@@ -529,7 +530,7 @@ def test_detect_video_writes_a_playable_annotated_video_with_progress(det, det_d
 
 @pytest.mark.tf
 def test_video_frame_cap_and_bad_videos(det, tmp_path):
-    from lepton_vision.serve import DetectionDemo
+    from lepton_vision.serve.demo import DetectionDemo
 
     demo = DetectionDemo(det["dir"], max_video_frames=3, work_dir=tmp_path / "work")
     v = demo.detect_video(str(det["video"]))
@@ -548,7 +549,7 @@ def test_video_frame_cap_and_bad_videos(det, tmp_path):
 
 @pytest.mark.tf
 def test_detection_page_layout_and_examples(det):
-    from lepton_vision.serve import build_demo
+    from lepton_vision.serve.demo import build_demo
 
     blocks = build_demo(det["dir"])
     comps = {c.get("props", {}).get("elem_id"): c for c in blocks.config["components"]}

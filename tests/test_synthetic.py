@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from lepton_vision import synthetic
-from lepton_vision.cards import SyntheticSpec
-from lepton_vision.readers.dicom import read_dicom_hu
+from lepton_vision.data.synthetic import ct as synthetic
+from lepton_vision.config.cards import SyntheticSpec
+from lepton_vision.data.readers.dicom import read_dicom_hu
 
 
 def _spec(seed: int = 3, **kw: object) -> SyntheticSpec:

@@ -13,9 +13,9 @@ import pandas as pd
 import pydicom
 import pytest
 
-from lepton_vision import synthetic
-from lepton_vision import synthetic_scenes as ss
-from lepton_vision.cards import SyntheticSpec
+from lepton_vision.data.synthetic import ct as synthetic
+from lepton_vision.data.synthetic import scenes as ss
+from lepton_vision.config.cards import SyntheticSpec
 
 STREET = {"generator": "street_scenes", "n_images": 8, "frame_size": (96, 64), "sequence_length": 3,
           "empty_fraction": 0.25, "seed": 3}

@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from lepton_vision import synthetic_scenes as ss
-from lepton_vision.cards import SyntheticSpec
-from lepton_vision.errors import DataError
+from lepton_vision.data.synthetic import scenes as ss
+from lepton_vision.config.cards import SyntheticSpec
+from lepton_vision.config.errors import DataError
 
 STREET = {"generator": "street_scenes", "n_images": 12, "frame_size": (160, 120), "sequence_length": 4,
           "empty_fraction": 0.25, "seed": 3}
@@ -195,7 +195,7 @@ KITTI_STYLE = {"boxes": "amodal", "min_visible": 0.25, "car_model": "perspective
 
 
 def test_kitti_card_loads_and_its_settings_reach_the_generator() -> None:
-    from lepton_vision.cards import load_dataset_card
+    from lepton_vision.config.cards import load_dataset_card
 
     card = load_dataset_card(Path(__file__).resolve().parents[1] / "datasets" / "synthetic_road_kitti" / "dataset.yaml")
     assert card.synthetic is not None

@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lepton_vision.errors import LeptonError
+from lepton_vision.config.errors import LeptonError
 from lepton_vision.runio import RunDir
-from lepton_vision.tracking import flatten, pooled_metrics
+from lepton_vision.engine.tracking import flatten, pooled_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def _fake_run(root: Path) -> RunDir:
 @pytest.fixture
 def resolved(monkeypatch, tmp_path):
     pytest.importorskip("mlflow", reason="MLflow tracking is the [mlflow] extra: pip install 'lepton-vision[mlflow]'")
-    from lepton_vision.cards import load_resolved
+    from lepton_vision.config.cards import load_resolved
 
     monkeypatch.chdir(tmp_path)  # MLflow must not write ./mlruns wherever the command runs
     return load_resolved(REPO / "recipes/ct_screening/baseline.yaml", ["tracking=mlflow"])
@@ -71,7 +71,7 @@ def resolved(monkeypatch, tmp_path):
 def test_mlflow_run_holds_params_metrics_tags_and_artefacts(resolved, tmp_path):
     from mlflow import MlflowClient
 
-    from lepton_vision.tracking import tracking_session
+    from lepton_vision.engine.tracking import tracking_session
 
     run = _fake_run(tmp_path / "run")
     with tracking_session(resolved, run) as tracker:
@@ -108,7 +108,7 @@ def test_mlflow_run_holds_params_metrics_tags_and_artefacts(resolved, tmp_path):
 def test_failed_run_is_marked_and_resume_continues_the_same_mlflow_run(resolved, tmp_path):
     from mlflow import MlflowClient
 
-    from lepton_vision.tracking import tracking_session
+    from lepton_vision.engine.tracking import tracking_session
 
     run = _fake_run(tmp_path / "run")
     with pytest.raises(RuntimeError, match="fold 2 crashed"):
@@ -133,7 +133,7 @@ def test_failed_run_is_marked_and_resume_continues_the_same_mlflow_run(resolved,
 
 @pytest.mark.parametrize("uri", ["bogus://nowhere", "sqlite:///{tmp}/a_file/mlflow.db"])
 def test_unusable_tracking_uri_names_the_field(resolved, tmp_path, uri):
-    from lepton_vision.tracking import tracking_session
+    from lepton_vision.engine.tracking import tracking_session
 
     (tmp_path / "a_file").write_text("a file where a folder would have to be")
     bad = resolved.recipe.model_copy(update={"tracking": resolved.recipe.tracking.model_copy(

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lepton_vision.errors import DataError, TrainError
-from lepton_vision.recipe import Recipe
+from lepton_vision.config.errors import DataError, TrainError
+from lepton_vision.config.recipe import Recipe
 
 pytestmark = pytest.mark.tf
 
@@ -51,7 +51,7 @@ def _recipe(**train) -> Recipe:
 
 
 def _builder(seed: int = 5):
-    from lepton_vision.backbones import build_classifier
+    from lepton_vision.models.backbones import build_classifier
 
     return lambda: build_classifier("small_cnn", (SIZE, SIZE), 1, dropout=0.1, seed=seed)
 
@@ -64,8 +64,8 @@ def data():
 
 @pytest.fixture(scope="module")
 def first_fit(data, tmp_path_factory):
-    from lepton_vision._keras import configure_devices
-    from lepton_vision.train import fit_fold
+    from lepton_vision.backend import configure_devices
+    from lepton_vision.kinds.classification.train import fit_fold
 
     configure_devices(5)
     out = tmp_path_factory.mktemp("fold1")
@@ -73,8 +73,8 @@ def first_fit(data, tmp_path_factory):
 
 
 def test_learns_and_writes_files(first_fit, data, capsys):
-    from lepton_vision._keras import import_keras
-    from lepton_vision.train import predict_scores
+    from lepton_vision.backend import import_keras
+    from lepton_vision.kinds.classification.train import predict_scores
 
     result, out = first_fit
     assert result.best_val_auc > 0.9
@@ -99,8 +99,8 @@ def test_learns_and_writes_files(first_fit, data, capsys):
 
 
 def test_same_seed_same_scores(first_fit, data, tmp_path):
-    from lepton_vision._keras import configure_devices
-    from lepton_vision.train import fit_fold, predict_scores
+    from lepton_vision.backend import configure_devices
+    from lepton_vision.kinds.classification.train import fit_fold, predict_scores
 
     configure_devices(5)
     again = fit_fold(_builder(), *data, _recipe(), tmp_path, fold_label="fold 1/2")
@@ -112,7 +112,7 @@ def test_same_seed_same_scores(first_fit, data, tmp_path):
 
 
 def test_nan_loss_is_a_train_error(data, tmp_path):
-    from lepton_vision.train import fit_fold
+    from lepton_vision.kinds.classification.train import fit_fold
 
     tx, ty, vx, vy = data
     bad = tx.copy()
@@ -123,7 +123,7 @@ def test_nan_loss_is_a_train_error(data, tmp_path):
 
 
 def test_one_class_validation_is_a_data_error(data, tmp_path):
-    from lepton_vision.train import fit_fold
+    from lepton_vision.kinds.classification.train import fit_fold
 
     tx, ty, vx, vy = data
     with pytest.raises(DataError, match="fold 2/5: the validation set has only class 1"):
@@ -131,7 +131,7 @@ def test_one_class_validation_is_a_data_error(data, tmp_path):
 
 
 def test_fit_final_sgd_plateau_no_class_weight(data, tmp_path):
-    from lepton_vision.train import fit_final, predict_scores
+    from lepton_vision.kinds.classification.train import fit_final, predict_scores
 
     tx, ty, _, _ = data
     recipe = _recipe(
@@ -148,7 +148,7 @@ def test_fit_final_sgd_plateau_no_class_weight(data, tmp_path):
 
 
 def test_weight_average_is_what_validation_and_the_best_epoch_see(data, tmp_path):
-    from lepton_vision.train import fit_fold
+    from lepton_vision.kinds.classification.train import fit_fold
 
     # A momentum this close to 1 keeps the average at the start weights: the weights that are
     # validated and returned stay those of a fresh model while the training weights learn.
@@ -170,8 +170,8 @@ def test_weight_average_is_what_validation_and_the_best_epoch_see(data, tmp_path
 
 
 def test_cosine_schedule_values_and_config():
-    from lepton_vision._keras import import_keras
-    from lepton_vision.train import WarmupCosine, make_optimizer
+    from lepton_vision.backend import import_keras
+    from lepton_vision.kinds.classification.train import WarmupCosine, make_optimizer
 
     _, keras = import_keras()
     s = WarmupCosine(1.0, warmup_steps=10, total_steps=110)
@@ -197,8 +197,8 @@ def test_cosine_schedule_values_and_config():
 
 
 def test_make_dataset_augmentation_reproducible(data):
-    from lepton_vision.augment import build_augment
-    from lepton_vision.pipeline import make_dataset
+    from lepton_vision.data.augment import build_augment
+    from lepton_vision.data.pipeline import make_dataset
 
     tx, ty, _, _ = data
     ops = [op.model_dump() for op in _recipe().augment]
@@ -222,7 +222,7 @@ def test_make_dataset_augmentation_reproducible(data):
     xb = np.concatenate([x.numpy() for x, _ in ds])
     assert len({xb[j].tobytes() for j in range(16)}) >= 4  # one shared transform would give 1
     # 2-core CPU host: the inline pipeline runs with tf.data's autotuner off (it stalled epochs).
-    from lepton_vision.pipeline import _parallel_input
+    from lepton_vision.data.pipeline import _parallel_input
 
     if not _parallel_input():
         assert ds.options().autotune.enabled is False
@@ -236,7 +236,7 @@ def test_make_dataset_augmentation_reproducible(data):
 
 
 def test_make_dataset_rejects_bad_input(data):
-    from lepton_vision.pipeline import make_dataset
+    from lepton_vision.data.pipeline import make_dataset
 
     tx, ty, _, _ = data
     with pytest.raises(DataError, match="float32"):
@@ -246,7 +246,7 @@ def test_make_dataset_rejects_bad_input(data):
 
 
 def test_predict_scores_batches(first_fit, data):
-    from lepton_vision.train import predict_scores
+    from lepton_vision.kinds.classification.train import predict_scores
 
     model = first_fit[0].model
     vx = data[2][:13]
@@ -259,8 +259,8 @@ def test_predict_scores_batches(first_fit, data):
 def test_load_images_decodes_once_like_preprocess(tmp_path):
     import cv2
 
-    from lepton_vision.pipeline import load_images
-    from lepton_vision.preprocess import load_for_model
+    from lepton_vision.data.pipeline import load_images
+    from lepton_vision.data.preprocess import load_for_model
 
     rng = np.random.default_rng(0)
     paths = []
@@ -281,7 +281,7 @@ def test_recompute_bn_statistics_sets_moving_stats_to_the_data():
     whatever they were, and the layer's momentum is restored."""
     import keras
 
-    from lepton_vision.train import recompute_bn_statistics
+    from lepton_vision.kinds.classification.train import recompute_bn_statistics
 
     inp = keras.Input((4, 4, 2))
     bn = keras.layers.BatchNormalization(momentum=0.9)

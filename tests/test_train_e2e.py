@@ -75,8 +75,8 @@ def test_run_directory_holds_every_artefact(project, readme_schema_fields):
 
 
 def test_predict_reproduces_final_model_scores(project, tmp_path):
-    from lepton_vision._keras import import_keras
-    from lepton_vision.preprocess import load_for_model
+    from lepton_vision.backend import import_keras
+    from lepton_vision.data.preprocess import load_for_model
 
     _, _, run = project
     samples = pd.read_csv(run / "samples.csv", keep_default_na=False)
@@ -181,9 +181,9 @@ def test_best_fold_final_model_is_the_best_fold(project, tmp_path):
 
 
 def test_temperature_scaling_is_applied_inside_the_export(project, tmp_path):
-    from lepton_vision._keras import import_keras
-    from lepton_vision.metrics import apply_temperature
-    from lepton_vision.preprocess import load_for_model
+    from lepton_vision.backend import import_keras
+    from lepton_vision.kinds.classification.metrics import apply_temperature
+    from lepton_vision.data.preprocess import load_for_model
 
     _, recipe, _ = project
     run = tmp_path / "ts"

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from lepton_vision.kinds import classification, detection
+from lepton_vision.kinds.classification import kind as classification
+from lepton_vision.kinds.detection import kind as detection
 
 KINDS: dict[str, ModuleType] = {
     "binary_classification": classification,

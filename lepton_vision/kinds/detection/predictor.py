@@ -1,0 +1,676 @@
+"""Run an exported object detector on images and videos: the detection twin of :mod:`predictor`.
+
+:class:`DetPredictor` reads ``bundle.json`` (kind ``object_detection``) and calls the exported
+``serve_uint8`` signature, which letterboxes, decodes, runs NMS and maps boxes back to the
+frame's own pixels inside the graph (see :mod:`lepton_vision.kinds.detection.export`). Here we only
+decode files (images with :func:`preprocess.read_image`, videos with ``cv2.VideoCapture``,
+BGR -> RGB), apply the score threshold in use, and turn results into COCO detection results or
+annotated pictures. TensorFlow or LiteRT are imported only when a bundle is loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import cv2
+import numpy as np
+
+from lepton_vision.data import preprocess
+from lepton_vision.config.errors import DataError, ExportError
+from lepton_vision.kinds.classification.predictor import _has_litert, _load_bundle_json
+
+#: Image files a detection bundle reads (DICOM is CT, which detection bundles do not take).
+DET_IMAGE_EXTENSIONS = tuple(preprocess.IMAGE_EXTENSIONS)
+#: Video files read frame by frame with OpenCV.
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
+_SIGNATURE = "serve_uint8"
+_BACKENDS = ("auto", "saved_model", "tflite", "tflite_int8")
+#: Box colour (RGB) and thickness of annotated output.
+_BOX_RGB = (255, 40, 40)
+
+DetBackend = Literal["auto", "saved_model", "tflite", "tflite_int8"]
+
+
+@dataclass(frozen=True)
+class FrameDetections:
+    """Detections of one image or video frame, in the frame's ORIGINAL pixels.
+
+    Attributes:
+        boxes: float32 [N, 4] x1, y1, x2, y2, every kept box (score >= the bundle's min_score),
+            sorted by score.
+        scores: float32 [N].
+        classes: int32 [N], index into ``class_names``.
+        class_names: The bundle's classes.
+        threshold: The box score threshold in use (bundle ``score_threshold`` or an override).
+        count: Boxes with ``score >= threshold``.
+        image_score: Highest box score (0.0 when none): "object present" score.
+        alarm: ``image_score >= image_threshold`` of the bundle (False when it has none).
+        width: Frame width in pixels.
+        height: Frame height in pixels.
+        path: The file, or None for an in-memory array.
+        frame: 0-based frame index for video frames, else None.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    class_names: list[str]
+    threshold: float
+    count: int
+    image_score: float
+    alarm: bool
+    width: int
+    height: int
+    path: str | None = None
+    frame: int | None = None
+
+    def above(self, threshold: float | None = None) -> np.ndarray:
+        """Boolean mask of boxes with ``score >= threshold`` (default: the threshold in use)."""
+        thr = self.threshold if threshold is None else threshold
+        # float32 as in the graph, so ``count`` here equals the exported ``count``.
+        return self.scores >= np.float32(thr)
+
+
+class DetPredictor:
+    """Detects objects with an exported detection bundle (SavedModel or TFLite).
+
+    Build it with :meth:`from_bundle`.
+    """
+
+    def __init__(self, export_dir: Path, bundle: dict[str, Any], backend: str, runner: Any,
+                 score_threshold: float) -> None:
+        self.export_dir = export_dir
+        self.bundle = bundle
+        self.backend = backend
+        self._runner = runner
+        self.score_threshold = float(score_threshold)
+        self.classes = [str(c) for c in bundle["classes"]]
+        thr = bundle.get("image_threshold")
+        self.image_threshold = None if thr is None else float(thr)
+
+    # ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_bundle(cls, export_dir: str | Path, backend: DetBackend = "auto",
+                    score_threshold: float | None = None, num_threads: int | None = None) -> DetPredictor:
+        """Load ``export_dir/bundle.json`` and the detector it describes.
+
+        Args:
+            export_dir: An export folder written by ``export_detection.export_detector``.
+            backend: "saved_model" (TensorFlow), "tflite" (LiteRT, float32), "tflite_int8"
+                (LiteRT, int8) or "auto": float TFLite when model.tflite exists and
+                ai_edge_litert is installed, else the SavedModel.
+            score_threshold: Override the bundle's box score threshold (0..1).
+            num_threads: LiteRT interpreter threads (None: LiteRT's default).
+
+        Raises:
+            ExportError: The bundle is missing, unreadable, not an object-detection bundle, or
+                lacks the requested model file.
+        """
+        export_dir = Path(export_dir)
+        bundle = _read_det_bundle(export_dir)
+        if backend not in _BACKENDS:
+            raise ExportError(f"backend must be one of {', '.join(_BACKENDS)}. Got {backend!r}.",
+                              file=str(export_dir))
+        files = bundle.get("files", {})
+        tfl = {name: export_dir / files.get(name, {}).get("path", default)
+               for name, default in (("tflite", "model.tflite"), ("tflite_int8", "model_int8.tflite"))}
+        sm_path = export_dir / files.get("saved_model", {}).get("path", "saved_model")
+        if backend == "auto":
+            backend = "tflite" if tfl["tflite"].is_file() and _has_litert() else "saved_model"
+        if backend in tfl:
+            path = tfl[backend]
+            if not path.is_file():
+                raise ExportError(
+                    f"backend '{backend}' needs {path.name}, which is missing. Got files "
+                    f"{sorted(p.name for p in export_dir.iterdir())}. Re-export with 'tflite' in "
+                    "export.formats or use backend='saved_model'.",
+                    file=str(export_dir),
+                )
+            from ai_edge_litert.interpreter import Interpreter
+
+            runner = Interpreter(model_path=str(path), num_threads=num_threads).get_signature_runner(_SIGNATURE)
+        else:
+            if not (sm_path / "saved_model.pb").is_file():
+                raise ExportError(f"no SavedModel at {sm_path}. Re-run 'lepton-vision export'.",
+                                  file=str(export_dir))
+            import tensorflow as tf
+
+            runner = tf.saved_model.load(str(sm_path)).signatures[_SIGNATURE]
+        if score_threshold is None:
+            score_threshold = float(bundle["score_threshold"])
+        elif not 0.0 <= float(score_threshold) <= 1.0:
+            raise ExportError(f"score threshold override must be in [0, 1]. Got {score_threshold}.",
+                              file=str(export_dir))
+        return cls(export_dir, bundle, backend, runner, float(score_threshold))
+
+    # ---------------------------------------------------------------------------------------
+    def run_uint8(self, img: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw outputs of serve_uint8 for a uint8 H x W x 3 RGB frame (numpy arrays)."""
+        img = np.ascontiguousarray(img, dtype=np.uint8)
+        if self.backend.startswith("tflite"):
+            out = self._runner(image=img)
+        else:
+            import tensorflow as tf
+
+            out = self._runner(image=tf.constant(img))
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    def predict_array(self, img: np.ndarray, *, path: str | None = None,
+                      frame: int | None = None) -> FrameDetections:
+        """Detect objects in one uint8 RGB frame (H x W x 3; gray H x W is repeated to RGB).
+
+        Args:
+            img: The frame's pixels (uint8, or uint16 scaled to 0..255).
+            path: Recorded in the result (and named in errors).
+            frame: Video frame index recorded in the result.
+
+        Raises:
+            DataError: The array is not an 8/16-bit gray or RGB image.
+        """
+        raw = np.asarray(img)
+        where = path or "image array"
+        if raw.dtype not in (np.uint8, np.uint16):
+            raise DataError(
+                f"got pixels of dtype {raw.dtype} (shape {raw.shape}); a detection model takes "
+                "uint8 RGB frames (H x W x 3). Convert with np.clip(x, 0, 255).astype(np.uint8).",
+                file=where,
+            )
+        if raw.ndim in (2, 3):
+            preprocess.check_size(raw.shape[0], raw.shape[1], where)
+        try:
+            rgb = preprocess.to_uint8(raw, 3, None)
+        except ValueError as exc:
+            raise DataError(f"cannot use these pixels: {exc}. Expected H x W or H x W x 3.", file=where) from exc
+        h, w = rgb.shape[:2]
+        out = self.run_uint8(rgb)
+        scores = out["scores"].astype(np.float32).reshape(-1)
+        classes = out["classes"].astype(np.int32).reshape(-1)
+        # Rows past num_detections are padding. TFLite exports from before the nms_padded fix
+        # report num_detections = K and pad with score 0 / class 0, so padding is also told
+        # apart by its zero score (real boxes have score >= min_score > 0 in practice).
+        keep = (np.arange(len(scores)) < int(out["num_detections"])) & (classes >= 0) & (scores > 0)
+        image_score = float(out["image_score"])
+        alarm = self.image_threshold is not None and bool(np.float32(image_score) >= np.float32(self.image_threshold))
+        return FrameDetections(
+            boxes=out["boxes"].astype(np.float32).reshape(-1, 4)[keep],
+            scores=scores[keep],
+            classes=classes[keep],
+            class_names=self.classes,
+            threshold=self.score_threshold,
+            count=int((scores[keep] >= np.float32(self.score_threshold)).sum()),
+            image_score=image_score,
+            alarm=alarm,
+            width=int(w),
+            height=int(h),
+            path=path,
+            frame=frame,
+        )
+
+    def predict_file(self, path: str | Path) -> FrameDetections:
+        """Detect objects in an image file (PNG/JPEG/BMP/TIFF).
+
+        Raises:
+            DataError: The file is missing, unreadable or not an 8/16-bit image; the message
+                names it.
+        """
+        return self.predict_array(read_rgb(path), path=str(path))
+
+    def predict(self, image_or_path: str | Path | np.ndarray) -> FrameDetections:
+        """Detect objects in one image: a file path or a uint8 RGB array (same as the
+        classification Predictor's ``predict``)."""
+        if isinstance(image_or_path, (str, Path)):
+            return self.predict_file(image_or_path)
+        return self.predict_array(image_or_path)
+
+    def predict_many(self, paths: Iterable[str | Path]) -> list[FrameDetections]:
+        """Detect objects in several files, in order."""
+        return [self.predict_file(p) for p in paths]
+
+    def iter_folder(self, folder: str | Path, recursive: bool = False) -> Iterator[FrameDetections]:
+        """Detect objects in every image of a folder, in sorted path order.
+
+        Raises:
+            DataError: The folder does not exist.
+        """
+        from lepton_vision.kinds.classification.predictor import list_images
+
+        for p in list_images(folder, recursive=recursive):
+            yield self.predict_file(p)
+
+    def iter_video(self, path: str | Path, stride: int = 1) -> Iterator[FrameDetections]:
+        """Detect objects in every ``stride``-th frame of a video, in order.
+
+        Raises:
+            DataError: The video is missing, cannot be opened, or yields no decodable frame.
+        """
+        for index, rgb in iter_video_frames(path, stride=stride):
+            yield self.predict_array(rgb, path=str(path), frame=index)
+
+
+# -------------------------------------------------------------------------------------------
+# Input files
+
+
+def is_video(path: str | Path) -> bool:
+    """Whether ``path`` has a video extension (:data:`VIDEO_EXTENSIONS`)."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to uint8 H x W x 3 RGB (gray is repeated, 16-bit scaled).
+
+    Raises:
+        DataError: Missing, unreadable, or a CT image (Hounsfield units); names the file.
+    """
+    raw = preprocess.read_image(path)  # DataError naming the file
+    if np.issubdtype(raw.dtype, np.floating):
+        raise DataError(
+            "this is a CT image (Hounsfield units); an object-detection bundle takes RGB "
+            f"photos or video frames ({', '.join(DET_IMAGE_EXTENSIONS)}).",
+            file=str(path),
+        )
+    return preprocess.to_uint8(raw, 3, None)
+
+
+def iter_video_frames(path: str | Path, stride: int = 1,
+                      max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode a video with OpenCV: (frame index, uint8 H x W x 3 RGB) for every stride-th frame.
+
+    Args:
+        path: Video file (anything the OpenCV build's FFmpeg backend reads).
+        stride: Keep frames 0, stride, 2*stride, ...
+        max_frames: Stop after yielding this many frames.
+
+    Raises:
+        DataError: Missing file, a file OpenCV cannot open, or no decodable frame.
+    """
+    path = Path(path)
+    if stride < 1:
+        raise DataError(f"video stride must be >= 1. Got {stride}.", file=str(path))
+    if not path.is_file():
+        raise DataError("file not found; expected a video", file=str(path))
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise DataError(
+                "cannot open the file as a video (corrupt, or a codec this OpenCV build lacks). "
+                f"Expected a readable {', '.join(VIDEO_EXTENSIONS)} file; re-encode it, e.g. "
+                "`ffmpeg -i IN -c:v libx264 OUT.mp4`.",
+                file=str(path),
+            )
+        index = yielded = 0
+        while max_frames is None or yielded < max_frames:
+            ok, bgr = cap.read()
+            if not ok or bgr is None:
+                break
+            if index % stride == 0:
+                yield index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # OpenCV decodes to BGR
+                yielded += 1
+            index += 1
+        if index == 0:
+            raise DataError(
+                "the video has no decodable frame (empty, truncated or an unsupported codec). "
+                "Re-encode it, e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`.",
+                file=str(path),
+            )
+    finally:
+        cap.release()
+
+
+def video_info(path: str | Path) -> tuple[int, float]:
+    """(frame count as the container reports it, 0 when unknown; frames per second, 0 when unknown)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+        fps = float(cap.get(cv2.CAP_PROP_FPS)) if cap.isOpened() else 0.0
+    finally:
+        cap.release()
+    return max(n, 0), fps if fps > 0 else 0.0
+
+
+def collect_inputs(items: Iterable[str | Path]) -> list[Path]:
+    """Expand files and folders into the images and videos to run, in order.
+
+    Folders are scanned recursively for :data:`DET_IMAGE_EXTENSIONS` and
+    :data:`VIDEO_EXTENSIONS` (sorted); named files are kept as given.
+
+    Raises:
+        DataError: A path does not exist, a named file has an unsupported extension, or a
+            folder holds no image or video.
+    """
+    readable = DET_IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+    out: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in readable)
+            if not found:
+                raise DataError(f"no images or videos in this folder. Read extensions: {' '.join(readable)}.",
+                                file=str(item))
+            out += found
+        elif item.is_file():
+            if item.suffix.lower() not in readable:
+                raise DataError(
+                    f"unsupported file type '{item.suffix or '(no extension)'}'. Expected an image "
+                    f"or a video: {' '.join(readable)}.",
+                    file=str(item),
+                )
+            out.append(item)
+        else:
+            raise DataError("no such file or folder", file=str(item))
+    return out
+
+
+# -------------------------------------------------------------------------------------------
+# Output
+
+
+def to_coco_results(dets: Iterable[FrameDetections], threshold: float | None = None,
+                    keep_all: bool = False) -> list[dict[str, Any]]:
+    """COCO detection results, one dict per box.
+
+    Args:
+        dets: Results of :meth:`DetPredictor.predict_file` / ``iter_video`` / ``predict_array``.
+        threshold: Keep boxes with ``score >= threshold``; default: each result's threshold in
+            use (bundle score_threshold or the override).
+        keep_all: Keep every box the model returned (score >= the bundle's min_score), as mAP
+            tools need the full ranking.
+
+    Returns:
+        ``{"file_name", "category_id" (1-based index into the classes, COCO style),
+        "category_name", "bbox" [x, y, w, h] original pixels rounded to 2 decimals, "score"}``,
+        plus ``"frame"`` for video frames.
+    """
+    rows: list[dict[str, Any]] = []
+    for d in dets:
+        keep = np.ones(len(d.scores), bool) if keep_all else d.above(threshold)
+        for box, score, cls in zip(d.boxes[keep], d.scores[keep], d.classes[keep], strict=True):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            row: dict[str, Any] = {
+                "file_name": d.path,
+                "category_id": int(cls) + 1,
+                "category_name": d.class_names[int(cls)],
+                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                "score": float(score),
+            }
+            if d.frame is not None:
+                row["frame"] = int(d.frame)
+            rows.append(row)
+    return rows
+
+
+#: Per-class box colours (RGB), e.g. ``draw_detections(..., colors=CLASS_COLORS_RGB)``; the first is
+#: the default single colour, the others are told apart from it and from each other.
+CLASS_COLORS_RGB = ((255, 40, 40), (30, 144, 255), (255, 170, 0), (0, 170, 90), (170, 60, 220),
+                    (0, 190, 190), (230, 60, 150), (120, 120, 120))
+
+
+def draw_detections(img: np.ndarray, det: FrameDetections, class_names: list[str] | None = None,
+                    threshold: float | None = None,
+                    colors: Sequence[tuple[int, int, int]] | None = None,
+                    font_scale: float | None = None, thickness: int | None = None) -> np.ndarray:
+    """A copy of a uint8 RGB frame with the boxes at or above the threshold drawn and labelled.
+
+    Args:
+        img: uint8 H x W x 3 RGB (the frame ``det`` was computed on).
+        det: Its detections.
+        class_names: Labels (default ``det.class_names``).
+        threshold: Draw boxes with ``score >= threshold`` (default: the threshold in use).
+        colors: RGB colour per class index (cycled); default: one red for every class.
+        font_scale: OpenCV font scale of the labels (default: from the frame's shorter side).
+        thickness: Box line width in pixels (default: from the frame's shorter side).
+    """
+    names = class_names or det.class_names
+    palette = tuple(colors) if colors else (_BOX_RGB,)
+    out = np.ascontiguousarray(preprocess.to_uint8(np.asarray(img), 3, None)).copy()
+    h, w = out.shape[:2]
+    thick = int(thickness) if thickness else max(1, round(min(h, w) / 300))
+    font_scale = float(font_scale) if font_scale else max(0.35, min(h, w) / 900)
+    keep = det.above(threshold)
+    for box, score, cls in zip(det.boxes[keep], det.scores[keep], det.classes[keep], strict=True):
+        x1, y1, x2, y2 = (round(float(v)) for v in box)
+        colour = tuple(int(v) for v in palette[int(cls) % len(palette)])
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
+        label = f"{names[int(cls)]} {float(score):.2f}"
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+        ty = y1 - 2 if y1 - th - base - 2 >= 0 else y1 + th + 2  # inside the box at the top edge
+        tx = max(0, min(x1, w - tw - 3))  # keep the label inside the frame at the right edge
+        cv2.rectangle(out, (tx, ty - th - base + 1), (tx + tw + 2, ty + base - 1), colour, -1)
+        cv2.putText(out, label, (tx + 1, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return out
+
+
+def write_image_rgb(path: str | Path, rgb: np.ndarray) -> Path:
+    """Write a uint8 RGB image (format from the extension) atomically."""
+    from lepton_vision.runio import atomic_write_bytes
+
+    path = Path(path)
+    ok, buf = cv2.imencode(path.suffix or ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise DataError(f"OpenCV cannot encode an image as '{path.suffix}'. Use .png or .jpg.", file=str(path))
+    atomic_write_bytes(path, buf.tobytes())
+    return path
+
+
+#: (suffix, fourcc) tried in order by :class:`AnnotatedVideoWriter` by default.
+VIDEO_CODECS = ((".mp4", "mp4v"), (".avi", "MJPG"))
+#: Codecs a web browser plays (VP8 WebM; OpenCV's pip wheels cannot write H.264), then the default.
+BROWSER_VIDEO_CODECS = ((".webm", "VP80"), *VIDEO_CODECS)
+
+
+class AnnotatedVideoWriter:
+    """Writes RGB frames to ``<stem>.mp4`` (mp4v), or ``<stem>.avi`` (MJPG) when mp4v cannot open.
+
+    The frame size is taken from the first frame. Use as a context manager; ``path`` is the
+    file actually written. ``codecs`` replaces the (suffix, fourcc) pairs tried, e.g.
+    :data:`BROWSER_VIDEO_CODECS` for a file a browser can play.
+    """
+
+    def __init__(self, path_without_suffix: str | Path, fps: float,
+                 codecs: Sequence[tuple[str, str]] = VIDEO_CODECS) -> None:
+        self._base = Path(path_without_suffix)
+        self.fps = fps if fps > 0 else 10.0
+        self.codecs = tuple(codecs)
+        self.path: Path | None = None
+        self._writer: Any = None
+
+    def _open(self, w: int, h: int) -> None:
+        self._base.parent.mkdir(parents=True, exist_ok=True)
+        for suffix, fourcc in self.codecs:
+            path = self._base.with_name(self._base.name + suffix)
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), self.fps, (w, h))
+            if writer.isOpened():
+                self._writer, self.path = writer, path
+                return
+            writer.release()
+            path.unlink(missing_ok=True)
+        tried = ", ".join(f"{fourcc} {suffix}" for suffix, fourcc in self.codecs)
+        raise DataError(f"OpenCV can write none of {tried} here; drop --annotate for videos.",
+                        file=str(self._base))
+
+    def write(self, rgb: np.ndarray) -> None:
+        """Append one uint8 RGB frame."""
+        if self._writer is None:
+            self._open(rgb.shape[1], rgb.shape[0])
+        self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        """Finish the file."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -------------------------------------------------------------------------------------------
+
+
+def _read_det_bundle(export_dir: Path) -> dict[str, Any]:
+    bundle = _load_bundle_json(export_dir)
+    path = export_dir / "bundle.json"
+    kind = bundle.get("kind", "binary_classification")
+    if kind != "object_detection":
+        raise ExportError(
+            f"this is a '{kind}' bundle, not an object detector. Load it with "
+            "lepton_vision.kinds.classification.predictor.Predictor.from_bundle.",
+            file=str(path),
+        )
+    missing = [k for k in ("classes", "score_threshold", "input") if k not in bundle]
+    if missing:
+        raise ExportError(f"bundle lacks {missing}. Re-run the export.", file=str(path))
+    return bundle
+
+
+# -------------------------------------------------------------------------------------------
+# Many files at once (the CLI's detection path)
+
+
+@dataclass
+class FileSummary:
+    """What one input file gave.
+
+    Attributes:
+        path: The file.
+        kind: "image" or "video".
+        frames: Frames run (1 for an image).
+        frames_with_boxes: Frames with at least one box at or above the threshold.
+        boxes: Boxes at or above the threshold, over all frames.
+        max_image_score: Highest image score over the frames.
+        alarms: Frames whose image score reached the bundle's image threshold.
+        annotated: The annotated image or video written, if any.
+    """
+
+    path: Path
+    kind: str
+    frames: int = 0
+    frames_with_boxes: int = 0
+    boxes: int = 0
+    max_image_score: float = 0.0
+    alarms: int = 0
+    annotated: Path | None = None
+
+    def add(self, d: FrameDetections) -> None:
+        """Count one frame's detections."""
+        self.frames += 1
+        self.frames_with_boxes += int(d.count > 0)
+        self.boxes += d.count
+        self.max_image_score = max(self.max_image_score, d.image_score)
+        self.alarms += int(d.alarm)
+
+    def line(self, threshold: float) -> str:
+        """One human line: boxes, image score, alarms."""
+        if self.kind == "image":
+            text = (f"{self.path}: {self.boxes} boxes at score >= {threshold:.3g}, "
+                    f"image score {self.max_image_score:.3f}" + (", ALARM" if self.alarms else ""))
+        else:
+            text = (f"{self.path}: {self.frames} frames, {self.frames_with_boxes} with boxes, "
+                    f"{self.boxes} boxes at score >= {threshold:.3g}, max image score "
+                    f"{self.max_image_score:.3f}, {self.alarms} alarm frames")
+        return text + (f"; annotated: {self.annotated}" if self.annotated else "")
+
+
+def predict_paths(
+    predictor: DetPredictor,
+    paths: list[Path],
+    *,
+    keep_all: bool = False,
+    video_stride: int = 1,
+    annotate_dir: str | Path | None = None,
+    progress: bool | None = None,
+) -> tuple[list[dict[str, Any]], list[FileSummary]]:
+    """Run images and videos, printing one line per file.
+
+    Args:
+        predictor: A loaded detector.
+        paths: Image and video files (see :func:`collect_inputs`).
+        keep_all: COCO results with every box (score >= min_score) instead of those at or
+            above the threshold in use.
+        video_stride: Run every n-th video frame.
+        annotate_dir: Write annotated images (``<stem>.png``) and videos (``<stem>.mp4`` or
+            ``.avi``) here.
+        progress: Show a rich progress bar (default: when there is a video or more than 10 files).
+
+    Returns:
+        (COCO results, one summary per file).
+
+    Raises:
+        DataError: A file cannot be read (the message names it).
+    """
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    out_dir = Path(annotate_dir) if annotate_dir is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+
+    def annotated_name(p: Path) -> Path:
+        assert out_dir is not None
+        stem, k = p.stem, 1
+        while stem in used:  # same file name from two folders: keep both
+            stem, k = f"{p.stem}_{k}", k + 1
+        used.add(stem)
+        return out_dir / stem
+
+    units = [video_info(p)[0] // video_stride + 1 if is_video(p) else 1 for p in paths]
+    show = progress if progress is not None else (any(map(is_video, paths)) or len(paths) > 10)
+    console = Console(stderr=True)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=console, transient=True, disable=not show, redirect_stdout=False)
+    results: list[dict[str, Any]] = []
+    summaries: list[FileSummary] = []
+
+    def say(text: str) -> None:
+        # On a terminal the line goes above the bar; piped output stays on stdout.
+        if show and console.is_terminal:
+            bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(text, flush=True)
+
+    with bar:
+        task = bar.add_task("detecting", total=sum(units))
+        for p in paths:
+            bar.update(task, description=p.name)
+            if is_video(p):
+                s = FileSummary(p, "video")
+                _, fps = video_info(p)
+                writer = AnnotatedVideoWriter(annotated_name(p), fps / video_stride) if out_dir else None
+                try:
+                    for index, rgb in iter_video_frames(p, stride=video_stride):
+                        d = predictor.predict_array(rgb, path=str(p), frame=index)
+                        s.add(d)
+                        results += to_coco_results([d], keep_all=keep_all)
+                        if writer is not None:
+                            writer.write(draw_detections(rgb, d))
+                        bar.advance(task)
+                finally:
+                    if writer is not None:
+                        writer.close()
+                        s.annotated = writer.path
+            else:
+                s = FileSummary(p, "image")
+                rgb = read_rgb(p)
+                d = predictor.predict_array(rgb, path=str(p))
+                s.add(d)
+                results += to_coco_results([d], keep_all=keep_all)
+                if out_dir is not None:
+                    base = annotated_name(p)
+                    s.annotated = write_image_rgb(base.with_name(base.name + ".png"), draw_detections(rgb, d))
+                bar.advance(task)
+            summaries.append(s)
+            say(s.line(predictor.score_threshold))
+    return results, summaries
