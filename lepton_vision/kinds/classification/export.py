@@ -525,7 +525,7 @@ def _write_tflite_int8(sm_path: Path, out: Path, calibration: Sequence[np.ndarra
 def _onnx_parity(onnx_path: Path, images: list[np.ndarray], samples: list[dict[str, Any]],
                  atol: float) -> dict[str, Any]:
     """onnxruntime scores vs the SavedModel's on the parity images (same tolerance as TFLite)."""
-    from lepton_vision.kinds.classification.export import onnx as onnx_export
+    from lepton_vision.export import onnx as onnx_export
 
     sess = onnx_export.session(onnx_path)
     scores = np.array([float(onnx_export.run(sess, img)["score"].reshape(-1)[0]) for img in images])

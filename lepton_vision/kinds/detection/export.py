@@ -478,7 +478,7 @@ def _onnx_parity(onnx_path: Path, sm_path: Path, frames: list[np.ndarray], score
     """onnxruntime vs SavedModel detections on the parity frames, judged like TFLite float."""
     import tensorflow as tf
 
-    from lepton_vision.kinds.classification.export import onnx as onnx_export
+    from lepton_vision.export import onnx as onnx_export
 
     sess = onnx_export.session(onnx_path)
     serve = tf.saved_model.load(str(sm_path)).signatures[DEFAULT_SIGNATURE]
