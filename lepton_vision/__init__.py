@@ -4,7 +4,9 @@ Importing this package is cheap: TensorFlow, Keras and Gradio are imported only 
 modules that need them, inside the functions that need them.
 """
 
-__version__ = "0.1.0"
+from lepton_vision.version import __version__
+
+__all__ = ["Predictor", "__version__"]
 
 
 def __getattr__(name: str):  # PEP 562: ``from lepton_vision import Predictor`` stays cheap

@@ -13,7 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from lepton_vision import __version__
+from lepton_vision.version import __version__
 from lepton_vision.config.errors import LeptonError
 
 # Nothing here may call out to the internet at run time (albumentations checks PyPI on import,

@@ -18,6 +18,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from lepton_vision.evaluate import binary as B
+from lepton_vision.evaluate import thresholds as T
 from lepton_vision.kinds.classification import metrics as M
 from lepton_vision.config.errors import DataError, RecipeError
 from lepton_vision.config.recipe import PatientAggregation, Threshold
@@ -50,7 +52,7 @@ def test_binary_metrics_match_sklearn() -> None:
     s = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.9, 0.2, 0.5, 0.5, 0.5])
     thr = 0.5
     pred = (s >= thr).astype(int)
-    m = M.binary_metrics(y, s, thr)
+    m = B.binary_metrics(y, s, thr)
     assert m["roc_auc"] == pytest.approx(roc_auc_score(y, s))
     assert m["pr_auc"] == pytest.approx(average_precision_score(y, s))
     assert m["f1"] == pytest.approx(f1_score(y, pred))
@@ -65,30 +67,30 @@ def test_binary_metrics_match_sklearn() -> None:
 
 
 def test_score_equal_to_threshold_is_positive() -> None:
-    m = M.binary_metrics([0, 1], [0.3, 0.6], 0.6)
+    m = B.binary_metrics([0, 1], [0.3, 0.6], 0.6)
     assert m["confusion"] == {"tn": 1, "fp": 0, "fn": 0, "tp": 1}
-    m = M.binary_metrics([0, 1], [0.3, 0.6], 0.6000001)
+    m = B.binary_metrics([0, 1], [0.3, 0.6], 0.6000001)
     assert m["confusion"]["tp"] == 0 and m["precision"] == 0.0 and m["f1"] == 0.0
 
 
 def test_per_sample_thresholds() -> None:
     y = np.array([0, 1, 0, 1])
     s = np.array([0.5, 0.5, 0.5, 0.5])
-    m = M.binary_metrics(y, s, np.array([0.6, 0.6, 0.4, 0.4]))
+    m = B.binary_metrics(y, s, np.array([0.6, 0.6, 0.4, 0.4]))
     assert m["confusion"] == {"tn": 1, "fp": 1, "fn": 1, "tp": 1}
 
 
 @pytest.mark.parametrize("labels", [[0, 0, 0], [1, 1, 1]])
 def test_one_class_raises(labels: list[int]) -> None:
     with pytest.raises(DataError, match=r"fold 2: only one class.*n=3"):
-        M.binary_metrics(labels, [0.1, 0.5, 0.9], 0.5, where="fold 2")
+        B.binary_metrics(labels, [0.1, 0.5, 0.9], 0.5, where="fold 2")
 
 
 def test_bad_labels_and_nan_scores_raise() -> None:
     with pytest.raises(DataError, match="labels must be 0"):
-        M.binary_metrics([0, 2], [0.1, 0.2], 0.5)
+        B.binary_metrics([0, 2], [0.1, 0.2], 0.5)
     with pytest.raises(DataError, match="NaN"):
-        M.binary_metrics([0, 1], [0.1, float("nan")], 0.5)
+        B.binary_metrics([0, 1], [0.1, float("nan")], 0.5)
 
 
 # ---------------------------------------------------------------------------------- policies
@@ -99,28 +101,28 @@ S = np.array([0.05, 0.1, 0.2, 0.3, 0.35, 0.4, 0.6, 0.7, 0.8, 0.9])
 
 
 def test_min_sensitivity_one_gives_lowest_positive_score() -> None:
-    assert M.choose_threshold(Y, S, Threshold(policy="min_sensitivity", value=1.0)) == 0.35
+    assert T.choose_threshold(Y, S, Threshold(policy="min_sensitivity", value=1.0)) == 0.35
 
 
 def test_min_sensitivity_is_highest_threshold_meeting_target() -> None:
     # sensitivity 0.8 needs 4 of 5 positives: highest such threshold = 0.6 (0.6, 0.7, 0.8, 0.9)
-    assert M.choose_threshold(Y, S, Threshold(policy="min_sensitivity", value=0.8)) == 0.6
-    assert M.choose_threshold(Y, S, Threshold(policy="min_sensitivity", value=0.7)) == 0.6
+    assert T.choose_threshold(Y, S, Threshold(policy="min_sensitivity", value=0.8)) == 0.6
+    assert T.choose_threshold(Y, S, Threshold(policy="min_sensitivity", value=0.7)) == 0.6
 
 
 def test_min_specificity_is_lowest_threshold_meeting_target() -> None:
     # specificity 1.0: all negatives (max 0.4) below the threshold -> lowest is 0.6
-    assert M.choose_threshold(Y, S, Threshold(policy="min_specificity", value=1.0)) == 0.6
+    assert T.choose_threshold(Y, S, Threshold(policy="min_specificity", value=1.0)) == 0.6
     # specificity 0.8: 4 of 5 negatives below -> threshold 0.35 (negatives 0.05..0.3 below)
-    assert M.choose_threshold(Y, S, Threshold(policy="min_specificity", value=0.8)) == 0.35
+    assert T.choose_threshold(Y, S, Threshold(policy="min_specificity", value=0.8)) == 0.35
 
 
 def test_min_specificity_can_mean_nothing_positive() -> None:
     y = np.array([0, 1, 0])
     s = np.array([0.2, 0.5, 0.9])
-    t = M.choose_threshold(y, s, Threshold(policy="min_specificity", value=1.0))
+    t = T.choose_threshold(y, s, Threshold(policy="min_specificity", value=1.0))
     assert t > 0.9 and np.isfinite(t)
-    assert M.binary_metrics(y, s, t)["specificity"] == 1.0
+    assert B.binary_metrics(y, s, t)["specificity"] == 1.0
 
 
 def test_max_f1_and_youden_match_brute_force() -> None:
@@ -136,30 +138,30 @@ def test_max_f1_and_youden_match_brute_force() -> None:
         p = (s >= t).astype(int)
         return recall_score(y, p) + recall_score(1 - y, 1 - p) - 1
 
-    t = M.choose_threshold(y, s, Threshold(policy="max_f1"))
+    t = T.choose_threshold(y, s, Threshold(policy="max_f1"))
     assert f1_at(t) == pytest.approx(max(f1_at(c) for c in cands))
-    t = M.choose_threshold(y, s, Threshold(policy="youden"))
+    t = T.choose_threshold(y, s, Threshold(policy="youden"))
     assert j_at(t) == pytest.approx(max(j_at(c) for c in cands))
 
 
 def test_fixed_policy_returns_value() -> None:
-    assert M.choose_threshold(Y, S, Threshold(policy="fixed", value=0.42)) == 0.42
+    assert T.choose_threshold(Y, S, Threshold(policy="fixed", value=0.42)) == 0.42
 
 
 def test_parse_policy() -> None:
-    assert M.parse_policy("max_f1") == Threshold(policy="max_f1")
-    assert M.parse_policy(" min_sensitivity:0.9 ") == Threshold(policy="min_sensitivity", value=0.9)
-    assert M.policy_text(M.parse_policy("fixed:0.5")) == "fixed:0.5"
+    assert T.parse_policy("max_f1") == Threshold(policy="max_f1")
+    assert T.parse_policy(" min_sensitivity:0.9 ") == Threshold(policy="min_sensitivity", value=0.9)
+    assert T.policy_text(T.parse_policy("fixed:0.5")) == "fixed:0.5"
     with pytest.raises(RecipeError, match="Did you mean 'max_f1'"):
-        M.parse_policy("max_f")
+        T.parse_policy("max_f")
     with pytest.raises(RecipeError, match="must be a number"):
-        M.parse_policy("min_sensitivity:high")
+        T.parse_policy("min_sensitivity:high")
     with pytest.raises(RecipeError, match="needs a value"):
-        M.parse_policy("min_specificity")
+        T.parse_policy("min_specificity")
     with pytest.raises(RecipeError, match="takes no value"):
-        M.parse_policy("youden:0.3")
+        T.parse_policy("youden:0.3")
     with pytest.raises(RecipeError, match="invalid threshold policy"):
-        M.parse_policy("fixed:1.5")
+        T.parse_policy("fixed:1.5")
 
 
 # ---------------------------------------------------------------------------------- honesty
@@ -168,14 +170,14 @@ def test_parse_policy() -> None:
 @pytest.mark.parametrize("policy", ["max_f1", "youden", "min_sensitivity:0.9", "min_specificity:0.8"])
 def test_fold_threshold_never_depends_on_its_own_fold(policy: str) -> None:
     oof = make_oof()
-    pol = M.parse_policy(policy)
-    before = M.fold_thresholds(oof, pol)
+    pol = T.parse_policy(policy)
+    before = T.fold_thresholds(oof, pol)
     changed = oof.copy()
     rng = np.random.default_rng(7)
     in_k = changed["fold"] == 2
     changed.loc[in_k, "score"] = rng.random(int(in_k.sum()))
     changed.loc[in_k, "label"] = 1 - changed.loc[in_k, "label"]
-    after = M.fold_thresholds(changed, pol)
+    after = T.fold_thresholds(changed, pol)
     assert after[2] == before[2]
     # ...while the other folds' thresholds do see fold 2 (they are chosen on it)
     assert any(after[k] != before[k] for k in before if k != 2)
@@ -184,16 +186,16 @@ def test_fold_threshold_never_depends_on_its_own_fold(policy: str) -> None:
 def test_fold_threshold_equals_choice_on_other_folds() -> None:
     oof = make_oof()
     pol = Threshold(policy="youden")
-    th = M.fold_thresholds(oof, pol)
+    th = T.fold_thresholds(oof, pol)
     rest = oof[oof.fold != 4]
-    assert th[4] == M.choose_threshold(rest.label, rest.score, pol)
+    assert th[4] == T.choose_threshold(rest.label, rest.score, pol)
 
 
 def test_single_fold_refused() -> None:
     oof = make_oof()
     oof["fold"] = 0
     with pytest.raises(DataError, match="at least 2 folds"):
-        M.fold_thresholds(oof, Threshold(policy="max_f1"))
+        T.fold_thresholds(oof, Threshold(policy="max_f1"))
 
 
 def test_one_class_fold_raises_in_score_oof() -> None:
@@ -213,23 +215,23 @@ def test_weighted_metrics_equal_sklearn_on_a_resample() -> None:
     s = np.round(y * 0.6 + rng.random(200), 1)  # many ties
     idx = rng.integers(0, 200, 200)
     w = np.bincount(idx, minlength=200)[None, :]
-    got = M._weighted_metrics(y, s, s >= 0.55, w)
-    want = M.binary_metrics(y[idx], s[idx], 0.55)
-    for name in M.SCALAR_METRICS:
+    got = B._weighted_metrics(y, s, s >= 0.55, w)
+    want = B.binary_metrics(y[idx], s[idx], 0.55)
+    for name in B.SCALAR_METRICS:
         assert got[name][0] == pytest.approx(want[name], abs=1e-12), name
 
 
 def test_bootstrap_ci_contains_estimate_and_is_reproducible() -> None:
     oof = make_oof(n=500)
     y, s = oof.label.to_numpy(), oof.score.to_numpy()
-    a = M.bootstrap_ci(y, s, 0.5, None, 500, 0.95, seed=11)
-    b = M.bootstrap_ci(y, s, 0.5, None, 500, 0.95, seed=11)
-    c = M.bootstrap_ci(y, s, 0.5, None, 500, 0.95, seed=12)
+    a = B.bootstrap_ci(y, s, 0.5, None, 500, 0.95, seed=11)
+    b = B.bootstrap_ci(y, s, 0.5, None, 500, 0.95, seed=11)
+    c = B.bootstrap_ci(y, s, 0.5, None, 500, 0.95, seed=12)
     assert a == b
     assert a["intervals"] != c["intervals"]
     assert a["unit"] == "sample" and a["skipped_resamples"] == 0
-    point = M.binary_metrics(y, s, 0.5)
-    for name in M.SCALAR_METRICS:
+    point = B.binary_metrics(y, s, 0.5)
+    for name in B.SCALAR_METRICS:
         lo, hi = a["intervals"][name]
         assert lo <= point[name] <= hi, name
         assert lo < hi, name
@@ -241,8 +243,8 @@ def test_group_bootstrap_resamples_groups() -> None:
     labels = np.repeat(np.array([0, 1] * 5), 50)
     scores = np.repeat(np.clip(np.array([0, 1] * 5) * 0.3 + rng.random(10) * 0.7, 0, 1), 50)
     groups = np.repeat([f"patient{i}" for i in range(10)], 50)
-    by_group = M.bootstrap_ci(labels, scores, 0.5, groups, 1000, 0.95, seed=0)
-    by_sample = M.bootstrap_ci(labels, scores, 0.5, None, 1000, 0.95, seed=0)
+    by_group = B.bootstrap_ci(labels, scores, 0.5, groups, 1000, 0.95, seed=0)
+    by_sample = B.bootstrap_ci(labels, scores, 0.5, None, 1000, 0.95, seed=0)
     assert by_group["unit"] == "group" and by_group["n_units"] == 10
     assert by_sample["unit"] == "sample"
     for name in ("roc_auc", "sensitivity", "accuracy"):
@@ -257,25 +259,25 @@ def test_single_class_resamples_are_skipped_and_counted() -> None:
     labels = np.repeat([0, 0, 1, 1], 5)
     scores = np.repeat([0.1, 0.6, 0.4, 0.9], 5)
     groups = np.repeat(["a", "b", "c", "d"], 5)
-    r = M.bootstrap_ci(labels, scores, 0.5, groups, 2000, 0.95, seed=0)
+    r = B.bootstrap_ci(labels, scores, 0.5, groups, 2000, 0.95, seed=0)
     assert 150 < r["skipped_resamples"] < 350
     # two groups, one per class: each resample is one-class with probability 1/2; with seed 15
     # all 4 are, and that is an error rather than an interval from nothing
     with pytest.raises(DataError, match="all 4 resamples of 2 groups had a single class"):
-        M.bootstrap_ci([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], 0.5, ["a", "a", "b", "b"], 4, 0.95, 15)
+        B.bootstrap_ci([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], 0.5, ["a", "a", "b", "b"], 4, 0.95, 15)
 
 
 def test_empty_groups_mean_sample_bootstrap() -> None:
     oof = make_oof()
-    r = M.bootstrap_ci(oof.label, oof.score, 0.5, [""] * len(oof), 50, 0.9, 0)
+    r = B.bootstrap_ci(oof.label, oof.score, 0.5, [""] * len(oof), 50, 0.9, 0)
     assert r["unit"] == "sample" and r["n_units"] == len(oof)
 
 
 def test_bootstrap_is_fast() -> None:
     oof = make_oof(n=500, n_groups=100)
     t0 = time.perf_counter()
-    M.bootstrap_ci(oof.label, oof.score, 0.5, oof.group, 1000, 0.95, 0)
-    M.bootstrap_ci(oof.label, oof.score, 0.5, None, 1000, 0.95, 0)
+    B.bootstrap_ci(oof.label, oof.score, 0.5, oof.group, 1000, 0.95, 0)
+    B.bootstrap_ci(oof.label, oof.score, 0.5, None, 1000, 0.95, 0)
     assert time.perf_counter() - t0 < 5.0
 
 
@@ -284,7 +286,7 @@ def test_bootstrap_is_fast() -> None:
 
 def test_score_oof_structure_and_json() -> None:
     oof = make_oof()
-    m = M.score_oof(oof, M.parse_policy("min_sensitivity:0.9"), n_bootstrap=300, ci=0.9, seed=0)
+    m = M.score_oof(oof, T.parse_policy("min_sensitivity:0.9"), n_bootstrap=300, ci=0.9, seed=0)
     text = json.dumps(m, allow_nan=False)
     assert json.loads(text) == m
     assert set(m) == {
@@ -296,7 +298,7 @@ def test_score_oof_structure_and_json() -> None:
     assert m["bootstrap_unit"] == "group" and m["ci"] == 0.9 and m["n_folds"] == 5
     assert [f["fold"] for f in m["per_fold"]] == [0, 1, 2, 3, 4]
     assert sum(f["n"] for f in m["per_fold"]) == m["n"] == 300
-    th = M.fold_thresholds(oof, M.parse_policy("min_sensitivity:0.9"))
+    th = T.fold_thresholds(oof, T.parse_policy("min_sensitivity:0.9"))
     assert m["thresholds"] == {str(k): v for k, v in th.items()}
     for f in m["per_fold"]:
         part = oof[oof.fold == f["fold"]]
@@ -304,20 +306,20 @@ def test_score_oof_structure_and_json() -> None:
         assert f["threshold"] == th[f["fold"]]
     # pooled uses each sample's own fold threshold
     per_sample = oof.fold.map(th).to_numpy()
-    pooled = M.binary_metrics(oof.label, oof.score, per_sample)
-    for name in M.SCALAR_METRICS:
+    pooled = B.binary_metrics(oof.label, oof.score, per_sample)
+    for name in B.SCALAR_METRICS:
         entry = m["pooled"][name]
         assert entry["value"] == pytest.approx(pooled[name])
         assert entry["lo"] <= entry["value"] <= entry["hi"]
         vals = [f[name] for f in m["per_fold"]]
         assert m["mean_sd"][name]["mean"] == pytest.approx(np.mean(vals))
         assert m["mean_sd"][name]["sd"] == pytest.approx(np.std(vals, ddof=1))
-    assert m["final_threshold"] == M.choose_threshold(oof.label, oof.score, M.parse_policy("min_sensitivity:0.9"))
+    assert m["final_threshold"] == T.choose_threshold(oof.label, oof.score, T.parse_policy("min_sensitivity:0.9"))
     for kind, (xk, yk) in (("roc", ("fpr", "tpr")), ("pr", ("recall", "precision"))):
         curves = m["curves"][kind]
         assert len(curves["folds"]) == 5
         for c in [*curves["folds"], curves["pooled"]]:
-            assert 2 <= len(c[xk]) == len(c[yk]) <= M.MAX_CURVE_POINTS
+            assert 2 <= len(c[xk]) == len(c[yk]) <= B.MAX_CURVE_POINTS
 
 
 def test_score_oof_without_bootstrap_and_groups() -> None:
@@ -472,21 +474,21 @@ def test_no_groups_means_no_patient_section() -> None:
 
 def test_patient_section_is_cross_fitted_and_bootstraps_patients() -> None:
     oof = make_oof(n=600, n_groups=120, seed=3, sep=2.0)
-    policy = M.parse_policy("youden")
+    policy = T.parse_policy("youden")
     m = M.score_oof(oof, policy, n_bootstrap=200, ci=0.9, seed=5, aggregation=PatientAggregation(method="mean"))
     p = m["patient"]
     agg = M.aggregate_by_group(oof, "mean")
     assert p["aggregation"] == {"method": "mean", "k": None}
     assert p["n"] == len(agg) and p["n_pos"] == int(agg.label.sum()) and p["n_slices"] == 600
-    th = M.fold_thresholds(agg, policy)
+    th = T.fold_thresholds(agg, policy)
     assert p["thresholds"] == {str(k): v for k, v in th.items()}
-    assert p["final_threshold"] == M.choose_threshold(agg.label, agg.score, policy)
+    assert p["final_threshold"] == T.choose_threshold(agg.label, agg.score, policy)
     assert p["pooled"]["roc_auc"]["value"] == pytest.approx(roc_auc_score(agg.label, agg.score))
     # the patient CI resamples patients (one row each), with each patient's fold threshold
     thr = agg.fold.map(th).to_numpy()
-    boot = M.bootstrap_ci(agg.label, agg.score, thr, None, 200, 0.9, 5)
+    boot = B.bootstrap_ci(agg.label, agg.score, thr, None, 200, 0.9, 5)
     assert boot["n_units"] == len(agg)
-    for name in M.SCALAR_METRICS:
+    for name in B.SCALAR_METRICS:
         e = p["pooled"][name]
         assert (e["lo"], e["hi"]) == pytest.approx(boot["intervals"][name])
         assert e["lo"] <= e["value"] <= e["hi"]
@@ -594,7 +596,7 @@ def test_fold_temperatures_never_use_the_scored_fold() -> None:
 
 def test_score_oof_temperature_mode() -> None:
     oof = _overconfident_oof(1)
-    policy = M.parse_policy("min_sensitivity:0.9")
+    policy = T.parse_policy("min_sensitivity:0.9")
     plain = M.score_oof(oof, policy, n_bootstrap=100, seed=2)
     assert "temperature" not in plain and "after_scaling" not in plain["calibration"]
     m = M.score_oof(oof, policy, n_bootstrap=100, seed=2, calibration_bins=15, temperature_scaling=True)
@@ -629,7 +631,7 @@ def test_score_oof_json_in_all_modes(n_bootstrap: int, groups: str, temperature:
         oof = oof.drop(columns=["group"])
     elif groups == "empty":
         oof = oof.assign(group="")
-    m = M.score_oof(oof, M.parse_policy("min_specificity:0.8"), n_bootstrap=n_bootstrap, temperature_scaling=temperature,
+    m = M.score_oof(oof, T.parse_policy("min_specificity:0.8"), n_bootstrap=n_bootstrap, temperature_scaling=temperature,
                     aggregation=PatientAggregation(method="top_k_mean", k=2))
     assert json.loads(json.dumps(m, allow_nan=False)) == m
     assert ("patient" in m) == (groups == "patients")

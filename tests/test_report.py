@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+from lepton_vision.evaluate import binary as B
+from lepton_vision.evaluate import thresholds as T
 from lepton_vision.kinds.classification import metrics as M
 from lepton_vision.kinds.classification.report import PLOT_NAMES, print_summary, write_report
 from lepton_vision.runio import RunDir, atomic_write_json
@@ -56,7 +58,7 @@ def report(tmp_path: Path) -> tuple[RunDir, dict, str]:
     run = RunDir(tmp_path / "run")
     run.root.mkdir()
     oof = synthetic_oof()
-    metrics = M.score_oof(oof, M.parse_policy("min_sensitivity:0.9"), n_bootstrap=300, ci=0.95, seed=1)
+    metrics = M.score_oof(oof, T.parse_policy("min_sensitivity:0.9"), n_bootstrap=300, ci=0.95, seed=1)
     # the shape crossval passes (data = data_report.json; classes come from run.json's task card)
     atomic_write_json(run.run_info, {"task": {"classes": ["no_nodule", "nodule"]}})
     info = {
@@ -99,7 +101,7 @@ def test_report_html_is_self_contained(report: tuple[RunDir, dict, str]) -> None
     assert "<pre>name: baseline" in html_text
     assert "lepton_vision" in html_text and np.__version__ in html_text
     # operating point: pooled sensitivity at the honest thresholds
-    assert M.format_value(metrics["pooled"]["sensitivity"]) in html_text
+    assert B.format_value(metrics["pooled"]["sensitivity"]) in html_text
 
 
 def test_plot_files_exist_and_are_pngs(report: tuple[RunDir, dict, str]) -> None:
@@ -118,7 +120,7 @@ def test_plot_files_exist_and_are_pngs(report: tuple[RunDir, dict, str]) -> None
 def test_report_without_histories_or_bootstrap(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "r")
     oof = synthetic_oof(1).drop(columns=["group"])
-    metrics = M.score_oof(oof, M.parse_policy("youden"), n_bootstrap=0)
+    metrics = M.score_oof(oof, T.parse_policy("youden"), n_bootstrap=0)
     html_text = write_report(run, metrics, oof, {}, {}).read_text(encoding="utf-8")
     assert f"{metrics['pooled']['roc_auc']['value']:.3f}" in html_text
     assert "No bootstrap CIs" in html_text
@@ -131,7 +133,7 @@ def test_print_summary(report: tuple[RunDir, dict, str]) -> None:
     console = Console(record=True, width=140)
     print_summary(metrics, console)
     text = console.export_text()
-    assert "ROC AUC" in text and M.format_value(metrics["pooled"]["roc_auc"]) in text
+    assert "ROC AUC" in text and B.format_value(metrics["pooled"]["roc_auc"]) in text
     ms = metrics["mean_sd"]["f1"]
     assert f"{ms['mean']:.3f} ± {ms['sd']:.3f}" in text
 
@@ -144,28 +146,28 @@ def test_calibration_plot_and_patient_table(report: tuple[RunDir, dict, str]) ->
     # patient-level table with pooled CIs next to the slice-level one
     assert "<h2>Patient-level metrics</h2>" in html_text
     p = metrics["patient"]
-    assert M.format_value(p["pooled"]["roc_auc"]) in html_text
+    assert B.format_value(p["pooled"]["roc_auc"]) in html_text
     assert f"{p['n']} patients" in html_text and "Pooled OOF, patients" in html_text
     # the screening number, labelled and highlighted
-    spec = M.format_value(metrics["pooled"]["specificity"])
+    spec = B.format_value(metrics["pooled"]["specificity"])
     assert re.search(r'<tr class="highlight"><td>Specificity at sensitivity ≥ 0\.9 \(pooled OOF[^<]*</td>'
                      rf'<td>{re.escape(spec)}</td>', html_text)
     ece = metrics["calibration"]["ece"]
-    assert M.format_value(ece) in html_text and "<h2>Calibration</h2>" in html_text
+    assert B.format_value(ece) in html_text and "<h2>Calibration</h2>" in html_text
     assert "gradcam" not in html_text  # not produced in this run
 
 
 def test_report_without_groups_and_with_temperature_and_gradcam(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "r")
     oof = synthetic_oof(2).drop(columns=["group"])
-    metrics = M.score_oof(oof, M.parse_policy("max_f1"), n_bootstrap=50, temperature_scaling=True)
+    metrics = M.score_oof(oof, T.parse_policy("max_f1"), n_bootstrap=50, temperature_scaling=True)
     run.plots_dir.mkdir(parents=True)
     gradcam = (run.plots_dir / "gradcam.png")
     gradcam.write_bytes(PNG_MAGIC + b"grad-cam stand-in")  # written by the Grad-CAM step before the report
     html_text = write_report(run, metrics, oof, {}, {}).read_text(encoding="utf-8")
     assert "No patient ids: slice level only." in html_text
     assert "Specificity at sensitivity" not in html_text  # only for min_sensitivity
-    assert M.format_value(metrics["calibration"]["after_scaling"]["ece"]) in html_text
+    assert B.format_value(metrics["calibration"]["after_scaling"]["ece"]) in html_text
     assert f"{metrics['final_threshold_calibrated']:.4g}" in html_text and "Temperature-scaled (cross-fitted)" in html_text
     imgs = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([a-z_]+)"', html_text)
     assert [alt for _, alt in imgs] == [*PLOT_NAMES, "gradcam"]
@@ -175,7 +177,7 @@ def test_report_without_groups_and_with_temperature_and_gradcam(tmp_path: Path) 
     print_summary(metrics, console)
     text = console.export_text()
     assert "no patient ids: slice level only" in text
-    assert "after temperature scaling" in text and M.format_value(metrics["calibration"]["ece"]) in text
+    assert "after temperature scaling" in text and B.format_value(metrics["calibration"]["ece"]) in text
 
 
 def test_print_summary_patient_and_ece(report: tuple[RunDir, dict, str]) -> None:
@@ -186,5 +188,5 @@ def test_print_summary_patient_and_ece(report: tuple[RunDir, dict, str]) -> None
     p = metrics["patient"]
     assert f"patient level ({p['n']} patients" in text
     for name in ("roc_auc", "sensitivity", "specificity"):
-        assert M.format_value(p["pooled"][name]) in text
-    assert f"ECE {M.format_value(metrics['calibration']['ece'])}" in text
+        assert B.format_value(p["pooled"][name]) in text
+    assert f"ECE {B.format_value(metrics['calibration']['ece'])}" in text

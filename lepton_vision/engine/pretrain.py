@@ -248,7 +248,7 @@ def _pretrain_input(recipe: Any) -> Any:
 
 def pretrain_key(resolved: Any) -> tuple[str, dict[str, Any]]:
     """(sha256 hex, the JSON payload it hashes): everything the pretrained weights depend on."""
-    from lepton_vision import __version__
+    from lepton_vision.version import __version__
 
     r = resolved.recipe
     spec = r.pretrain.model_dump(mode="json")

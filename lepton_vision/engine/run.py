@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lepton_vision import __version__
+from lepton_vision.version import __version__
 from lepton_vision.config.cards import DatasetCard, Resolved, card_dict, dataset_dir, load_resolved
 from lepton_vision.config.errors import DataError, LeptonError, RecipeError
 from lepton_vision.config.recipe import dump_recipe, recipe_from_text, result_sha256

@@ -240,7 +240,7 @@ class MLflowTracker:
             self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
 
     def _log_tags(self, resolved: Any) -> None:
-        from lepton_vision import __version__
+        from lepton_vision.version import __version__
 
         recipe = resolved.recipe
         commit, dirty = git_commit(resolved.recipe_path)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from lepton_vision.config.errors import DataError
+from lepton_vision.evaluate.bootstrap import percentile_interval, resample_weights, resampling_units
 
 
 def _read(run: Path, name: str) -> pd.DataFrame:
@@ -41,23 +42,15 @@ def _same_folds(a: Path, b: Path) -> None:
         )
 
 
-def _ci(values: np.ndarray, level: float) -> list[float | None]:
-    v = values[np.isfinite(values)]
-    if len(v) == 0:
-        return [None, None]
-    lo, hi = np.percentile(v, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return [float(lo), float(hi)]
-
-
 def _summary(name: str, a: float, b: float, boot_a: np.ndarray, boot_b: np.ndarray, level: float,
              unit: str, n_units: int) -> dict[str, Any]:
     diff = boot_b - boot_a
     ok = np.isfinite(diff)
     return {
         "metric": name,
-        "a": {"value": float(a), "ci": _ci(boot_a, level)},
-        "b": {"value": float(b), "ci": _ci(boot_b, level)},
-        "difference": {"value": float(b - a), "ci": _ci(diff, level),
+        "a": {"value": float(a), "ci": percentile_interval(boot_a, level)},
+        "b": {"value": float(b), "ci": percentile_interval(boot_b, level)},
+        "difference": {"value": float(b - a), "ci": percentile_interval(diff, level),
                        "p_b_better": float(np.mean(diff[ok] > 0)) if ok.any() else None},
         "ci_level": level, "n_bootstrap": int(len(boot_a)), "bootstrap_unit": unit, "n_units": int(n_units),
     }
@@ -66,7 +59,6 @@ def _summary(name: str, a: float, b: float, boot_a: np.ndarray, boot_b: np.ndarr
 def _detection(a: Path, b: Path, merge_classes: bool, n_bootstrap: int, level: float, seed: int) -> dict[str, Any]:
     from lepton_vision.kinds.detection.steps import _run_resolved
     from lepton_vision.kinds.detection.metrics import ap_table, match_detections, prepare, summarize_ap
-    from lepton_vision.kinds.classification.metrics import _resample_weights, _resampling_units
     from lepton_vision.runio import RunDir
 
     resolved = _run_resolved(RunDir(a))
@@ -90,10 +82,10 @@ def _detection(a: Path, b: Path, merge_classes: bool, n_bootstrap: int, level: f
 
     n = datas[0].n_images
     point = [float(np.nan_to_num(ap50(i, np.ones((1, n)))[0])) for i in (0, 1)]
-    gid, n_units, unit = _resampling_units(datas[0].groups, n)
+    gid, n_units, unit = resampling_units(datas[0].groups, n)
     rng = np.random.default_rng(seed)
     boot: list[list[np.ndarray]] = [[], []]
-    for w in _resample_weights(rng, gid, n_units, n_bootstrap):
+    for w in resample_weights(rng, gid, n_units, n_bootstrap):
         for i in (0, 1):
             boot[i].append(ap50(i, w.astype(np.float64)))
     ba = np.concatenate(boot[0]) if boot[0] else np.zeros(0)
@@ -104,17 +96,16 @@ def _detection(a: Path, b: Path, merge_classes: bool, n_bootstrap: int, level: f
 def _classification(a: Path, b: Path, n_bootstrap: int, level: float, seed: int) -> dict[str, Any]:
     from sklearn.metrics import roc_auc_score
 
-    from lepton_vision.kinds.classification.metrics import _resample_weights, _resampling_units
 
     oa = _read(a, "oof_predictions.csv").sort_values("sample_id").reset_index(drop=True)
     ob = _read(b, "oof_predictions.csv").sort_values("sample_id").reset_index(drop=True)
     y = oa["label"].to_numpy(dtype=int)
     sa, sb = oa["score"].to_numpy(dtype=float), ob["score"].to_numpy(dtype=float)
     point = [roc_auc_score(y, sa), roc_auc_score(y, sb)]
-    gid, n_units, unit = _resampling_units(oa["group"].to_numpy(dtype=object), len(y))
+    gid, n_units, unit = resampling_units(oa["group"].to_numpy(dtype=object), len(y))
     rng = np.random.default_rng(seed)
     ba, bb = [], []
-    for w in _resample_weights(rng, gid, n_units, n_bootstrap):
+    for w in resample_weights(rng, gid, n_units, n_bootstrap):
         for row in w:
             yw = y[row > 0]
             if len(np.unique(yw)) < 2:

@@ -51,7 +51,7 @@ import cv2  # noqa: E402
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lepton_vision import __version__  # noqa: E402
+from lepton_vision.version import __version__  # noqa: E402
 from lepton_vision.data import preprocess  # noqa: E402
 from lepton_vision.kinds.detection.predictor import (  # noqa: E402
     BROWSER_VIDEO_CODECS,

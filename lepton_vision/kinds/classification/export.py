@@ -657,12 +657,12 @@ def _versions() -> dict[str, str]:
     import keras
     import tensorflow as tf
 
-    import lepton_vision
+    from lepton_vision.version import __version__
 
     versions = {
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
-        "lepton_vision": lepton_vision.__version__,
+        "lepton_vision": __version__,
         "numpy": np.__version__,
     }
     from importlib.metadata import PackageNotFoundError, version

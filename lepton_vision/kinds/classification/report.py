@@ -1,26 +1,22 @@
-"""Plots and a self-contained HTML report for a finished cross-validation run.
+"""The classification sections of report.html: ROC/PR, confusion, calibration, patients, folds.
 
-Plots are drawn with matplotlib's Agg canvas on standalone ``Figure`` objects (no pyplot, so no
-global backend switch and no GUI), written atomically as PNG to ``plots/`` and embedded in
-``report.html`` as base64 data URIs. The HTML has inline CSS and no external resources, so it
-can be mailed or archived as one file. No TensorFlow here.
+Built on the shared page (:mod:`lepton_vision.evaluate.report`); :func:`print_summary` is the
+terminal table. No TensorFlow here.
 """
 
 from __future__ import annotations
 
-import base64
-import datetime as _dt
-import html
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from lepton_vision.kinds.classification.metrics import METRIC_LABELS, SCALAR_METRICS, format_value, policy_text
 from lepton_vision.config.recipe import Threshold
-from lepton_vision.runio import RunDir, atomic_write_bytes, atomic_write_text
+from lepton_vision.evaluate.binary import METRIC_LABELS, SCALAR_METRICS, format_value
+from lepton_vision.evaluate.report import escape, figure, html_table, save_png, write_page
+from lepton_vision.evaluate.thresholds import policy_text
+from lepton_vision.runio import RunDir
 
 PLOT_NAMES: tuple[str, ...] = ("roc", "pr", "confusion", "training_curves", "score_hist", "calibration")
 
@@ -30,24 +26,6 @@ GRADCAM_CAPTION = "Grad-CAM: true positives / false positives / false negatives 
 
 _POOLED_COLOR = "#1f3b73"
 _FOLD_ALPHA = 0.55
-
-
-def _figure(width: float = 6.0, height: float = 5.0) -> Any:
-    """A Figure attached to an Agg canvas (works headless, touches no global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: Path) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    data = buf.getvalue()
-    atomic_write_bytes(path, data)
-    return data
 
 
 def _ci_text(entry: dict[str, Any]) -> str:
@@ -60,7 +38,7 @@ def _ci_text(entry: dict[str, Any]) -> str:
 
 def plot_roc(metrics: dict[str, Any], path: Path) -> bytes:
     """Per-fold ROC curves, the pooled curve (AUC with CI in the legend) and the operating point."""
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     for c in metrics["curves"]["roc"]["folds"]:
         ax.plot(c["fpr"], c["tpr"], lw=1, alpha=_FOLD_ALPHA, label=f"fold {c['fold']} (AUC {c['auc']:.3f})")
@@ -78,12 +56,12 @@ def plot_roc(metrics: dict[str, Any], path: Path) -> bytes:
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=7.5)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_pr(metrics: dict[str, Any], path: Path) -> bytes:
     """Per-fold and pooled precision-recall curves with the prevalence baseline."""
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     for c in metrics["curves"]["pr"]["folds"]:
         ax.plot(c["recall"], c["precision"], lw=1, alpha=_FOLD_ALPHA, drawstyle="steps-post",
@@ -100,7 +78,7 @@ def plot_pr(metrics: dict[str, Any], path: Path) -> bytes:
            ylabel="Precision (PPV)", title="Precision-recall, out-of-fold")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=7.5)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_confusion(metrics: dict[str, Any], path: Path, classes: tuple[str, str]) -> bytes:
@@ -108,7 +86,7 @@ def plot_confusion(metrics: dict[str, Any], path: Path, classes: tuple[str, str]
     c = metrics["confusion"]
     counts = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]], dtype=np.float64)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig = _figure(5.2, 4.6)
+    fig = figure(5.2, 4.6)
     ax = fig.add_subplot()
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     names = [["TN", "FP"], ["FN", "TP"]]
@@ -123,12 +101,12 @@ def plot_confusion(metrics: dict[str, Any], path: Path, classes: tuple[str, str]
     thr_text = ", ".join(f"{float(v):.3g}" for v in thr.values())
     ax.set_title(f"Confusion at the operating point\n{_policy_label(metrics)}; fold thresholds {thr_text}", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, label="rate within true class")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_training_curves(histories: dict[int, pd.DataFrame], path: Path) -> bytes:
     """Loss and AUC per epoch for each fold (solid = validation, dashed = training)."""
-    fig = _figure(10, 4.2)
+    fig = figure(10, 4.2)
     ax_loss, ax_auc = fig.subplots(1, 2)
     drawn = {"loss": False, "auc": False}
     import matplotlib as mpl
@@ -154,12 +132,12 @@ def plot_training_curves(histories: dict[int, pd.DataFrame], path: Path) -> byte
             ax.legend(fontsize=7, ncol=2)
         else:
             ax.text(0.5, 0.5, f"no {key} recorded", ha="center", va="center", transform=ax.transAxes, color="grey")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_score_hist(metrics: dict[str, Any], oof: pd.DataFrame, path: Path, classes: tuple[str, str]) -> bytes:
     """Score distribution per true class with the fold thresholds and the final threshold."""
-    fig = _figure(6.5, 4.2)
+    fig = figure(6.5, 4.2)
     ax = fig.add_subplot()
     y = oof["label"].to_numpy().astype(int)
     s = oof["score"].to_numpy().astype(float)
@@ -175,7 +153,7 @@ def plot_score_hist(metrics: dict[str, Any], oof: pd.DataFrame, path: Path, clas
            title="Out-of-fold score distribution")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _ece_text(entry: dict[str, Any]) -> str:
@@ -189,7 +167,7 @@ def plot_calibration(metrics: dict[str, Any], path: Path) -> bytes:
     calibration; ECE with its CI in the title. Bottom: samples per bin.
     """
     cal = metrics["calibration"]
-    fig = _figure(6.0, 6.2)
+    fig = figure(6.0, 6.2)
     ax, ax_n = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
     ax.plot([0, 1], [0, 1], ls="--", lw=1, color="grey", label="perfect calibration")
 
@@ -218,158 +196,15 @@ def plot_calibration(metrics: dict[str, Any], path: Path) -> bytes:
         ax_n.legend(fontsize=7)
     ax_n.set(xlabel=f"mean predicted score ({cal['n_bins']} equal-width bins)", ylabel="samples")
     ax_n.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # --------------------------------------------------------------------------------------------
 # HTML
 
 
-_CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
-h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-.meta{color:#555}table{border-collapse:collapse;margin:.6em 0}
-td,th{border:1px solid #ccc;padding:.3em .7em;text-align:left}th{background:#f2f4f8}
-td.num{text-align:right;font-variant-numeric:tabular-nums}tr.summary td{font-weight:bold;background:#fafafa}
-tr.highlight td{font-weight:bold;background:#fff4d6}
-.plots{display:flex;flex-wrap:wrap;gap:1em}.plots figure{margin:0;flex:1 1 460px}
-.plots img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:.9em}
-pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:.85em}.note{color:#555;font-size:.9em}.warn{color:#b00020}
-"""
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _num(v: Any, digits: int = 3) -> str:
-    if isinstance(v, (bool, np.bool_)):
-        return str(v)
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return f"{float(v):.{digits}f}"
-    return str(v)
-
-
 def _policy_label(metrics: dict[str, Any]) -> str:
     return policy_text(Threshold(**metrics["policy"]))
-
-
-def _table(headers: list[str], rows: list[list[Any]], numeric_from: int = 1, row_class: dict[int, str] | None = None) -> str:
-    out = ["<table><thead><tr>", *(f"<th>{_e(h)}</th>" for h in headers), "</tr></thead><tbody>"]
-    for i, row in enumerate(rows):
-        cls = f' class="{row_class[i]}"' if row_class and i in row_class else ""
-        out.append(f"<tr{cls}>")
-        for j, cell in enumerate(row):
-            td = '<td class="num">' if j >= numeric_from else "<td>"
-            out.append(f"{td}{_e(cell)}</td>")
-        out.append("</tr>")
-    out.append("</tbody></table>")
-    return "".join(out)
-
-
-def start_section(start: dict[str, Any] | None) -> str:
-    """Where the folds' weights came from (random, the pretrain stage, a weights file or export)."""
-    if not start or start.get("source", "random") == "random":
-        return "<p class='note'>Every fold started from random weights (no pretrain stage, model.weights: none).</p>"
-    rows = [["Source", start["source"]], ["Loaded", start.get("loaded", "")],
-            ["SHA-256 of the start weights", start.get("sha256", "")]]
-    pre = start.get("pretrain") or {}
-    if pre:
-        val = pre.get("synthetic_validation") or {}
-        size = pre.get("image_size")  # absent in caches written before pretrain.image_size existed
-        at = f" at {size[0]} x {size[1]} input" if size else ""
-        rows += [["Pretrained on", f"{pre.get('images')} generated images ({pre.get('generator')}, "
-                  f"dataset {pre.get('dataset')}){at}, {pre.get('epochs')} epochs, {pre.get('seconds')} s"]]
-        if val:
-            rows.append([f"Pretrained model on {val.get('n_images')} unseen generated images",
-                         f"{val.get('metric')} {val.get('value')}"])
-        if pre.get("classes_match_task") is False:
-            rows.append(["Classes", "the generator's classes differ from the task's: only the backbone was used"])
-    if start.get("file"):
-        rows.append(["File", start["file"]])
-    ft = start.get("finetune") or {}
-    if ft:
-        rows.append(["Fine-tuning", f"backbone frozen for {ft.get('freeze_backbone_epochs')} epochs, then at "
-                     f"{ft.get('backbone_lr_scale')}x the learning rate"])
-    return _table(["", ""], rows, numeric_from=2)
-
-
-def export_section(export: dict[str, Any] | None) -> str:
-    """The export's artefacts, parity and int8 metric change (with its verdict), as HTML."""
-    if not export:
-        return "<p class='note'>No export summary in this run.</p>"
-    rows = []
-    for name, f in export.get("files", {}).items():
-        if name in ("parity",):
-            continue
-        rec = f.get("recommended")
-        rows.append([name, f.get("path", ""), "" if f.get("bytes") is None else f"{f['bytes'] / 1e6:.2f} MB",
-                     "" if rec is None else ("recommended" if rec else "NOT recommended")])
-    parts = [_table(["artefact", "file", "size", ""], rows, numeric_from=2)]
-    parity = export.get("parity")
-    ok = parity.get("pass") if isinstance(parity, dict) else parity
-    parts.append(f"<p>Parity (Keras vs SavedModel vs TFLite float{' vs ONNX' if 'onnx' in export.get('files', {}) else ''} "
-                 f"on real images): <b>{'pass' if ok else 'FAIL'}</b> (details in export/parity.json).</p>")
-    q = export.get("quantization")
-    if q:
-        c, v = q["change"], q["verdict"]
-        parts.append(f"<p>int8 check on {_e(q['n_images'])} images ({_e(q['evaluated_on'])}): "
-                     f"<b>{_e(v['reason'])}</b>.</p>")
-        if c.get("decision_agreement") is not None:
-            parts.append(f"<p class='note'>Decisions at the exported threshold agree on "
-                         f"{c['decision_agreement']:.1%} of images; largest score difference "
-                         f"{c['max_abs_score_diff']:.3g}.</p>")
-    for w in export.get("warnings", []):
-        parts.append(f"<p class='warn'><b>Warning:</b> {_e(w)}</p>")
-    return "".join(parts)
-
-
-def _render_value(value: Any) -> str:
-    """Generic HTML for info values: dicts as key/value tables, lists as lists or tables."""
-    if isinstance(value, dict):
-        if not value:
-            return "<p class='note'>(none)</p>"
-        return _table(["", ""], [[k, _render_plain(v)] for k, v in value.items()], numeric_from=2)
-    if isinstance(value, (list, tuple)):
-        if not value:
-            return "<p class='note'>(none)</p>"
-        if all(isinstance(v, dict) for v in value):
-            keys: list[str] = []
-            for v in value:
-                keys += [k for k in v if k not in keys]
-            return _table(keys, [[_render_plain(v.get(k, "")) for k in keys] for v in value], numeric_from=len(keys))
-        return "<ul>" + "".join(f"<li>{_e(_render_plain(v))}</li>" for v in value) + "</ul>"
-    return f"<p>{_e(value)}</p>"
-
-
-def _render_plain(v: Any, limit: int = 20) -> str:
-    if isinstance(v, float):
-        return _num(v)
-    if isinstance(v, (list, tuple)):
-        text = ", ".join(_render_plain(x) for x in v[:limit])
-        return text + (f", ... ({len(v) - limit} more)" if len(v) > limit else "")
-    if isinstance(v, dict):
-        return ", ".join(f"{k}: {_render_plain(x)}" for k, x in v.items())
-    return str(v)
-
-
-def _data_section(data: dict[str, Any]) -> str:
-    """Counts as a key/value table (nested dicts flattened) and the excluded files as a table."""
-    rows: list[list[Any]] = []
-    for key, value in data.items():
-        if key == "excluded":
-            continue
-        if isinstance(value, dict):
-            rows += [[f"{key}.{k}", _render_plain(v)] for k, v in value.items()]
-        else:
-            rows.append([key, _render_plain(value)])
-    out = [_table(["Item", "Value"], rows, numeric_from=2)] if rows else []
-    excluded = data.get("excluded") or []
-    out.append(f"<h3>Excluded files ({len(excluded)})</h3>")
-    out.append(_render_value(list(excluded)) if excluded else "<p class='note'>None: every listed file was used.</p>")
-    return "".join(out)
 
 
 def _classes(info: dict[str, Any], run_dir: RunDir) -> tuple[str, str]:
@@ -393,7 +228,7 @@ def _pooled_table(metrics: dict[str, Any]) -> str:
     for name in SCALAR_METRICS:
         ms = metrics["mean_sd"][name]
         rows.append([METRIC_LABELS[name], format_value(metrics["pooled"][name]), f"{ms['mean']:.3f} ± {ms['sd']:.3f}"])
-    return _table(["Metric", f"Pooled OOF [{ci:.0%} CI]", f"Mean ± SD over {metrics['n_folds']} folds"], rows)
+    return html_table(["Metric", f"Pooled OOF [{ci:.0%} CI]", f"Mean ± SD over {metrics['n_folds']} folds"], rows)
 
 
 def _mean_sd_text(ms: dict[str, Any]) -> str:
@@ -409,24 +244,24 @@ def _patient_html(metrics: dict[str, Any]) -> str:
         return "<p class='note'>No patient ids: slice level only.</p>"
     agg = p["aggregation"]
     how = agg["method"] + (f" (k = {agg['k']})" if agg.get("k") else "")
-    head = (f"<p class='note'>{_e(p['n'])} patients ({_e(p['n_pos'])} positive: a patient is positive if any "
-            f"slice is), {_e(p['n_slices'])} slices; patient score = {_e(how)} of its slice scores.")
+    head = (f"<p class='note'>{escape(p['n'])} patients ({escape(p['n_pos'])} positive: a patient is positive if any "
+            f"slice is), {escape(p['n_slices'])} slices; patient score = {escape(how)} of its slice scores.")
     if p.get("n_slices_without_group"):
-        head += f" {_e(p['n_slices_without_group'])} slices without a patient id are left out."
+        head += f" {escape(p['n_slices_without_group'])} slices without a patient id are left out."
     head += "</p>"
     if "error" in p:
-        return head + f"<p class='note'>Patient-level metrics not available: {_e(p['error'])}</p>"
+        return head + f"<p class='note'>Patient-level metrics not available: {escape(p['error'])}</p>"
     ci = metrics.get("ci", 0.95)
     n_scored = len(p["per_fold"])
     rows = [[METRIC_LABELS[n], format_value(p["pooled"][n]), _mean_sd_text(p["mean_sd"][n])] for n in SCALAR_METRICS]
-    out = head + _table(["Metric", f"Pooled OOF, patients [{ci:.0%} CI]", f"Mean ± SD over {n_scored} folds"], rows)
+    out = head + html_table(["Metric", f"Pooled OOF, patients [{ci:.0%} CI]", f"Mean ± SD over {n_scored} folds"], rows)
     thr = ", ".join(f"fold {k}: {float(v):.4g}" for k, v in p["thresholds"].items())
     notes = (f"Patient thresholds (policy {_policy_label(metrics)}, each chosen on the other folds' patient scores): "
              f"{thr}; final patient threshold {p['final_threshold']:.4g}. CIs resample patients.")
     if p.get("skipped_folds"):
         notes += " Folds with a single class of patients are left out of mean ± SD: " + ", ".join(
             str(f["fold"]) for f in p["skipped_folds"]) + "."
-    return out + f"<p class='note'>{_e(notes)}</p>"
+    return out + f"<p class='note'>{escape(notes)}</p>"
 
 
 def _calibration_html(metrics: dict[str, Any]) -> str:
@@ -441,10 +276,10 @@ def _calibration_html(metrics: dict[str, Any]) -> str:
         ["Log loss", f"{cal['log_loss']:.4f}"] + ([f"{after['log_loss']:.4f}"] if after else []),
         ["Brier score", f"{cal['brier']:.4f}"] + ([f"{after['brier']:.4f}"] if after else []),
     ]
-    out = _table(headers, rows)
+    out = html_table(headers, rows)
     if after:
         temps = ", ".join(f"fold {k}: {float(v):.3f}" for k, v in after["fold_temperatures"].items())
-        out += (f"<p class='note'>Each fold's scores are scaled with a temperature fitted on the other folds ({_e(temps)}). "
+        out += (f"<p class='note'>Each fold's scores are scaled with a temperature fitted on the other folds ({escape(temps)}). "
                 f"The exported model uses T = {metrics['temperature']:.3f} fitted on all OOF scores; its threshold "
                 f"{metrics['final_threshold']:.4g} on raw scores is {metrics['final_threshold_calibrated']:.4g} on scaled "
                 "scores (same decisions; AUC and ranking unchanged).</p>")
@@ -457,7 +292,7 @@ def _per_fold_table(metrics: dict[str, Any]) -> str:
     for f in metrics["per_fold"]:
         rows.append([f["fold"], f["n"], f["n_pos"], f"{f['threshold']:.4g}", *(f"{f[m]:.3f}" for m in SCALAR_METRICS)])
     rows.append(["mean ± SD", "", "", "", *(f"{metrics['mean_sd'][m]['mean']:.3f} ± {metrics['mean_sd'][m]['sd']:.3f}" for m in SCALAR_METRICS)])
-    return _table(headers, rows, row_class={len(rows) - 1: "summary"})
+    return html_table(headers, rows, row_class={len(rows) - 1: "summary"})
 
 
 def _folds_table(oof: pd.DataFrame) -> str:
@@ -470,13 +305,7 @@ def _folds_table(oof: pd.DataFrame) -> str:
             n_groups = int(g[g != ""].nunique()) if (g != "").any() else "-"
         n_pos = int(part["label"].sum())
         rows.append([int(k), len(part), n_pos, len(part) - n_pos, f"{n_pos / len(part):.1%}", n_groups])
-    return _table(["Fold", "samples", "positives", "negatives", "positive rate", "groups"], rows)
-
-
-def _img(name: str, data: bytes, caption: str) -> str:
-    b64 = base64.b64encode(data).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{b64}" alt="{_e(name)}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
+    return html_table(["Fold", "samples", "positives", "negatives", "positive rate", "groups"], rows)
 
 
 def write_report(
@@ -521,14 +350,6 @@ def write_report(
         "score_hist": "Out-of-fold scores per true class; red = threshold of the exported model.",
     }
 
-    title = info.get("title") or "lepton-vision run"
-    recipe_name = info.get("recipe_name") or info.get("recipe") or ""
-    shown_dir = info.get("run_dir") or run_dir.root
-    date = info.get("date") or _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    recipe_yaml = info.get("recipe_yaml")
-    if recipe_yaml is None and run_dir.recipe.is_file():
-        recipe_yaml = run_dir.recipe.read_text(encoding="utf-8")
-
     if "calibration" in metrics:
         images["calibration"] = plot_calibration(metrics, plots / "calibration.png")
     captions["calibration"] = ("Reliability diagram: fraction positive per score bin (diagonal = perfectly "
@@ -572,45 +393,18 @@ def write_report(
         op_rows.append(["Temperature T of the exported model (score = sigmoid(logit(p) / T))", f"{metrics['temperature']:.4g}"])
         op_rows.append(["Final threshold on temperature-scaled scores", f"{metrics['final_threshold_calibrated']:.4g}"])
 
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_e(title)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
-        f"<p class='meta'>Recipe <b>{_e(recipe_name)}</b> · run <code>{_e(shown_dir)}</code> · {_e(date)}"
-        + (f" · {_e(info['seconds'])} s" if info.get("seconds") is not None else "") + "</p>",
-        *([f"<p class='note'>{_e(info['intended_use'])}</p>"] if info.get("intended_use") else []),
-        f"<p><b>{_e(headline)}</b> · {_e(metrics['n'])} samples, {_e(metrics['n_pos'])} positive, {_e(metrics['n_folds'])} folds.</p>",
-        "<h2>Pooled metrics</h2>",
-        _pooled_table(metrics),
-        f"<p class='note'>{_e(ci_note)} Pooled metrics use each sample's own fold threshold.</p>",
-        "<h2>Patient-level metrics</h2>",
-        _patient_html(metrics),
-        "<h2>Operating point</h2>",
-        _table(["", ""], op_rows, numeric_from=2, row_class=highlight),
-        "<h2>Calibration</h2>",
-        _calibration_html(metrics),
-        "<h2>Per fold</h2>",
-        _per_fold_table(metrics),
-        "<h2>Start point</h2>",
-        start_section(info.get("training_start")),
-        "<h2>Export</h2>",
-        export_section(info.get("export")),
-        "<h2>Data</h2>",
-        _data_section(info.get("data") or {}),
-        "<h2>Folds</h2>",
-        _folds_table(oof),
-        "<h2>Plots</h2><div class='plots'>",
-        *(_img(name, data, captions[name]) for name, data in images.items()),
-        "</div>",
-        "<h2>Versions</h2>",
-        _render_value(info.get("versions", {})),
-        "<h2>Resolved recipe</h2>",
-        f"<pre>{_e(recipe_yaml or '(not available)')}</pre>",
-        "</body></html>",
+    summary = (f"<p><b>{escape(headline)}</b> · {escape(metrics['n'])} samples, {escape(metrics['n_pos'])} positive, "
+               f"{escape(metrics['n_folds'])} folds.</p>")
+    sections = [
+        ("Pooled metrics", _pooled_table(metrics)
+         + f"<p class='note'>{escape(ci_note)} Pooled metrics use each sample's own fold threshold.</p>"),
+        ("Patient-level metrics", _patient_html(metrics)),
+        ("Operating point", html_table(["", ""], op_rows, numeric_from=2, row_class=highlight)),
+        ("Calibration", _calibration_html(metrics)),
+        ("Per fold", _per_fold_table(metrics)),
     ]
-    atomic_write_text(run_dir.report, "\n".join(parts))
-    return run_dir.report
+    return write_page(run_dir, info, default_title="lepton-vision run", summary_html=summary, sections=sections,
+                      images=images, captions=captions, after_data=[("Folds", _folds_table(oof))])
 
 
 def print_summary(metrics: dict[str, Any], console: Any = None) -> None:

@@ -39,17 +39,11 @@ import pandas as pd
 
 from lepton_vision.config.cards import DetectionPolicy
 from lepton_vision.config.errors import DataError, Problem
-from lepton_vision.kinds.classification.metrics import (
-    _downsample,
-    _resample_weights,
-    _resampling_units,
-    binary_metrics,
-    bootstrap_ci,
-    choose_threshold,
-    fold_thresholds,
-)
-from lepton_vision.data.readers.detection import boxes_of
 from lepton_vision.config.recipe import Threshold
+from lepton_vision.data.readers.detection import boxes_of
+from lepton_vision.evaluate.binary import binary_metrics, bootstrap_ci, downsample
+from lepton_vision.evaluate.bootstrap import percentile_interval, resample_weights, resampling_units
+from lepton_vision.evaluate.thresholds import choose_threshold, fold_thresholds
 
 #: COCO's IoU thresholds and recall points, built exactly as pycocotools builds them, so that
 #: values such as 0.7000000000000001 compare the same way in both implementations.
@@ -630,7 +624,7 @@ def _image_level(
         auc_ci = list(boot["intervals"]["roc_auc"])
         f1_ci = list(boot["intervals"]["f1"])
     fpr, tpr, _ = roc_curve(y, s)
-    fx, ty = _downsample(fpr, tpr)
+    fx, ty = downsample(fpr, tpr)
     return {
         "available": True,
         "auc": m["roc_auc"],
@@ -650,16 +644,6 @@ def _image_level(
 
 # --------------------------------------------------------------------------------------------
 # Scoring a run
-
-
-def _percentile(values: np.ndarray, ci: float) -> list[float | None]:
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if len(v) == 0:
-        return [None, None]
-    alpha = (1.0 - ci) / 2.0
-    lo, hi = np.percentile(v, [100 * alpha, 100 * (1 - alpha)])
-    return [float(lo), float(hi)]
 
 
 def score_detection_oof(
@@ -780,20 +764,20 @@ def score_detection_oof(
         keep = res != IGNORED
         rc = ctp[keep] / n_gt_c
         pr = ctp[keep] / np.maximum(ctp[keep] + cfp[keep], 1)
-        rx, py = _downsample(rc, pr)
+        rx, py = downsample(rc, pr)
         pr_curves[name] = {"recall": rx, "precision": py}
 
     image_level, auc_ci, img_f1_ci = _image_level(data, image_threshold, n_bootstrap, ci, seed)
 
     # Bootstrap: the same resamples for AP and the box counts.
-    unit_ids, n_units, unit = _resampling_units(data.groups, data.n_images)
+    unit_ids, n_units, unit = resampling_units(data.groups, data.n_images)
     intervals: dict[str, list[float | None]] = {k: [None, None] for k in CI_KEYS}
     skipped = 0
     if n_bootstrap > 0:
         rng = np.random.default_rng(seed)
         col: dict[str, list[np.ndarray]] = {k: [] for k in ("ap50", "ap50_95", "precision", "recall", "f1")}
         img_tp, img_fp, img_fn = (counts[k].to_numpy(dtype=np.float64) for k in ("tp", "fp", "fn"))
-        for w in _resample_weights(rng, unit_ids, n_units, n_bootstrap):
+        for w in resample_weights(rng, unit_ids, n_units, n_bootstrap):
             a50, a = summarize_ap(ap_table(data, coco_out, order, w))
             skipped += int((~np.isfinite(a)).sum())
             col["ap50"].append(a50)
@@ -803,7 +787,7 @@ def score_detection_oof(
             col["recall"].append(r)
             col["f1"].append(f)
         for k, parts in col.items():
-            intervals[k] = _percentile(np.concatenate(parts), ci)
+            intervals[k] = percentile_interval(np.concatenate(parts), ci)
         intervals["image_auc"] = auc_ci
         intervals["image_f1"] = img_f1_ci
 

@@ -1,14 +1,11 @@
-"""Plots and a self-contained HTML report for an object-detection run (contract D3).
+"""The object-detection sections of report.html (contract D3): PR per class, image level, examples.
 
-The same conventions as :mod:`lepton_vision.kinds.classification.report`: matplotlib ``Figure`` objects on the Agg
-canvas (no pyplot, no GUI), PNGs written atomically to ``plots/`` and embedded in
-``report.html`` as base64 data URIs, inline CSS, no external resources. Example images are read
-with :func:`lepton_vision.data.preprocess.read_image` and boxes drawn with OpenCV. No TensorFlow.
+Built on the shared page (:mod:`lepton_vision.evaluate.report`). Example images are read with
+:func:`lepton_vision.data.preprocess.read_image` and boxes drawn with OpenCV. No TensorFlow.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +23,8 @@ from lepton_vision.kinds.detection.metrics import (
     prepare,
 )
 from lepton_vision.config.errors import DataError
-from lepton_vision.kinds.classification.report import (
-    _CSS,
-    _data_section,
-    _e,
-    _figure,
-    _img,
-    _render_value,
-    _save,
-    _table,
-    export_section,
-    start_section,
-)
-from lepton_vision.runio import RunDir, atomic_write_text
+from lepton_vision.evaluate.report import escape, figure, html_table, save_png, write_page
+from lepton_vision.runio import RunDir
 
 #: PNG names under plots/ (image_roc only when the image-level metrics are available).
 PLOT_NAMES: tuple[str, ...] = ("pr_curves", "image_roc", "score_hist", "examples", "training_curves")
@@ -71,7 +57,7 @@ def _with_ci(value: Any, interval: list[Any] | None, digits: int = 3) -> str:
 
 def plot_pr_curves(metrics: dict[str, Any], path: Path) -> bytes:
     """Precision-recall per class at IoU 0.5 (all folds pooled), AP50 per class in the legend."""
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     drawn = False
     for name, curve in metrics["pr_curves"].items():
@@ -91,13 +77,13 @@ def plot_pr_curves(metrics: dict[str, Any], path: Path) -> bytes:
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=7.5)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_image_roc(metrics: dict[str, Any], path: Path) -> bytes:
     """ROC of the image-level score (max box confidence) for "the image has an object"."""
     il = metrics["image_level"]
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     ax.plot(il["roc"]["fpr"], il["roc"]["tpr"], lw=2.2, color="#1f3b73",
             label=f"AUC {_with_ci(il['auc'], metrics['ci']['image_auc'])}")
@@ -109,12 +95,12 @@ def plot_image_roc(metrics: dict[str, Any], path: Path) -> bytes:
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=7.5)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_score_hist(metrics: dict[str, Any], scores: np.ndarray, outcome: np.ndarray, path: Path) -> bytes:
     """Detection scores of true and false positives, with the fold and final box thresholds."""
-    fig = _figure(6.5, 4.2)
+    fig = figure(6.5, 4.2)
     ax = fig.add_subplot()
     bins = np.linspace(0.0, 1.0, 41)
     ax.hist(scores[outcome == TP], bins=bins, alpha=0.6, color="#2e8b57", label=f"true positives (n={int((outcome == TP).sum())})")
@@ -130,7 +116,7 @@ def plot_score_hist(metrics: dict[str, Any], scores: np.ndarray, outcome: np.nda
            title="Out-of-fold detection scores")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _display_rgb(raw: np.ndarray) -> np.ndarray:
@@ -209,7 +195,7 @@ def plot_examples(
                       f"{row.sample_id} (fold {row.fold})\nTP {row.tp}  FP {row.fp}  FN {row.fn}"))
     cols = 4
     rows = max(1, -(-len(tiles) // cols))
-    fig = _figure(3.2 * cols, 3.0 * rows)
+    fig = figure(3.2 * cols, 3.0 * rows)
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for ax in axes:
         ax.axis("off")
@@ -218,7 +204,7 @@ def plot_examples(
         ax.set_title(title, fontsize=7.5)
     if not tiles:
         axes[0].text(0.5, 0.5, "no image could be read", ha="center", va="center", color="grey")
-    return _save(fig, path), unreadable
+    return save_png(fig, path), unreadable
 
 
 def plot_training_curves(histories: dict[int, pd.DataFrame], path: Path) -> bytes:
@@ -238,7 +224,7 @@ def plot_training_curves(histories: dict[int, pd.DataFrame], path: Path) -> byte
             if base not in ("epoch", "lr", "learning_rate") and base not in names:
                 names.append(base)
     names = sorted(names, key=lambda n: (n != "loss", n))[:4]
-    fig = _figure(4.2 * max(len(names), 1), 3.8)
+    fig = figure(4.2 * max(len(names), 1), 3.8)
     axes = np.atleast_1d(fig.subplots(1, max(len(names), 1))).ravel()
     colors = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
     if not names:
@@ -258,7 +244,7 @@ def plot_training_curves(histories: dict[int, pd.DataFrame], path: Path) -> byte
         ax.set(xlabel="epoch", ylabel=name, title=f"{name} per epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,14 +275,14 @@ def _per_class_table(m: dict[str, Any]) -> str:
     for name, c in m["per_class"].items():
         rows.append([name, c["n_gt"], c["n_det"], _fmt(c["ap50"]), _fmt(c["ap50_95"]), _fmt(c["precision"]),
                      _fmt(c["recall"]), c["tp"], c["fp"], c["fn"], c.get("reason", "")])
-    return _table(["Class", "GT boxes", "detections", "AP50", "AP50:95", "precision", "recall", "TP", "FP", "FN", "note"],
+    return html_table(["Class", "GT boxes", "detections", "AP50", "AP50:95", "precision", "recall", "TP", "FP", "FN", "note"],
                   rows, numeric_from=1)
 
 
 def _image_level_html(m: dict[str, Any]) -> str:
     il = m["image_level"]
     if not il.get("available"):
-        return f"<p class='note'>Image-level metrics not available: {_e(il.get('reason', ''))}.</p>"
+        return f"<p class='note'>Image-level metrics not available: {escape(il.get('reason', ''))}.</p>"
     ci = m["ci"]
     thr = ", ".join(f"fold {k}: {float(v):.3g}" for k, v in il["threshold"]["per_fold"].items())
     rows = [
@@ -310,7 +296,7 @@ def _image_level_html(m: dict[str, Any]) -> str:
     ]
     note = (f"<p class='note'>Image score = the highest box confidence; {il['n_with_objects']} of {il['n']} "
             "images have objects.</p>")
-    return note + _table(["", ""], rows, numeric_from=2)
+    return note + html_table(["", ""], rows, numeric_from=2)
 
 
 def _per_fold_table(m: dict[str, Any]) -> str:
@@ -323,7 +309,7 @@ def _per_fold_table(m: dict[str, Any]) -> str:
         return "-" if mean is None else (f"{mean:.3f} ± {sd:.3f}" if sd is not None else f"{mean:.3f}")
 
     rows.append(["mean ± SD", "", "", msd("ap50"), msd("ap50_95"), "", "", "", ""])
-    return _table(["Fold", "images", "GT boxes", "AP50", "AP50:95", "box threshold", "precision", "recall", "F1"],
+    return html_table(["Fold", "images", "GT boxes", "AP50", "AP50:95", "box threshold", "precision", "recall", "F1"],
                   rows, row_class={len(rows) - 1: "summary"})
 
 
@@ -379,13 +365,6 @@ def write_detection_report(
         captions["examples"] += f" Left out (unreadable): {'; '.join(unreadable)}."
     images_png["training_curves"] = plot_training_curves(histories, plots / "training_curves.png")
 
-    title = info.get("title") or "lepton-vision detection run"
-    recipe_name = info.get("recipe_name") or info.get("recipe") or ""
-    shown_dir = info.get("run_dir") or run.root
-    date = info.get("date") or _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    recipe_yaml = info.get("recipe_yaml")
-    if recipe_yaml is None and run.recipe.is_file():
-        recipe_yaml = run.recipe.read_text(encoding="utf-8")
     m = metrics
     headline = (f"AP50 {_with_ci(m['ap50'], m['ci']['ap50'])} · AP50:95 {_with_ci(m['ap50_95'], m['ci']['ap50_95'])}")
     ci_note = (
@@ -395,44 +374,19 @@ def write_detection_report(
         "with COCO's 101-point interpolation."
         if m.get("n_bootstrap") else "No bootstrap CIs (evaluate.n_bootstrap = 0)."
     )
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_e(title)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
-        f"<p class='meta'>Recipe <b>{_e(recipe_name)}</b> · run <code>{_e(shown_dir)}</code> · {_e(date)}"
-        + (f" · {_e(info['seconds'])} s" if info.get("seconds") is not None else "") + "</p>",
-        *([f"<p class='note'>{_e(info['intended_use'])}</p>"] if info.get("intended_use") else []),
-        (f"<p><b>{_e(headline)}</b> · {_e(m['n_images'])} images ({_e(m['n_empty_images'])} empty), "
-        f"{_e(m['n_boxes'])} boxes, {_e(m['n_ignore_regions'])} ignore regions, {_e(m['n_detections'])} "
-        f"detections, {_e(m['n_folds'])} folds.</p>"),
-        "<h2>Box metrics (out-of-fold)</h2>",
-        _table(["", ""], _summary_rows(m), numeric_from=2),
-        (f"<p class='note'>{_e(ci_note)} AP is pycocotools' (area all, maxDets {m['policy']['max_detections']}, "
-        "ignore regions as crowd boxes of every class).</p>"),
-        "<h2>Per class</h2>",
-        _per_class_table(m),
-        "<h2>Image level</h2>",
-        _image_level_html(m),
-        "<h2>Per fold</h2>",
-        _per_fold_table(m),
-        "<h2>Export</h2>",
-        export_section(info.get("export")),
-        "<h2>Start point</h2>",
-        start_section(info.get("training_start")),
-        "<h2>Data</h2>",
-        _data_section(info.get("data") or {}),
-        "<h2>Plots</h2><div class='plots'>",
-        *(_img(name, png, captions[name]) for name, png in images_png.items()),
-        "</div>",
-        "<h2>Versions</h2>",
-        _render_value(info.get("versions", {})),
-        "<h2>Resolved recipe</h2>",
-        f"<pre>{_e(recipe_yaml or '(not available)')}</pre>",
-        "</body></html>",
+    summary = (f"<p><b>{escape(headline)}</b> · {escape(m['n_images'])} images ({escape(m['n_empty_images'])} "
+               f"empty), {escape(m['n_boxes'])} boxes, {escape(m['n_ignore_regions'])} ignore regions, "
+               f"{escape(m['n_detections'])} detections, {escape(m['n_folds'])} folds.</p>")
+    sections = [
+        ("Box metrics (out-of-fold)", html_table(["", ""], _summary_rows(m), numeric_from=2)
+         + f"<p class='note'>{escape(ci_note)} AP is pycocotools' (area all, maxDets "
+         f"{m['policy']['max_detections']}, ignore regions as crowd boxes of every class).</p>"),
+        ("Per class", _per_class_table(m)),
+        ("Image level", _image_level_html(m)),
+        ("Per fold", _per_fold_table(m)),
     ]
-    atomic_write_text(run.report, "\n".join(parts))
-    return run.report
+    return write_page(run, info, default_title="lepton-vision detection run", summary_html=summary,
+                      sections=sections, images=images_png, captions=captions)
 
 
 __all__ = [

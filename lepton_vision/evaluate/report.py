@@ -1,0 +1,244 @@
+"""The report page every kind's report.html is built on: plots as PNG, one self-contained HTML file.
+
+Plots are drawn with matplotlib's Agg canvas on standalone ``Figure`` objects (no pyplot, so no
+global backend switch and no GUI), written atomically as PNG to ``plots/`` and embedded in
+``report.html`` as base64 data URIs. The HTML has inline CSS and no external resources, so it
+can be mailed or archived as one file. A kind supplies its headline and sections
+(:func:`write_page`); the start point, export, data, plots, versions and recipe sections are
+the same for every kind. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lepton_vision.runio import RunDir, atomic_write_bytes, atomic_write_text
+
+
+def figure(width: float = 6.0, height: float = 5.0) -> Any:
+    """A Figure attached to an Agg canvas (works headless, touches no global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig: Any, path: Path) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return data
+
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+.meta{color:#555}table{border-collapse:collapse;margin:.6em 0}
+td,th{border:1px solid #ccc;padding:.3em .7em;text-align:left}th{background:#f2f4f8}
+td.num{text-align:right;font-variant-numeric:tabular-nums}tr.summary td{font-weight:bold;background:#fafafa}
+tr.highlight td{font-weight:bold;background:#fff4d6}
+.plots{display:flex;flex-wrap:wrap;gap:1em}.plots figure{margin:0;flex:1 1 460px}
+.plots img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:.9em}
+pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:.85em}.note{color:#555;font-size:.9em}.warn{color:#b00020}
+"""
+
+
+def escape(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def number(v: Any, digits: int = 3) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return str(v)
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.{digits}f}"
+    return str(v)
+
+
+def html_table(headers: list[str], rows: list[list[Any]], numeric_from: int = 1, row_class: dict[int, str] | None = None) -> str:
+    out = ["<table><thead><tr>", *(f"<th>{escape(h)}</th>" for h in headers), "</tr></thead><tbody>"]
+    for i, row in enumerate(rows):
+        cls = f' class="{row_class[i]}"' if row_class and i in row_class else ""
+        out.append(f"<tr{cls}>")
+        for j, cell in enumerate(row):
+            td = '<td class="num">' if j >= numeric_from else "<td>"
+            out.append(f"{td}{escape(cell)}</td>")
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def start_section(start: dict[str, Any] | None) -> str:
+    """Where the folds' weights came from (random, the pretrain stage, a weights file or export)."""
+    if not start or start.get("source", "random") == "random":
+        return "<p class='note'>Every fold started from random weights (no pretrain stage, model.weights: none).</p>"
+    rows = [["Source", start["source"]], ["Loaded", start.get("loaded", "")],
+            ["SHA-256 of the start weights", start.get("sha256", "")]]
+    pre = start.get("pretrain") or {}
+    if pre:
+        val = pre.get("synthetic_validation") or {}
+        size = pre.get("image_size")  # absent in caches written before pretrain.image_size existed
+        at = f" at {size[0]} x {size[1]} input" if size else ""
+        rows += [["Pretrained on", f"{pre.get('images')} generated images ({pre.get('generator')}, "
+                  f"dataset {pre.get('dataset')}){at}, {pre.get('epochs')} epochs, {pre.get('seconds')} s"]]
+        if val:
+            rows.append([f"Pretrained model on {val.get('n_images')} unseen generated images",
+                         f"{val.get('metric')} {val.get('value')}"])
+        if pre.get("classes_match_task") is False:
+            rows.append(["Classes", "the generator's classes differ from the task's: only the backbone was used"])
+    if start.get("file"):
+        rows.append(["File", start["file"]])
+    ft = start.get("finetune") or {}
+    if ft:
+        rows.append(["Fine-tuning", f"backbone frozen for {ft.get('freeze_backbone_epochs')} epochs, then at "
+                     f"{ft.get('backbone_lr_scale')}x the learning rate"])
+    return html_table(["", ""], rows, numeric_from=2)
+
+
+def export_section(export: dict[str, Any] | None) -> str:
+    """The export's artefacts, parity and int8 metric change (with its verdict), as HTML."""
+    if not export:
+        return "<p class='note'>No export summary in this run.</p>"
+    rows = []
+    for name, f in export.get("files", {}).items():
+        if name in ("parity",):
+            continue
+        rec = f.get("recommended")
+        rows.append([name, f.get("path", ""), "" if f.get("bytes") is None else f"{f['bytes'] / 1e6:.2f} MB",
+                     "" if rec is None else ("recommended" if rec else "NOT recommended")])
+    parts = [html_table(["artefact", "file", "size", ""], rows, numeric_from=2)]
+    parity = export.get("parity")
+    ok = parity.get("pass") if isinstance(parity, dict) else parity
+    parts.append(f"<p>Parity (Keras vs SavedModel vs TFLite float{' vs ONNX' if 'onnx' in export.get('files', {}) else ''} "
+                 f"on real images): <b>{'pass' if ok else 'FAIL'}</b> (details in export/parity.json).</p>")
+    q = export.get("quantization")
+    if q:
+        c, v = q["change"], q["verdict"]
+        parts.append(f"<p>int8 check on {escape(q['n_images'])} images ({escape(q['evaluated_on'])}): "
+                     f"<b>{escape(v['reason'])}</b>.</p>")
+        if c.get("decision_agreement") is not None:
+            parts.append(f"<p class='note'>Decisions at the exported threshold agree on "
+                         f"{c['decision_agreement']:.1%} of images; largest score difference "
+                         f"{c['max_abs_score_diff']:.3g}.</p>")
+    for w in export.get("warnings", []):
+        parts.append(f"<p class='warn'><b>Warning:</b> {escape(w)}</p>")
+    return "".join(parts)
+
+
+def render_value(value: Any) -> str:
+    """Generic HTML for info values: dicts as key/value tables, lists as lists or tables."""
+    if isinstance(value, dict):
+        if not value:
+            return "<p class='note'>(none)</p>"
+        return html_table(["", ""], [[k, render_plain(v)] for k, v in value.items()], numeric_from=2)
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "<p class='note'>(none)</p>"
+        if all(isinstance(v, dict) for v in value):
+            keys: list[str] = []
+            for v in value:
+                keys += [k for k in v if k not in keys]
+            return html_table(keys, [[render_plain(v.get(k, "")) for k in keys] for v in value], numeric_from=len(keys))
+        return "<ul>" + "".join(f"<li>{escape(render_plain(v))}</li>" for v in value) + "</ul>"
+    return f"<p>{escape(value)}</p>"
+
+
+def render_plain(v: Any, limit: int = 20) -> str:
+    if isinstance(v, float):
+        return number(v)
+    if isinstance(v, (list, tuple)):
+        text = ", ".join(render_plain(x) for x in v[:limit])
+        return text + (f", ... ({len(v) - limit} more)" if len(v) > limit else "")
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {render_plain(x)}" for k, x in v.items())
+    return str(v)
+
+
+def data_section(data: dict[str, Any]) -> str:
+    """Counts as a key/value table (nested dicts flattened) and the excluded files as a table."""
+    rows: list[list[Any]] = []
+    for key, value in data.items():
+        if key == "excluded":
+            continue
+        if isinstance(value, dict):
+            rows += [[f"{key}.{k}", render_plain(v)] for k, v in value.items()]
+        else:
+            rows.append([key, render_plain(value)])
+    out = [html_table(["Item", "Value"], rows, numeric_from=2)] if rows else []
+    excluded = data.get("excluded") or []
+    out.append(f"<h3>Excluded files ({len(excluded)})</h3>")
+    out.append(render_value(list(excluded)) if excluded else "<p class='note'>None: every listed file was used.</p>")
+    return "".join(out)
+
+
+def img_html(name: str, data: bytes, caption: str) -> str:
+    b64 = base64.b64encode(data).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{b64}" alt="{escape(name)}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>")
+
+
+def write_page(run: RunDir, info: dict[str, Any], *, default_title: str, summary_html: str,
+               sections: list[tuple[str, str]], images: dict[str, bytes], captions: dict[str, str],
+               after_data: list[tuple[str, str]] | None = None) -> Path:
+    """Write ``report.html``: the kind's headline and sections, then the sections every run has.
+
+    Args:
+        run: The run directory.
+        info: Optional keys: ``title``, ``recipe_name`` (or ``recipe``), ``run_dir``, ``date``
+            (default: now), ``intended_use``, ``seconds``, ``training_start``, ``export``,
+            ``data`` (data_report.json), ``versions``, ``recipe_yaml`` (default: the run's
+            recipe.resolved.yaml).
+        default_title: The title when ``info`` has none.
+        summary_html: The paragraph under the title (the headline numbers).
+        sections: ``(heading, html)`` of the kind's own sections, in order.
+        images: Plot name -> PNG bytes, embedded in this order.
+        captions: Plot name -> caption.
+        after_data: Sections shown right after the data section (e.g. the folds table).
+
+    Returns:
+        The path of report.html.
+    """
+    title = info.get("title") or default_title
+    recipe_name = info.get("recipe_name") or info.get("recipe") or ""
+    shown_dir = info.get("run_dir") or run.root
+    date = info.get("date") or _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    recipe_yaml = info.get("recipe_yaml")
+    if recipe_yaml is None and run.recipe.is_file():
+        recipe_yaml = run.recipe.read_text(encoding="utf-8")
+    common = [("Start point", start_section(info.get("training_start"))),
+              ("Export", export_section(info.get("export"))),
+              ("Data", data_section(info.get("data") or {})),
+              *(after_data or [])]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{escape(title)}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        f"<p class='meta'>Recipe <b>{escape(recipe_name)}</b> · run <code>{escape(shown_dir)}</code> · {escape(date)}"
+        + (f" · {escape(info['seconds'])} s" if info.get("seconds") is not None else "") + "</p>",
+        *([f"<p class='note'>{escape(info['intended_use'])}</p>"] if info.get("intended_use") else []),
+        summary_html,
+        *(f"<h2>{escape(heading)}</h2>\n{body}" for heading, body in [*sections, *common]),
+        "<h2>Plots</h2><div class='plots'>",
+        *(img_html(name, data, captions[name]) for name, data in images.items()),
+        "</div>",
+        "<h2>Versions</h2>",
+        render_value(info.get("versions", {})),
+        "<h2>Resolved recipe</h2>",
+        f"<pre>{escape(recipe_yaml or '(not available)')}</pre>",
+        "</body></html>",
+    ]
+    atomic_write_text(run.report, "\n".join(parts))
+    return run.report
