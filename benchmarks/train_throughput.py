@@ -50,18 +50,19 @@ def framework_epochs(recipe, x, y, epochs: int) -> float:
     from lepton_vision.data.augment import build_augment
     from lepton_vision.kinds.classification.kind import build_model
     from lepton_vision.data.pipeline import make_dataset
-    from lepton_vision.kinds.classification.train import _compile, _NanGuard, _sample_weights
+    from lepton_vision.engine.callbacks import NanGuard
+    from lepton_vision.kinds.classification.train import compile_classifier, sample_weights
 
     model = build_model(recipe, seed=recipe.seed)
-    _compile(model, recipe, len(x), epochs + 1)
+    compile_classifier(model, recipe, len(x), epochs + 1)
     aug = build_augment([op.model_dump() for op in recipe.augment], recipe.seed)
     ds = make_dataset(x, y, recipe.train.batch_size, training=True, augment=aug, seed=recipe.seed,
-                      sample_weights=_sample_weights(y, recipe))
+                      sample_weights=sample_weights(y, recipe))
     # The NaN guard is the one callback fit_fold runs on every batch; the others (validation,
     # checkpoint, logs) run once per epoch and are evaluation, not the train step.
-    model.fit(ds, epochs=1, verbose=0, callbacks=[_NanGuard()])
+    model.fit(ds, epochs=1, verbose=0, callbacks=[NanGuard()])
     t0 = time.perf_counter()
-    model.fit(ds, epochs=epochs, verbose=0, callbacks=[_NanGuard()])
+    model.fit(ds, epochs=epochs, verbose=0, callbacks=[NanGuard()])
     return time.perf_counter() - t0
 
 
@@ -70,13 +71,14 @@ def baseline_epochs(recipe, x, y, epochs: int) -> float:
     from lepton_vision.backend import import_keras
     from lepton_vision.data.augment import apply_augment, build_augment
     from lepton_vision.kinds.classification.kind import build_model
-    from lepton_vision.kinds.classification.train import _sample_weights, make_optimizer
+    from lepton_vision.engine.optim import make_optimizer
+    from lepton_vision.kinds.classification.train import sample_weights
 
     tf, keras = import_keras()
     model = build_model(recipe, seed=recipe.seed)
     opt = make_optimizer(recipe, len(x), epochs + 1)
     aug = build_augment([op.model_dump() for op in recipe.augment], recipe.seed)
-    w_all = _sample_weights(y, recipe)
+    w_all = sample_weights(y, recipe)
     w_all = np.ones(len(y), np.float32) if w_all is None else w_all
     bce = keras.losses.BinaryCrossentropy(reduction="none")
 

@@ -355,7 +355,7 @@ def test_ct_page_layout_examples_and_model_card(ct):
 
 @pytest.mark.tf
 def test_launch_demo_binds_loopback_without_share_and_limits_uploads(ct, monkeypatch, capsys):
-    from lepton_vision.serve.demo import demo as serve
+    from lepton_vision.serve import demo as serve
 
     calls = []
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: calls.append(kw) or (None, "http://x", None))

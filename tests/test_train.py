@@ -77,14 +77,14 @@ def test_learns_and_writes_files(first_fit, data, capsys):
     from lepton_vision.kinds.classification.train import predict_scores
 
     result, out = first_fit
-    assert result.best_val_auc > 0.9
+    assert result.best_score > 0.9
     assert 1 <= result.best_epoch <= result.epochs_run <= 4
     hist = pd.read_csv(out / "history.csv")
     assert len(hist) == result.epochs_run == len(result.history)
     pd.testing.assert_frame_equal(hist, result.history, check_dtype=False, atol=1e-9)
     assert {"loss", "auc", "val_loss", "val_auc", "lr"} <= set(result.history.columns)
     assert result.history["epoch"].tolist() == list(range(1, result.epochs_run + 1))
-    assert result.history["val_auc"].max() == pytest.approx(result.best_val_auc)
+    assert result.history["val_auc"].max() == pytest.approx(result.best_score)
     assert any((out / "tb").rglob("events.out.tfevents*"))
     # best.keras is exactly the returned (best-epoch) model.
     _, keras = import_keras()
@@ -95,7 +95,7 @@ def test_learns_and_writes_files(first_fit, data, capsys):
     )
     from sklearn.metrics import roc_auc_score
 
-    assert roc_auc_score(data[3], predict_scores(result.model, vx)) == pytest.approx(result.best_val_auc)
+    assert roc_auc_score(data[3], predict_scores(result.model, vx)) == pytest.approx(result.best_score)
 
 
 def test_same_seed_same_scores(first_fit, data, tmp_path):
@@ -171,7 +171,7 @@ def test_weight_average_is_what_validation_and_the_best_epoch_see(data, tmp_path
 
 def test_cosine_schedule_values_and_config():
     from lepton_vision.backend import import_keras
-    from lepton_vision.kinds.classification.train import WarmupCosine, make_optimizer
+    from lepton_vision.engine.optim import WarmupCosine, make_optimizer
 
     _, keras = import_keras()
     s = WarmupCosine(1.0, warmup_steps=10, total_steps=110)

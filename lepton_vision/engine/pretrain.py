@@ -393,7 +393,7 @@ def ensure_pretrained(resolved: Any, progress: bool = True) -> PretrainResult:
 def _pretrain(resolved: Any, out: Path, key: str, payload: dict[str, Any], progress: bool) -> dict[str, Any]:
     from lepton_vision.backend import configure_devices, import_keras
     from lepton_vision.config.errors import TrainError
-    from lepton_vision.kinds.classification.train import _NanGuard
+    from lepton_vision.engine.callbacks import NanGuard
 
     tf, keras = import_keras()
     recipe = resolved.recipe
@@ -424,7 +424,7 @@ def _pretrain(resolved: Any, out: Path, key: str, payload: dict[str, Any], progr
     history: list[dict[str, Any]] = []
     label = f"pretraining on {n_train * rounds} generated images ({stream.generator})"
     log = _PretrainLog(keras, epochs, per_epoch, n_train, rounds, stats, history, progress, label)
-    nan = _NanGuard()
+    nan = NanGuard()
     try:
         try:
             model.fit(ds, epochs=epochs, steps_per_epoch=per_epoch // batch, callbacks=[log, nan], verbose=0,
@@ -610,31 +610,31 @@ def _progress(enabled: bool, label: str, total: int) -> tuple[Any, Any]:
 def _model_for_pretraining(resolved: Any, pre: Any, n_classes: int, per_epoch: int,
                            epochs: int) -> tuple[Any, Any, dict[str, Any]]:
     """The compiled model to pretrain, the recipe's augmentation, and what batches need."""
-    from lepton_vision.kinds.classification.train import make_optimizer
+    from lepton_vision.engine.optim import make_optimizer
 
     if resolved.task.kind == "object_detection":
-        from lepton_vision.kinds.detection.train import _box_augment
+        from lepton_vision.kinds.detection.train import box_augment
         from lepton_vision.models.detectors import adapter_for
 
         spec = pre.model.detector
         adapter = adapter_for(spec)
         model = adapter.build(spec, n_classes, tuple(pre.input.image_size), pre.seed)
         adapter.compile(model, spec, make_optimizer(pre, per_epoch, epochs))
-        return model, _box_augment(pre), {"max_boxes": spec.max_boxes, "min_box_size": spec.min_box_size}
+        return model, box_augment(pre), {"max_boxes": spec.max_boxes, "min_box_size": spec.min_box_size}
 
     from lepton_vision.kinds import KINDS
-    from lepton_vision.kinds.classification.train import _augment, _compile, _sample_weights
+    from lepton_vision.kinds.classification.train import compile_classifier, image_augment, sample_weights
 
     model = KINDS[resolved.task.kind].build_model(pre, weights="none", seed=pre.seed)
-    _compile(model, pre, per_epoch, epochs)
+    compile_classifier(model, pre, per_epoch, epochs)
     balanced = pre.train.class_weight == "balanced"
 
     def weights(y: np.ndarray) -> np.ndarray:
         if len(np.unique(y)) < 2:  # a chunk of one class: equal weights
             return np.ones(len(y), np.float32)
-        return _sample_weights(np.asarray(y, np.int64), pre)
+        return sample_weights(np.asarray(y, np.int64), pre)
 
-    return model, _augment(pre), {"balanced": balanced, "weights": weights if balanced else (lambda y: None)}
+    return model, image_augment(pre), {"balanced": balanced, "weights": weights if balanced else (lambda y: None)}
 
 
 def _validate(model: Any, resolved: Any, images_stream: ImageStream, stream: StreamSpec,
@@ -644,7 +644,8 @@ def _validate(model: Any, resolved: Any, images_stream: ImageStream, stream: Str
                                                  job_size(stream))))
     data = _concat(parts, stream.detection)
     if stream.detection:
-        from lepton_vision.kinds.detection.train import make_predict_fn, predict_detections, val_ap50
+        from lepton_vision.kinds.detection.metrics import val_ap50
+        from lepton_vision.kinds.detection.train import make_predict_fn, predict_detections
         from lepton_vision.models.detectors import adapter_for
 
         policy = resolved.task.detection

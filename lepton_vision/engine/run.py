@@ -476,7 +476,7 @@ def _classification_fold(shared: dict[str, Any], k: int, fdir: Path) -> dict[str
     return {
         "fold": k,
         "best_epoch": int(result.best_epoch),
-        "best_val_auc": float(result.best_val_auc),
+        "best_val_auc": float(result.best_score),
         "epochs_run": int(result.epochs_run),
         "n_train": int(len(tr)),
         "n_val": int(len(va)),

@@ -227,13 +227,12 @@ def _match(a: dict[str, np.ndarray], b: dict[str, np.ndarray], thr: float, near_
 
     ``near_tol``: boxes scoring within this of ``thr`` (in either backend) may explain a count
     difference."""
-    from lepton_vision.kinds.detection.train import _xywh
-    from lepton_vision.kinds.detection.metrics import box_overlap
+    from lepton_vision.kinds.detection.metrics import box_overlap, xyxy_to_xywh
 
     ka, kb = a["scores"] >= thr, b["scores"] >= thr
     ba, bb = a["boxes"][ka], b["boxes"][kb]
     if len(ba) and len(bb):
-        iou = box_overlap(_xywh(ba), _xywh(bb), crowd=False).max(axis=1)
+        iou = box_overlap(xyxy_to_xywh(ba), xyxy_to_xywh(bb), crowd=False).max(axis=1)
         min_iou = float(iou.min())
     else:
         min_iou = 1.0 if len(ba) == len(bb) else 0.0

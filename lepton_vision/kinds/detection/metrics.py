@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,7 +98,8 @@ class DetectionData:
         return len(self.sample_ids)
 
 
-def _xyxy_to_xywh(b: np.ndarray) -> np.ndarray:
+def xyxy_to_xywh(b: np.ndarray) -> np.ndarray:
+    """Boxes [N, 4] x1, y1, x2, y2 -> x, y, w, h (COCO), float64."""
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
     return np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
 
@@ -185,9 +187,9 @@ def prepare(
         if len(c) and (c.min() < 0 or c.max() >= n_classes):
             problems.append(Problem(f"sample {sample_ids[i]}", f"class index {c.tolist()} outside 0..{n_classes - 1}"))
             continue
-        gt_boxes.append(_xyxy_to_xywh(b))
+        gt_boxes.append(xyxy_to_xywh(b))
         gt_classes.append(c.astype(np.int64))
-        ignore_boxes.append(_xyxy_to_xywh(ig))
+        ignore_boxes.append(xyxy_to_xywh(ig))
         np.add.at(n_gt[i], c, 1)
     if problems:
         raise DataError(
@@ -244,7 +246,7 @@ def prepare(
         det_image=pos.astype(np.int64),
         det_class=cls.astype(np.int64),
         det_score=score,
-        det_boxes=_xyxy_to_xywh(xyxy),
+        det_boxes=xyxy_to_xywh(xyxy),
         n_classes=n_classes,
     )
 
@@ -851,3 +853,37 @@ __all__ = [
     "score_detection_oof",
     "summarize_ap",
 ]
+
+
+@dataclass
+class Detections:
+    """Kept detections of one image, in network-input pixels (xyxy)."""
+
+    boxes: np.ndarray  # [K, 4] float32
+    scores: np.ndarray  # [K] float32
+    classes: np.ndarray  # [K] int32
+
+
+def val_ap50(dets: list[Detections], gt_boxes: Sequence[np.ndarray], gt_classes: Sequence[np.ndarray],
+             ignore: Sequence[np.ndarray], n_classes: int, max_det: int = 100) -> float:
+    """COCO AP at IoU 0.5 (mean over classes with ground truth; 0 when nothing has any), with
+    the matching and interpolation of :mod:`lepton_vision.kinds.detection.metrics`."""
+    n = len(dets)
+    gcls = [np.asarray(c, dtype=np.int64).reshape(-1) for c in gt_classes]
+    n_gt = np.zeros((n, n_classes), dtype=np.int64)
+    for i, c in enumerate(gcls):
+        np.add.at(n_gt[i], c, 1)
+    det_image = np.concatenate([np.full(len(d.scores), i) for i, d in enumerate(dets)] or [np.zeros(0)]).astype(np.int64)
+    data = DetectionData(
+        sample_ids=np.arange(n).astype(str), folds=np.zeros(n, np.int64), groups=np.full(n, ""),
+        labels=(n_gt.sum(1) > 0).astype(np.int64), image_scores=np.zeros(n),
+        gt_boxes=[xyxy_to_xywh(b) for b in gt_boxes], gt_classes=gcls, ignore_boxes=[xyxy_to_xywh(b) for b in ignore],
+        n_gt=n_gt, det_image=det_image,
+        det_class=np.concatenate([d.classes for d in dets] or [np.zeros(0)]).astype(np.int64),
+        det_score=np.concatenate([d.scores for d in dets] or [np.zeros(0)]).astype(np.float64),
+        det_boxes=xyxy_to_xywh(np.concatenate([d.boxes for d in dets] or [np.zeros((0, 4))])),
+        n_classes=n_classes,
+    )
+    outcomes, order = match_detections(data, [(0.5, 0.5)], max_det=max_det)
+    ap50, _ = summarize_ap(ap_table(data, outcomes, order, np.ones((1, n))))
+    return float(np.nan_to_num(ap50[0], nan=0.0))

@@ -306,7 +306,7 @@ def _detection_fold(shared: dict[str, Any], k: int, fdir: Path) -> dict[str, Any
     part = pd.DataFrame(_oof_rows(sample_ids, k, dets, data, va, class_names), columns=list(DET_COLUMNS))
     atomic_write_csv(fdir / "oof_detections.csv", part)
     return {
-        "fold": k, "best_epoch": int(result.best_epoch), "best_val_ap50": float(result.best_val_ap50),
+        "fold": k, "best_epoch": int(result.best_epoch), "best_val_ap50": float(result.best_score),
         "epochs_run": int(result.epochs_run), "n_train": int(len(tr)), "n_val": int(len(va)),
         "seconds": round(time.time() - t0, 2),
         "execution": {**device, "global_batch_size": int(fit_recipe.train.batch_size), "threads": int(t.threads)},

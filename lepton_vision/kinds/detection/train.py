@@ -1,7 +1,7 @@
 """Fit and run one object detector (a fold or the final model) with Keras ``fit``.
 
-The optimizer, learning-rate schedule, NaN guard, epoch log and best-weights tracking are the
-classification ones (:mod:`lepton_vision.kinds.classification.train`); what differs is the target (padded boxes),
+The loop, callbacks, optimizer and schedule are the engine's (:mod:`lepton_vision.engine.callbacks`,
+:mod:`lepton_vision.engine.optim`); what is particular to detection is the target (padded boxes),
 the augmentation (boxes move with the image) and the validation score: after every epoch the
 validation images are run through the same decode + NMS as the export, and ``val_ap50`` (COCO
 AP at IoU 0.5, from :mod:`lepton_vision.kinds.detection.metrics`) picks the best epoch and drives early
@@ -11,51 +11,20 @@ stopping.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from lepton_vision.backend import import_keras
-from lepton_vision.models.detectors import DetectorAdapter, nms_padded
-from lepton_vision.config.errors import TrainError
-from lepton_vision.data.pipeline import make_detection_dataset
 from lepton_vision.config.recipe import Recipe
-from lepton_vision.kinds.classification.train import (
-    _BestWeights,
-    _EpochLog,
-    _keras_verbose,
-    _nan_error,
-    _NanGuard,
-    _save_model,
-    _write_history,
-    ema_callbacks,
-    make_optimizer,
-)
+from lepton_vision.data.pipeline import make_detection_dataset
+from lepton_vision.engine.callbacks import FoldResult, fit_and_keep_best, refit
+from lepton_vision.engine.optim import make_optimizer
+from lepton_vision.kinds.detection.metrics import Detections, val_ap50
+from lepton_vision.models.detectors import DetectorAdapter, nms_padded
 
 tf, keras = import_keras()
-
-
-@dataclass
-class Detections:
-    """Kept detections of one image, in network-input pixels (xyxy)."""
-
-    boxes: np.ndarray  # [K, 4] float32
-    scores: np.ndarray  # [K] float32
-    classes: np.ndarray  # [K] int32
-
-
-@dataclass
-class DetFoldResult:
-    """What fitting one detection fold returns."""
-
-    best_epoch: int
-    best_val_ap50: float
-    epochs_run: int
-    history: pd.DataFrame
-    model: Any
 
 
 def make_predict_fn(model: Any, adapter: DetectorAdapter, max_detections: int, nms_iou: float,
@@ -92,38 +61,6 @@ def predict_detections(predict: Callable[[np.ndarray], list[Detections]], images
     return out
 
 
-def _xywh(b: np.ndarray) -> np.ndarray:
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
-
-
-def val_ap50(dets: list[Detections], gt_boxes: Sequence[np.ndarray], gt_classes: Sequence[np.ndarray],
-             ignore: Sequence[np.ndarray], n_classes: int, max_det: int = 100) -> float:
-    """COCO AP at IoU 0.5 (mean over classes with ground truth; 0 when nothing has any), with
-    the matching and interpolation of :mod:`lepton_vision.kinds.detection.metrics`."""
-    from lepton_vision.kinds.detection.metrics import DetectionData, ap_table, match_detections, summarize_ap
-
-    n = len(dets)
-    gcls = [np.asarray(c, dtype=np.int64).reshape(-1) for c in gt_classes]
-    n_gt = np.zeros((n, n_classes), dtype=np.int64)
-    for i, c in enumerate(gcls):
-        np.add.at(n_gt[i], c, 1)
-    det_image = np.concatenate([np.full(len(d.scores), i) for i, d in enumerate(dets)] or [np.zeros(0)]).astype(np.int64)
-    data = DetectionData(
-        sample_ids=np.arange(n).astype(str), folds=np.zeros(n, np.int64), groups=np.full(n, ""),
-        labels=(n_gt.sum(1) > 0).astype(np.int64), image_scores=np.zeros(n),
-        gt_boxes=[_xywh(b) for b in gt_boxes], gt_classes=gcls, ignore_boxes=[_xywh(b) for b in ignore],
-        n_gt=n_gt, det_image=det_image,
-        det_class=np.concatenate([d.classes for d in dets] or [np.zeros(0)]).astype(np.int64),
-        det_score=np.concatenate([d.scores for d in dets] or [np.zeros(0)]).astype(np.float64),
-        det_boxes=_xywh(np.concatenate([d.boxes for d in dets] or [np.zeros((0, 4))])),
-        n_classes=n_classes,
-    )
-    outcomes, order = match_detections(data, [(0.5, 0.5)], max_det=max_det)
-    ap50, _ = summarize_ap(ap_table(data, outcomes, order, np.ones((1, n))))
-    return float(np.nan_to_num(ap50[0], nan=0.0))
-
-
 class _ValidateAP(keras.callbacks.Callback):
     """Puts ``val_ap50`` into the logs after each epoch (before the callbacks that read it)."""
 
@@ -149,7 +86,8 @@ class _ValidateAP(keras.callbacks.Callback):
         logs["val_ap50"] = val_ap50(dets, self.gt_boxes, self.gt_classes, self.ignore, self.n_classes)
 
 
-def _box_augment(recipe: Recipe) -> Any:
+def box_augment(recipe: Recipe) -> Any:
+    """The recipe's albumentations pipeline with boxes (None without ``augment``)."""
     if not recipe.augment:
         return None
     from lepton_vision.data.augment import build_box_augment
@@ -177,7 +115,7 @@ def fit_detection_fold(
     out_dir: Path,
     *,
     fold_label: str = "fold 1/5",
-) -> DetFoldResult:
+) -> FoldResult:
     """Train one detection fold; the returned model carries the best ``val_ap50`` epoch's weights.
 
     Args:
@@ -206,40 +144,14 @@ def fit_detection_fold(
         print(f"{fold_label} — {len(tx)} train / {len(vx)} val images", flush=True)
     model = _compiled(build, adapter, recipe, len(tx), epochs)
     ds = make_detection_dataset(
-        tx, tb, tc, recipe.train.batch_size, training=True, augment=_box_augment(recipe), seed=recipe.seed,
+        tx, tb, tc, recipe.train.batch_size, training=True, augment=box_augment(recipe), seed=recipe.seed,
         max_boxes=spec.max_boxes, min_box_size=spec.min_box_size,
     )
-    log = _EpochLog(fold_label, epochs, len(tx), recipe.train.verbose)
-    nan = _NanGuard()
-    best = _BestWeights(recipe.train.early_stopping.min_delta, monitor="val_ap50")
-    callbacks: list[Any] = [*ema_callbacks(recipe), _ValidateAP(vx, vb, vc, vi, n_classes, adapter, recipe, policy),
-                            log, nan, best]
-    es = recipe.train.early_stopping
-    if es.enabled:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_ap50", mode="max", patience=es.patience, min_delta=es.min_delta,
-            restore_best_weights=True,
-        ))
-    if recipe.train.schedule.name == "reduce_on_plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_ap50", mode="max", factor=recipe.train.schedule.factor,
-            patience=recipe.train.schedule.patience, verbose=0,
-        ))
-    callbacks += [
-        keras.callbacks.CSVLogger(str(out_dir / "history.csv")),
-        keras.callbacks.TensorBoard(log_dir=str(out_dir / "tb"), write_graph=False, profile_batch=0),
-    ]
-    model.fit(ds, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=_keras_verbose(recipe))
-    if nan.at is not None:
-        raise _nan_error(fold_label, nan.at, recipe)
-    if best.weights is None:
-        raise TrainError(
-            f"{fold_label}: no epoch produced a finite validation AP50. Got {len(vx)} validation images.",
-            hint="Check the validation images and boxes; lower the learning rate.",
-        )
-    _save_model(model, out_dir / "best.keras")
-    history = _write_history(log, out_dir)
-    return DetFoldResult(best.best_epoch, best.best, len(log.rows), history, model)
+    return fit_and_keep_best(
+        model, ds, recipe, out_dir, validate=_ValidateAP(vx, vb, vc, vi, n_classes, adapter, recipe, policy),
+        monitor="val_ap50", n_train=len(tx), n_val=len(vx), epochs=epochs, fold_label=fold_label,
+        metric_name="validation AP50", hint="Check the validation images and boxes; lower the learning rate.",
+    )
 
 
 def fit_detection_final(
@@ -258,13 +170,7 @@ def fit_detection_final(
     tx, tb, tc = train
     model = _compiled(build, adapter, recipe, len(tx), epochs)
     ds = make_detection_dataset(
-        tx, tb, tc, recipe.train.batch_size, training=True, augment=_box_augment(recipe), seed=recipe.seed,
+        tx, tb, tc, recipe.train.batch_size, training=True, augment=box_augment(recipe), seed=recipe.seed,
         max_boxes=spec.max_boxes, min_box_size=spec.min_box_size,
     )
-    log = _EpochLog("final", epochs, len(tx), recipe.train.verbose)
-    nan = _NanGuard()
-    model.fit(ds, epochs=epochs, callbacks=[log, nan], shuffle=False, verbose=_keras_verbose(recipe))
-    if nan.at is not None:
-        raise _nan_error("final model", nan.at, recipe)
-    _write_history(log, out_dir)
-    return model
+    return refit(model, ds, recipe, out_dir, epochs=epochs, n_train=len(tx))
