@@ -76,7 +76,7 @@ def scratch_overrides(overrides: list[str]) -> list[str]:
 
 def run_arm(recipe: Path, overrides: list[str], out: Path) -> tuple[Path, float | None]:
     """Cross-validate one arm into ``out`` (reused when finished, resumed when interrupted)."""
-    from lepton_vision.engine.run import run_train
+    from lepton_vision.engine.crossval import run_train
     from lepton_vision.runio import atomic_write_json
 
     if (out / "metrics.json").is_file():

@@ -49,7 +49,7 @@ def _project(root: Path, patients: int) -> Path:
 
 def _timed_run(recipe: Path, overrides: list[str], out: Path, workers: int) -> tuple[float, float, dict]:
     """(Ray start seconds, fold-stage wall seconds, metrics) of one run on a private Ray."""
-    from lepton_vision.engine.run import run_train
+    from lepton_vision.engine.crossval import run_train
     from lepton_vision.engine.executors import connect_ray
 
     t0 = time.perf_counter()
@@ -73,7 +73,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from lepton_vision.config.cards import load_resolved
-    from lepton_vision.engine.run import ensure_generated
+    from lepton_vision.data.generate import ensure_generated
 
     tmp = Path(tempfile.mkdtemp(prefix="lepton-scaling-"))
     try:
@@ -92,7 +92,7 @@ def main() -> None:
             results[workers] = _timed_run(recipe, overrides, tmp / f"run_{workers}", workers)
         # Reference: the default local executor, folds one after the other in this process with
         # TensorFlow's default threads (every core). Last, because it starts TensorFlow here.
-        from lepton_vision.engine.run import run_train
+        from lepton_vision.engine.crossval import run_train
 
         local_overrides = [o for o in overrides if not o.startswith(("train.executor", "train.threads"))]
         t0 = time.perf_counter()

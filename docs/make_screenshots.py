@@ -60,7 +60,7 @@ def start(export_dir: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
 def pick_sample(export_dir: Path) -> tuple[Path, str]:
     """(file, upload name) of the sample to show."""
     from lepton_vision import Predictor
-    from lepton_vision.serve.demo import pick_examples
+    from lepton_vision.serve.ui import pick_examples
 
     p = Predictor.from_bundle(export_dir)
     examples = pick_examples(export_dir, per_class=8)

@@ -11,7 +11,7 @@ __all__ = ["Predictor", "__version__"]
 
 def __getattr__(name: str):  # PEP 562: ``from lepton_vision import Predictor`` stays cheap
     if name == "Predictor":
-        from lepton_vision.kinds.classification.predictor import Predictor
+        from lepton_vision.serve.loader import Predictor
 
         return Predictor
     raise AttributeError(f"module 'lepton_vision' has no attribute {name!r}")

@@ -279,7 +279,7 @@ def _scale_out_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from lepton_vision.engine.run import run_train
+    from lepton_vision.engine.crossval import run_train
 
     overrides = [*args.overrides, *_scale_out_overrides(args)]
     run_dir = run_train(args.recipe, overrides=overrides, out=args.out, resume=args.resume)
@@ -317,27 +317,22 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from lepton_vision.kinds.classification.metrics import parse_policy, rescore
-    from lepton_vision.kinds.classification.report import print_summary
+    from lepton_vision.console import console
+    from lepton_vision.engine.crossval import rescore_run
+    from lepton_vision.evaluate.thresholds import parse_policy
+    from lepton_vision.kinds import kind_of
     from lepton_vision.runio import RunDir, atomic_write_json
 
-    from lepton_vision.kinds.detection.steps import rescore_detection_run, run_kind
-
+    run = RunDir(args.run_dir)
     policy = parse_policy(args.policy) if args.policy else None
-    detection = run_kind(args.run_dir) == "object_detection"
-    metrics = rescore_detection_run(args.run_dir, policy) if detection else rescore(RunDir(args.run_dir), policy)
+    metrics = rescore_run(args.run_dir, policy)
     # Another policy must not overwrite the metrics the exported threshold came from.
-    default = RunDir(args.run_dir).metrics
+    default = run.metrics
     if args.policy:
         default = default.with_name(f"metrics_{args.policy.replace(':', '_')}.json")
     out = args.out or default
     atomic_write_json(out, metrics)
-    if detection:
-        from lepton_vision.kinds.detection.steps import _console, _print_summary
-
-        _print_summary(metrics, _console())
-    else:
-        print_summary(metrics)
+    kind_of(run.task_kind).print_summary(metrics, console())
     print(f"metrics written to {out}")
     return 0
 
@@ -354,72 +349,22 @@ def _parse_formats(text: str) -> tuple[str, ...]:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from lepton_vision.engine.run import export_run
-    from lepton_vision.kinds.detection.steps import export_detection_from_run, run_kind
+    from lepton_vision.engine.crossval import export_run
 
     formats = _parse_formats(args.formats) if args.formats else None
-    detection = run_kind(args.run_dir) == "object_detection"
-    out = (export_detection_from_run(args.run_dir, formats) if detection
-           else export_run(args.run_dir, formats))
+    out = export_run(args.run_dir, formats)
     print(f"export written to {out}")
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from lepton_vision.kinds.classification.predictor import (
-        Predictor,
-        bundle_kind,
-        list_images,
-        write_predictions_csv,
-    )
+    from lepton_vision.export.bundle import bundle_kind
+    from lepton_vision.kinds import kind_of
 
-    if bundle_kind(args.export_dir) == "object_detection":
-        return _cmd_predict_detection(args)
-    used = [flag for flag, given in (("--all", args.keep_all), ("--annotate", args.annotate is not None),
-                                     ("--video-stride", args.video_stride is not None)) if given]
-    if used:
-        raise LeptonError(f"{args.export_dir}: {', '.join(used)} only apply to object-detection exports; "
-                          "this is a classification export.")
-    p = Predictor.from_bundle(args.export_dir, backend=args.backend, threshold=args.threshold)
-    paths: list[Path] = []
-    for item in args.inputs:
-        if item.is_dir():
-            paths.extend(list_images(item, recursive=True))
-        elif item.exists():
-            paths.append(item)
-        else:
-            raise LeptonError(f"{item}: no such file or folder")
-    if not paths:
-        raise LeptonError("no images found in " + ", ".join(map(str, args.inputs)),
-                          hint="Supported: .png .jpg .jpeg .bmp .tif .tiff .dcm")
-    preds = p.predict_many(paths)
-    write_predictions_csv(preds, args.out)
-    n_pos = sum(1 for x in preds if x.decision)
-    print(f"{len(preds)} images scored, {n_pos} at or above threshold {p.threshold:.4g}; wrote {args.out}")
-    return 0
-
-
-def _cmd_predict_detection(args: argparse.Namespace) -> int:
-    from lepton_vision.kinds.detection.predictor import DetPredictor, collect_inputs, predict_paths
-    from lepton_vision.runio import atomic_write_json
-
-    stride = 1 if args.video_stride is None else args.video_stride
-    if stride < 1:
-        raise LeptonError(f"--video-stride must be >= 1. Got {stride}.")
-    paths = collect_inputs(args.inputs)  # before loading the model: bad paths fail in a second
-    p = DetPredictor.from_bundle(args.export_dir, backend=args.backend, score_threshold=args.threshold)
-    results, summaries = predict_paths(p, paths, keep_all=args.keep_all, video_stride=stride,
-                                       annotate_dir=args.annotate)
-    atomic_write_json(args.out, results)
-    n_img = sum(s.kind == "image" for s in summaries)
-    videos = [s for s in summaries if s.kind == "video"]
-    frames = sum(s.frames for s in summaries)
-    boxes = sum(s.boxes for s in summaries)
-    with_boxes = sum(s.frames_with_boxes for s in summaries)
-    kept = "every box (--all)" if args.keep_all else f"boxes with score >= {p.score_threshold:.4g}"
-    print(f"{n_img} images, {len(videos)} videos ({sum(s.frames for s in videos)} frames): {boxes} boxes at "
-          f"score >= {p.score_threshold:.4g} in {with_boxes} of {frames} frames; wrote {len(results)} "
-          f"detections ({kept}) to {args.out}" + (f"; annotated output in {args.annotate}" if args.annotate else ""))
+    kind = kind_of(bundle_kind(args.export_dir))
+    print(kind.predict_files(args.export_dir, args.inputs, out=args.out, backend=args.backend,
+                             threshold=args.threshold, keep_all=args.keep_all, annotate=args.annotate,
+                             video_stride=args.video_stride))
     return 0
 
 
@@ -447,17 +392,17 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 def _cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "synth":
-        from lepton_vision.engine.run import ensure_generated
-        from lepton_vision.config.cards import _find_card, load_dataset_card, project_root
+        from lepton_vision.config.cards import find_card, load_dataset_card, project_root
+        from lepton_vision.data.generate import ensure_generated
 
-        path = _find_card(args.dataset, "datasets", "dataset.yaml", project_root(), "data synth")
+        path = find_card(args.dataset, "datasets", "dataset.yaml", project_root(), "data synth")
         card = load_dataset_card(path)
         out = ensure_generated(card, path, force=args.force)
         print(f"{card.name}: {out}")
         return 0
     if args.data_command == "check":
         from lepton_vision.config.cards import load_resolved
-        from lepton_vision.engine.run import load_samples
+        from lepton_vision.data.samples import load_samples
 
         resolved = load_resolved(args.recipe, args.overrides)
         sample_set = load_samples(resolved, progress=True)
@@ -505,7 +450,7 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import re
 
-    from lepton_vision.kinds.classification.predictor import _load_bundle_json
+    from lepton_vision.export.bundle import load_bundle_json
 
     # Argument and bundle checks first: a typo fails in a fraction of a second, before Gradio loads.
     if args.port is not None and not 0 < args.port < 65536:
@@ -519,7 +464,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     export_dir = args.export_dir
     if not (export_dir / "bundle.json").is_file() and (export_dir / "export" / "bundle.json").is_file():
         export_dir = export_dir / "export"
-    _load_bundle_json(export_dir)
+    load_bundle_json(export_dir)
     from lepton_vision.serve.demo import launch_demo, parse_auth
 
     auth = parse_auth(args.auth)
@@ -529,7 +474,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from lepton_vision.engine.run import environment_report
+    from lepton_vision.engine.runinfo import environment_report
 
     for key, value in environment_report().items():
         print(f"{key:>22}: {value}")

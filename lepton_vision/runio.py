@@ -63,6 +63,14 @@ def atomic_write_csv(path: str | Path, frame: Any) -> None:
     atomic_write_text(path, frame.to_csv(index=False))
 
 
+def atomic_save_model(model: Any, path: str | Path) -> None:
+    """``model.save(path)`` (a Keras model) through a temporary file renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    model.save(tmp)
+    tmp.replace(path)
+
+
 @dataclass(frozen=True)
 class RunDir:
     """Named paths inside one run directory."""
@@ -119,3 +127,26 @@ class RunDir:
     @property
     def report(self) -> Path:
         return self.root / "report.html"
+
+    @property
+    def task_kind(self) -> str:
+        """The task kind the run was trained for (run.json; runs from before kinds were recorded
+        are binary classification)."""
+        if self.run_info.is_file():
+            return str(json.loads(self.run_info.read_text()).get("task", {}).get("kind", "binary_classification"))
+        return "binary_classification"
+
+    def require(self, path: Path, action: str = "Finish the run first") -> None:
+        """Raise a :class:`~lepton_vision.config.errors.LeptonError` naming ``path`` when it is missing."""
+        if not Path(path).is_file():
+            from lepton_vision.config.errors import LeptonError
+
+            raise LeptonError(f"{self.root}: {Path(path).name} is missing",
+                              hint=f"{action}: lepton-vision train RECIPE --resume {self.root}")
+
+    def read_table(self, path: Path) -> Any:
+        """A CSV of the run (samples.csv, oof_predictions.csv, ...) with ids and groups as text
+        (an empty group stays "", ids such as 0007 keep their zeros)."""
+        import pandas as pd
+
+        return pd.read_csv(path, dtype={"sample_id": str, "group": str}, keep_default_na=False)

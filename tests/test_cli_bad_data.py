@@ -125,7 +125,7 @@ def test_bad_overrides_fail_before_any_data_work(tmp_path, monkeypatch, capsys, 
 def test_data_has_hu_only_for_dicom_or_nifti():
     import pandas as pd
 
-    from lepton_vision.engine.run import data_has_hu
+    from lepton_vision.kinds.classification.kind import data_has_hu
 
     assert not data_has_hu(pd.DataFrame({"path": ["/a/x.png", "/a/y.JPG"]}))
     assert data_has_hu(pd.DataFrame({"path": ["/a/x.png", "/a/s.DCM"]}))

@@ -47,7 +47,7 @@ def test_serve_hu_and_predictor_apply_the_three_windows(tmp_path, tiny_model_fac
     import tensorflow as tf
 
     from lepton_vision.kinds.classification.export import export_classifier
-    from lepton_vision.kinds.classification.predictor import Predictor
+    from lepton_vision.kinds.classification.predictor import ClassificationPredictor
 
     size = (32, 32)
     wins = ((-600.0, 1500.0), (40.0, 400.0), (400.0, 1800.0))
@@ -64,5 +64,5 @@ def test_serve_hu_and_predictor_apply_the_three_windows(tmp_path, tiny_model_fac
     via_hu = float(sigs["serve_hu"](hu=tf.constant(hu))["score"][0])
     via_u8 = float(sigs["serve_uint8"](image=tf.constant(display))["score"][0])
     assert via_hu == pytest.approx(via_u8, abs=1e-5)
-    p = Predictor.from_bundle(tmp_path / "e", backend="saved_model")
+    p = ClassificationPredictor.from_bundle(tmp_path / "e", backend="saved_model")
     assert p.predict(hu).score == pytest.approx(via_u8, abs=1e-5)

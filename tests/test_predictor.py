@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,9 +59,9 @@ def keras_score(model, path: Path) -> float:
 
 @pytest.mark.parametrize("backend", ["saved_model", "tflite"])
 def test_predictor_equals_keras(bundle, backend):
-    from lepton_vision.kinds.classification.predictor import Prediction, Predictor
+    from lepton_vision.kinds.classification.predictor import Prediction, ClassificationPredictor
 
-    pred = Predictor.from_bundle(bundle["dir"], backend=backend)
+    pred = ClassificationPredictor.from_bundle(bundle["dir"], backend=backend)
     assert pred.backend == backend
     paths = [*bundle["pngs"], bundle["dcm"]]
     results = pred.predict_many(paths)
@@ -84,27 +83,27 @@ def test_predictor_equals_keras(bundle, backend):
 
 
 def test_auto_backend_prefers_tflite(bundle):
-    from lepton_vision.kinds.classification.predictor import Predictor
+    from lepton_vision.kinds.classification.predictor import ClassificationPredictor
 
-    assert Predictor.from_bundle(bundle["dir"]).backend == "tflite"
+    assert ClassificationPredictor.from_bundle(bundle["dir"]).backend == "tflite"
 
 
 def test_threshold_override_changes_decisions(bundle):
-    from lepton_vision.kinds.classification.predictor import Predictor
+    from lepton_vision.kinds.classification.predictor import ClassificationPredictor
 
     paths = [*bundle["pngs"], bundle["dcm"]]
-    low = Predictor.from_bundle(bundle["dir"], threshold=0.0).predict_many(paths)
-    high = Predictor.from_bundle(bundle["dir"], threshold=1.0).predict_many(paths)
+    low = ClassificationPredictor.from_bundle(bundle["dir"], threshold=0.0).predict_many(paths)
+    high = ClassificationPredictor.from_bundle(bundle["dir"], threshold=1.0).predict_many(paths)
     assert all(r.decision and r.label == "nodule" and r.threshold == 0.0 for r in low)
     assert not any(r.decision for r in high)
     with pytest.raises(ExportError, match="threshold override"):
-        Predictor.from_bundle(bundle["dir"], threshold=1.5)
+        ClassificationPredictor.from_bundle(bundle["dir"], threshold=1.5)
 
 
 def test_iter_folder_and_csv(bundle, tmp_path):
-    from lepton_vision.kinds.classification.predictor import Predictor, write_predictions_csv
+    from lepton_vision.kinds.classification.predictor import ClassificationPredictor, write_predictions_csv
 
-    pred = Predictor.from_bundle(bundle["dir"], backend="tflite")
+    pred = ClassificationPredictor.from_bundle(bundle["dir"], backend="tflite")
     results = list(pred.iter_folder(bundle["root"] / "imgs"))
     names = [Path(r.path).name for r in results]
     assert names == ["img0.png", "img1.png", "img2.png", "slice.dcm"]
@@ -119,9 +118,9 @@ def test_iter_folder_and_csv(bundle, tmp_path):
 
 
 def test_bad_inputs_give_clear_errors(bundle, tmp_path):
-    from lepton_vision.kinds.classification.predictor import Predictor
+    from lepton_vision.kinds.classification.predictor import ClassificationPredictor
 
-    pred = Predictor.from_bundle(bundle["dir"], backend="saved_model")
+    pred = ClassificationPredictor.from_bundle(bundle["dir"], backend="saved_model")
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     with pytest.raises(DataError, match="broken.png"):
@@ -130,27 +129,27 @@ def test_bad_inputs_give_clear_errors(bundle, tmp_path):
         pred.predict(np.zeros((4, 4, 5), np.uint8))
 
     with pytest.raises(ExportError, match="no bundle.json"):
-        Predictor.from_bundle(tmp_path)
+        ClassificationPredictor.from_bundle(tmp_path)
     copy = tmp_path / "export_v9"
     copy.mkdir()
     b = json.loads((bundle["dir"] / "bundle.json").read_text())
     (copy / "bundle.json").write_text(json.dumps({**b, "schema_version": 9}))
     with pytest.raises(ExportError, match="schema_version. Got 9"):
-        Predictor.from_bundle(copy)
+        ClassificationPredictor.from_bundle(copy)
     (copy / "bundle.json").write_text(json.dumps(b))
     with pytest.raises(ExportError, match="model.tflite, which is missing"):
-        Predictor.from_bundle(copy, backend="tflite")
+        ClassificationPredictor.from_bundle(copy, backend="tflite")
 
 
 def test_float_array_without_window_is_refused(tmp_path, tiny_model_factory):
     from lepton_vision.kinds.classification.export import export_classifier
-    from lepton_vision.kinds.classification.predictor import Predictor
+    from lepton_vision.kinds.classification.predictor import ClassificationPredictor
 
     imgs = [np.full((20, 20, 3), 100, np.uint8)]
     export_classifier(tiny_model_factory(SIZE, seed=1), tmp_path / "e", image_size_hw=SIZE, channels=3,
                       window=None, threshold=0.5, bundle_info=INFO, parity_images=imgs,
                       formats=("saved_model",))
-    pred = Predictor.from_bundle(tmp_path / "e")
+    pred = ClassificationPredictor.from_bundle(tmp_path / "e")
     assert pred.backend == "saved_model"  # no model.tflite -> auto falls back
     with pytest.raises(DataError, match="no CT window"):
         pred.predict(np.zeros((20, 20), np.float32))
@@ -192,7 +191,7 @@ def test_predictor_imports_no_training_code(bundle, tmp_path):
         "import sys; from lepton_vision import Predictor; "
         "p = Predictor.from_bundle(sys.argv[1], backend='tflite'); r = p.predict(sys.argv[2]); "
         "heavy = sorted(m for m in ('tensorflow', 'keras', 'keras_cv', 'albumentations', 'lepton_vision.kinds.classification.train', "
-        "'lepton_vision.engine.run', 'lepton_vision.data.pipeline', 'sklearn') if m in sys.modules); "
+        "'lepton_vision.engine.crossval', 'lepton_vision.data.pipeline', 'sklearn') if m in sys.modules); "
         "print(r.score, heavy)"
     )
     proc = subprocess.run([sys.executable, "-c", code, str(bundle["dir"]), str(bundle["pngs"][0])],

@@ -200,7 +200,7 @@ CT_PRE = ["pretrain.dataset=synthetic_ct", "pretrain.images=48", "pretrain.image
 
 @pytest.mark.tf
 def test_ct_run_pretrains_once_caches_and_fine_tunes(tmp_path, tiny_ct_project, monkeypatch):
-    from lepton_vision.engine.run import run_train
+    from lepton_vision.engine.crossval import run_train
 
     recipe = _ct_project(tmp_path, tiny_ct_project, monkeypatch)
     run1 = run_train(recipe, CT_TINY + CT_PRE, out=tmp_path / "run1")
@@ -255,7 +255,7 @@ def test_ct_run_pretrains_once_caches_and_fine_tunes(tmp_path, tiny_ct_project, 
 
 @pytest.mark.tf
 def test_run_starts_from_a_previous_runs_export(tmp_path, tiny_ct_project, monkeypatch):
-    from lepton_vision.engine.run import run_train
+    from lepton_vision.engine.crossval import run_train
 
     recipe = _ct_project(tmp_path, tiny_ct_project, monkeypatch)
     first = run_train(recipe, CT_TINY, out=tmp_path / "first")

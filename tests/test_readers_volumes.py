@@ -13,7 +13,8 @@ import pytest
 
 from lepton_vision.config.cards import DatasetCard, SyntheticSpec, TaskCard
 from lepton_vision.config.errors import DataError
-from lepton_vision.data.preprocess import read_image, slice_path, to_uint8
+from lepton_vision.data.preprocess import read_image, to_uint8
+from lepton_vision.data.readers.volumes import slice_path
 from lepton_vision.data.readers.dicom_series import scan_series
 from lepton_vision.data.samples import read_samples
 from lepton_vision.data.synthetic.ct import generate_ct_dataset

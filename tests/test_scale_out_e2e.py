@@ -341,7 +341,7 @@ def test_sweep_of_four_trials_writes_results_and_a_best_recipe(project, cluster,
 
 
 def test_detection_folds_on_ray_equal_local_folds(project, cluster, tmp_path):
-    from lepton_vision.engine.run import run_train
+    from lepton_vision.engine.crossval import run_train
 
     root, _, _ = project
     recipe = root / "recipes/person_detection/baseline.yaml"

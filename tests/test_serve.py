@@ -47,7 +47,7 @@ def _iou(a, b) -> float:
 
 
 def test_class_nms_is_class_wise_and_suppresses_only_above_the_iou():
-    from lepton_vision.serve.demo import class_nms
+    from lepton_vision.kinds.detection.demo import class_nms
 
     boxes = [[0, 0, 10, 10], [1, 0, 11, 10], [0, 0, 10, 10], [50, 50, 60, 60]]
     scores = [0.9, 0.8, 0.7, 0.6]
@@ -61,7 +61,7 @@ def test_class_nms_is_class_wise_and_suppresses_only_above_the_iou():
 
 
 def test_filter_detections_applies_threshold_and_extra_nms_only_below_the_exported_iou():
-    from lepton_vision.serve.demo import filter_detections
+    from lepton_vision.kinds.detection.demo import filter_detections
 
     det = _frame_det([[0, 0, 10, 10], [2, 0, 12, 10], [30, 30, 40, 40], [0, 0, 10, 10]],
                      [0.9, 0.8, 0.3, 0.6], [0, 0, 0, 1], threshold=0.5)
@@ -139,7 +139,7 @@ def test_model_card_for_a_detector_states_metrics_cis_thresholds_and_int8():
 
 
 def test_pick_examples_spreads_over_groups_and_skips_missing_files(tmp_path):
-    from lepton_vision.serve.demo import _stage_examples, pick_examples
+    from lepton_vision.serve.ui import pick_examples, stage_examples as _stage_examples
 
     run = tmp_path / "run"
     (run / "export").mkdir(parents=True)
@@ -225,7 +225,7 @@ def ct(tmp_path_factory, write_ct_dicom):
 
 @pytest.fixture(scope="module")
 def ct_demo(ct):
-    from lepton_vision.serve.demo import ClassificationDemo
+    from lepton_vision.kinds.classification.demo import ClassificationDemo
 
     return ClassificationDemo(ct["dir"])
 
@@ -257,7 +257,7 @@ def test_classify_equals_the_predictor_on_dicom_and_png(ct, ct_demo):
 
 @pytest.mark.tf
 def test_threshold_slider_re_decides_without_the_model(ct, ct_demo):
-    from lepton_vision.serve.demo import decision_html
+    from lepton_vision.kinds.classification.demo import decision_html
 
     scores = sorted(ct_demo.classify(str(d)).score for d in ct["dicoms"])
     assert scores[0] < scores[-1]
@@ -309,7 +309,7 @@ def test_colour_image_is_converted_to_grey_with_a_note(ct, ct_demo):
 
 @pytest.mark.tf
 def test_bad_ct_uploads_give_friendly_errors(ct, ct_demo, tmp_path):
-    from lepton_vision.serve.demo import ClassificationDemo
+    from lepton_vision.kinds.classification.demo import ClassificationDemo
 
     cases = [
         (None, r"Upload a CT slice first"),
@@ -428,7 +428,7 @@ def det(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def det_demo(det, tmp_path_factory):
-    from lepton_vision.serve.demo import DetectionDemo
+    from lepton_vision.kinds.detection.demo import DetectionDemo
 
     return DetectionDemo(det["dir"], work_dir=tmp_path_factory.mktemp("det_work"))
 
@@ -477,7 +477,7 @@ def test_detection_sliders_refilter_without_the_model(det, det_demo):
 @pytest.mark.tf
 def test_webcam_arrays_and_bad_detection_inputs(det, det_demo, ct, tmp_path):
     from lepton_vision import Predictor
-    from lepton_vision.serve.demo import DetectionDemo
+    from lepton_vision.kinds.detection.demo import DetectionDemo
 
     rgb = det["scenes"][2][0]
     ref = Predictor.from_bundle(det["dir"], backend="tflite").predict(rgb)
@@ -530,7 +530,7 @@ def test_detect_video_writes_a_playable_annotated_video_with_progress(det, det_d
 
 @pytest.mark.tf
 def test_video_frame_cap_and_bad_videos(det, tmp_path):
-    from lepton_vision.serve.demo import DetectionDemo
+    from lepton_vision.kinds.detection.demo import DetectionDemo
 
     demo = DetectionDemo(det["dir"], max_video_frames=3, work_dir=tmp_path / "work")
     v = demo.detect_video(str(det["video"]))

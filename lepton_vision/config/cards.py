@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StrictStr, model_validator
 
 from lepton_vision.config.errors import CardError, Problem, did_you_mean, format_choices
-from lepton_vision.config.recipe import Recipe, Threshold, _Model, validate_doc
+from lepton_vision.config.recipe import Recipe, Threshold, StrictModel, validate_doc
 from lepton_vision.config.yamlfile import load_yaml
 
 KIND_NAMES = ("binary_classification", "object_detection")
@@ -29,7 +29,7 @@ DETECTION_FORMATS = ("coco", "voc", "yolo", "kitti")
 IGNORE, DROP = "ignore", "drop"
 
 
-class DetectionPolicy(_Model):
+class DetectionPolicy(StrictModel):
     """Box post-processing and matching for object-detection tasks."""
 
     nms_iou: float = Field(0.5, gt=0, lt=1, description="IoU above which NMS suppresses the lower-scored box.")
@@ -47,7 +47,7 @@ class DetectionPolicy(_Model):
     )
 
 
-class TaskCard(_Model):
+class TaskCard(StrictModel):
     """What problem a task solves and how it is judged."""
 
     schema_version: Literal[1] = Field(description="Task card schema version; currently 1.")
@@ -99,7 +99,7 @@ class TaskCard(_Model):
         return self
 
 
-class ColumnMap(_Model):
+class ColumnMap(StrictModel):
     """Column names in a CSV manifest."""
 
     path: StrictStr = Field("path", description="Column with the image path, relative to the dataset folder.")
@@ -111,7 +111,7 @@ class ColumnMap(_Model):
     )
 
 
-class SyntheticSpec(_Model):
+class SyntheticSpec(StrictModel):
     """How `lepton-vision data synth` generates this dataset (embedded default data)."""
 
     generator: Literal["ct_phantom", "street_scenes", "road_scenes"] = Field(
@@ -199,7 +199,7 @@ _LATER_SYNTHETIC_FIELDS: dict[str, Any] = {"boxes": "visible", "min_visible": 0.
                                            "parked_rows": 0.0}
 
 
-class DatasetCard(_Model):
+class DatasetCard(StrictModel):
     """Where a dataset lives and how to read it."""
 
     schema_version: Literal[1] = Field(description="Dataset card schema version; currently 1.")
@@ -323,7 +323,7 @@ def generated_root() -> Path:
     return Path(env).expanduser().resolve() if env else (Path.cwd() / "data" / "generated").resolve()
 
 
-def _find_card(ref: str, folder: str, filename: str, root: Path, referrer: str) -> Path:
+def find_card(ref: str, folder: str, filename: str, root: Path, referrer: str) -> Path:
     p = Path(ref)
     if p.suffix in (".yaml", ".yml"):
         if p.is_file():
@@ -410,8 +410,8 @@ def resolve(recipe: Recipe, recipe_path: str | Path) -> Resolved:
     """
     recipe_path = Path(recipe_path)
     root = project_root(recipe_path.parent)
-    task_path = _find_card(recipe.task, "tasks", "task.yaml", root, str(recipe_path))
-    ds_path = _find_card(recipe.dataset, "datasets", "dataset.yaml", root, str(recipe_path))
+    task_path = find_card(recipe.task, "tasks", "task.yaml", root, str(recipe_path))
+    ds_path = find_card(recipe.dataset, "datasets", "dataset.yaml", root, str(recipe_path))
     task = load_task_card(task_path)
     ds = load_dataset_card(ds_path)
     problems: list[Problem] = []
@@ -467,9 +467,7 @@ def resolve(recipe: Recipe, recipe_path: str | Path) -> Resolved:
         )
     pre_card, pre_path = None, None
     if recipe.pretrain is not None:
-        from lepton_vision.engine.pretrain import check_pretrain_card
-
-        pre_path = _find_card(recipe.pretrain.dataset, "datasets", "dataset.yaml", root, str(recipe_path))
+        pre_path = find_card(recipe.pretrain.dataset, "datasets", "dataset.yaml", root, str(recipe_path))
         pre_card = load_dataset_card(pre_path)
         problems += check_pretrain_card(Resolved(recipe, task, ds, recipe_path, task_path, ds_path, pre_card, pre_path))
     if problems:
@@ -491,3 +489,39 @@ def load_resolved(recipe_path: str | Path, overrides: list[str] | None = None) -
 def card_dict(card: Any) -> dict[str, Any]:
     """A card as a plain JSON-able dict (for bundle.json and reports)."""
     return card.model_dump(mode="json")
+
+
+def check_pretrain_card(resolved: Any) -> list[Problem]:
+    """Problems with ``pretrain.dataset`` for this task (empty when it fits)."""
+    card = resolved.pretrain_dataset
+    if card is None:
+        return []
+    if card.synthetic is None:
+        return [Problem("pretrain.dataset", f"dataset '{card.name}' is not generated (its card has no "
+                        "synthetic: section); pretraining streams generated images. Use synthetic_street, "
+                        "synthetic_road or synthetic_ct")]
+    gen = card.synthetic.generator
+    det = resolved.task.kind == "object_detection"
+    if det != (gen != "ct_phantom"):
+        want = "street_scenes or road_scenes (boxes)" if det else "ct_phantom (slice labels)"
+        return [Problem("pretrain.dataset", f"generator '{gen}' of '{card.name}' does not fit task "
+                        f"'{resolved.task.name}' ({resolved.task.kind}); it needs {want}")]
+    return []
+
+
+def recipe_anchor(run_root: Path) -> Path:
+    """Where card names in a run's recipe are resolved from: the recipe file that started the
+    run (run.json), so a run re-resolves against the project that made it."""
+    import json
+
+    info_path = Path(run_root) / "run.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    return Path(info.get("recipe_path", Path(run_root) / "recipe.resolved.yaml"))
+
+
+def resolve_run(run: Any) -> Resolved:
+    """The resolved recipe of a finished (or interrupted) run directory (a :class:`RunDir`)."""
+    from lepton_vision.config.recipe import recipe_from_text
+
+    recipe = recipe_from_text(run.recipe.read_text(), file=str(run.recipe))
+    return resolve(recipe, recipe_anchor(run.root))

@@ -38,11 +38,13 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 }
 
 
-class _Model(BaseModel):
+class StrictModel(BaseModel):
+    """Base of every recipe and card section: unknown keys are refused, values are frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
-class Window(_Model):
+class Window(StrictModel):
     """A CT intensity window: Hounsfield units from level - width/2 to level + width/2 map to 0..255."""
 
     preset: Literal["lung", "mediastinum", "bone", "soft_tissue", "custom"] = Field(
@@ -73,7 +75,7 @@ class Window(_Model):
         return WINDOW_PRESETS[self.preset]
 
 
-class InputSpec(_Model):
+class InputSpec(StrictModel):
     """What the network sees."""
 
     image_size: tuple[Annotated[int, Field(ge=16, le=2048)], Annotated[int, Field(ge=16, le=2048)]] = (
@@ -113,7 +115,7 @@ class InputSpec(_Model):
         return self.window.level_width()
 
 
-class AugmentOp(_Model):
+class AugmentOp(StrictModel):
     """One albumentations transform, validated by building it."""
 
     name: StrictStr = Field(description="albumentations transform class name, e.g. HorizontalFlip.")
@@ -138,7 +140,7 @@ DETECTOR_SIZES: dict[str, tuple[tuple[int, int, int, int], tuple[int, int, int, 
 }
 
 
-class DetectorSpec(_Model):
+class DetectorSpec(StrictModel):
     """The object detector (object_detection tasks only)."""
 
     architecture: Literal["yolov8"] = Field(
@@ -170,7 +172,7 @@ class DetectorSpec(_Model):
     )
 
 
-class ModelSpec(_Model):
+class ModelSpec(StrictModel):
     """The network."""
 
     detector: DetectorSpec | None = Field(
@@ -207,7 +209,7 @@ class ModelSpec(_Model):
         return v
 
 
-class Optimizer(_Model):
+class Optimizer(StrictModel):
     """Optimizer and gradient clipping."""
 
     name: Literal["adam", "adamw", "sgd"] = Field("adam", description="Optimizer.")
@@ -238,7 +240,7 @@ class Optimizer(_Model):
         return self
 
 
-class Schedule(_Model):
+class Schedule(StrictModel):
     """Learning-rate schedule."""
 
     name: Literal["constant", "cosine", "reduce_on_plateau"] = Field(
@@ -249,7 +251,7 @@ class Schedule(_Model):
     patience: int = Field(2, ge=1, description="Epochs without improvement before reducing the LR.")
 
 
-class EarlyStopping(_Model):
+class EarlyStopping(StrictModel):
     """Early stopping on validation AUC; the best epoch's weights are restored."""
 
     enabled: bool = Field(True, description="Stop when validation AUC stops improving.")
@@ -257,7 +259,7 @@ class EarlyStopping(_Model):
     min_delta: float = Field(0.0, ge=0, description="Smallest AUC change that counts as improvement.")
 
 
-class Resources(_Model):
+class Resources(StrictModel):
     """What one fold (``executor: ray``) or one sweep trial asks the Ray cluster for."""
 
     cpus: float = Field(
@@ -272,7 +274,7 @@ class Resources(_Model):
     )
 
 
-class RaySpec(_Model):
+class RaySpec(StrictModel):
     """The Ray cluster of ``train.executor: ray`` (and of ``lepton-vision tune``)."""
 
     address: StrictStr | None = Field(
@@ -294,7 +296,7 @@ class RaySpec(_Model):
     )
 
 
-class Finetune(_Model):
+class Finetune(StrictModel):
     """How a fold adapts a start point (``pretrain:`` or ``model.weights``) to the real data."""
 
     freeze_backbone_epochs: float = Field(
@@ -314,7 +316,7 @@ class Finetune(_Model):
         return self.freeze_backbone_epochs > 0 or self.backbone_lr_scale != 1.0
 
 
-class TrainSpec(_Model):
+class TrainSpec(StrictModel):
     """How each fold is fitted."""
 
     epochs: int = Field(20, ge=1, le=10000, description="Maximum epochs per fold.")
@@ -362,7 +364,7 @@ class TrainSpec(_Model):
     )
 
 
-class PretrainSpec(_Model):
+class PretrainSpec(StrictModel):
     """Pretraining on generated data before the folds (once; cached by content hash)."""
 
     dataset: StrictStr = Field(
@@ -430,7 +432,7 @@ class PretrainSpec(_Model):
     )
 
 
-class CVSpec(_Model):
+class CVSpec(StrictModel):
     """Cross-validation."""
 
     n_splits: int = Field(5, ge=2, le=50, description="Number of folds.")
@@ -440,7 +442,7 @@ class CVSpec(_Model):
     )
 
 
-class Threshold(_Model):
+class Threshold(StrictModel):
     """How the operating threshold is chosen (never on the fold it is scored on)."""
 
     policy: Literal["max_f1", "youden", "min_sensitivity", "min_specificity", "fixed"] = Field(
@@ -460,7 +462,7 @@ class Threshold(_Model):
         return self
 
 
-class PatientAggregation(_Model):
+class PatientAggregation(StrictModel):
     """How slice scores of one group (patient) become one patient score."""
 
     method: Literal["max", "mean", "top_k_mean"] = Field(
@@ -486,7 +488,7 @@ class PatientAggregation(_Model):
         return self
 
 
-class EvaluateSpec(_Model):
+class EvaluateSpec(StrictModel):
     """Metrics and confidence intervals."""
 
     threshold: Threshold | None = Field(
@@ -507,7 +509,7 @@ class EvaluateSpec(_Model):
     )
 
 
-class FinalSpec(_Model):
+class FinalSpec(StrictModel):
     """The model that gets exported."""
 
     mode: Literal["refit", "best_fold"] = Field(
@@ -515,7 +517,7 @@ class FinalSpec(_Model):
     )
 
 
-class ExportSpec(_Model):
+class ExportSpec(StrictModel):
     """Export formats and the parity check."""
 
     formats: list[Literal["saved_model", "tflite", "tflite_int8", "onnx"]] = Field(
@@ -548,7 +550,7 @@ class ExportSpec(_Model):
         return v
 
 
-class TrackingSpec(_Model):
+class TrackingSpec(StrictModel):
     """Where a run is recorded besides its run directory."""
 
     backend: Literal["none", "mlflow"] = Field(
@@ -610,7 +612,7 @@ def drop_unused_later_fields(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-class DataSpec(_Model):
+class DataSpec(StrictModel):
     """How bad files in the dataset are handled."""
 
     on_bad_file: Literal["error", "skip"] = Field(
@@ -623,7 +625,7 @@ class DataSpec(_Model):
     )
 
 
-class Recipe(_Model):
+class Recipe(StrictModel):
     """One experiment: task + dataset + how to train, validate and export."""
 
     schema_version: Literal[1] = Field(description="Recipe schema version; currently 1.")

@@ -38,7 +38,8 @@ def _class_name(table: pd.DataFrame, label: int) -> str:
 
 
 def _hashes(paths: list[str], progress: bool) -> list[str]:
-    from lepton_vision.data.preprocess import content_hash, split_slice
+    from lepton_vision.data.preprocess import content_hash
+    from lepton_vision.data.readers.volumes import split_slice
 
     items = paths
     if progress and len(paths) > PROGRESS_MIN_FILES:
@@ -259,3 +260,11 @@ def fold_summary(folds: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=["fold", "n", "n_pos", "n_neg", "n_groups"])
+
+
+def attach_folds(table: pd.DataFrame, folds_csv: str | Path) -> pd.DataFrame:
+    """``table`` with its ``fold`` column, from ``folds_csv`` when it lacks one (unchanged when
+    it has one or the file does not exist)."""
+    if "fold" not in table.columns and Path(folds_csv).is_file():
+        table = table.merge(read_folds(folds_csv)[["sample_id", "fold"]], on="sample_id", how="left")
+    return table

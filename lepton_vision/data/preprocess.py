@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from lepton_vision.config.errors import DataError
+from lepton_vision.data.readers.volumes import SLICE_SEP, is_volume_file, split_slice
 
 #: File extensions read as ordinary images (decoded by OpenCV).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -27,34 +28,6 @@ DICOM_EXTENSIONS = (".dcm", ".dicom")
 GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], dtype=np.float64)
 
 DEFAULT_MAX_PIXELS = 50_000_000
-
-#: Separator between a volume file and a slice index in a sample path: ``/abs/vol.nii.gz#z=12``.
-SLICE_SEP = "#z="
-#: Volume file extensions whose slices are addressed with :data:`SLICE_SEP`.
-VOLUME_EXTENSIONS = (".nii", ".nii.gz")
-
-
-def is_volume_file(path: str | Path) -> bool:
-    """Whether ``path`` names a NIfTI volume (``.nii`` or ``.nii.gz``, any case)."""
-    return str(path).lower().endswith(VOLUME_EXTENSIONS)
-
-
-def slice_path(volume: str | Path, z: int) -> str:
-    """The sample path of axial slice ``z`` of a volume file: ``<volume>#z=<z>``."""
-    return f"{volume}{SLICE_SEP}{int(z)}"
-
-
-def split_slice(path: str | Path) -> tuple[Path, int | None]:
-    """Split a sample path into ``(file, slice index)``; the index is None for ordinary files.
-
-    Only a volume file (``.nii``/``.nii.gz``) followed by ``#z=<int>`` is split, so an image
-    file whose name happens to contain ``#z=`` is left alone.
-    """
-    text = str(path)
-    head, sep, tail = text.rpartition(SLICE_SEP)
-    if sep and is_volume_file(head) and tail.isdigit():
-        return Path(head), int(tail)
-    return Path(text), None
 
 
 def _header_size(path: Path) -> tuple[int, int] | None:

@@ -8,31 +8,26 @@ run before training (``data.on_bad_file: error``) or is left out and reported
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from lepton_vision.config.errors import DataError, Problem
-from lepton_vision.data.preprocess import DEFAULT_MAX_PIXELS, read_image, split_slice
+from lepton_vision.data.preprocess import DEFAULT_MAX_PIXELS, read_image
 from lepton_vision.data.readers.csv_manifest import list_csv
 from lepton_vision.data.readers.dicom_series import list_dicom_series
 from lepton_vision.data.readers.image_folder import Listing, list_dicom_folder, list_image_folder
 from lepton_vision.data.readers.nifti import list_nifti
+from lepton_vision.data.readers.volumes import split_slice
+from lepton_vision.data.sampleset import BAD_FILE_HINT, MAX_LISTED, SampleSet, with_progress
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from lepton_vision.config.cards import DatasetCard, TaskCard
+    from lepton_vision.config.cards import DatasetCard, Resolved, TaskCard
 
 #: Columns every sample table starts with (contract 1); extra manifest columns follow.
 TABLE_COLUMNS = ("sample_id", "path", "label", "label_name", "group")
-MAX_LISTED = 50
-PROGRESS_MIN_FILES = 50
-BAD_FILE_HINT = (
-    "Fix or remove them, or set data.on_bad_file: skip to leave them out "
-    "(they are then counted and listed in data_report.json)."
-)
 
 
 def _list_csv(card: DatasetCard, ds_dir: Path) -> Listing:
@@ -49,41 +44,6 @@ READERS: dict[str, Callable[[DatasetCard, Path], Listing]] = {
     "dicom_series": lambda card, d: list_dicom_series(card, d),
     "nifti": lambda card, d: list_nifti(card, d),
 }
-
-
-@dataclass(frozen=True, eq=False)
-class SampleSet:
-    """The usable samples of a dataset and what was left out.
-
-    Attributes:
-        table: Sample table (contract 1): sample_id, path, label (1 = task positive class),
-            label_name (task class), group ("" when the dataset has no groups), extra columns.
-        excluded: One dict per file left out (``on_bad_file: skip``): sample_id, path, reason.
-        counts: n_listed, n_samples, n_excluded, per_class {task class: n}, n_groups,
-            own_group (samples whose empty group became their own), n_ignored and ignored
-            (up to 20 non-image files found in class folders and not read). The volume formats
-            add label_level (slice|volume|mixed: how the manifest labels), n_volumes,
-            n_slice_rows, n_volume_rows; dicom_series adds skipped_non_image (DICOM objects
-            without pixel data or of a non-image SOP class), no_rescale_tags (slices read with
-            slope 1 / intercept 0 because the tags are missing) and ordered_by_instance_number
-            (series lacking positions); nifti adds group_from (the group column, or "volume").
-    """
-
-    table: pd.DataFrame
-    excluded: list[dict[str, Any]] = field(default_factory=list)
-    counts: dict[str, Any] = field(default_factory=dict)
-
-
-T = TypeVar("T")
-
-
-def _progress(items: list[T], show: bool, description: str) -> Iterator[T] | Iterable[T]:
-    if not show or len(items) <= PROGRESS_MIN_FILES:
-        return items
-    from rich.console import Console
-    from rich.progress import track
-
-    return track(items, description=description, console=Console(stderr=True), transient=True)
 
 
 def _check_file(rec: dict[str, Any], max_pixels: int) -> str | None:
@@ -183,7 +143,7 @@ def read_samples(
 
     good: list[dict[str, Any]] = []
     bad: list[tuple[dict[str, Any], str]] = []
-    for rec in _progress(listing.records, progress, f"Checking {len(listing.records)} images"):
+    for rec in with_progress(listing.records, progress, f"Checking {len(listing.records)} images"):
         reason = _check_file(rec, max_pixels)
         if reason is None:
             good.append(rec)
@@ -227,3 +187,35 @@ def read_samples(
         **listing.counts,
     }
     return SampleSet(table=table, excluded=excluded, counts=counts)
+
+
+def load_samples(resolved: Resolved, progress: bool = True) -> SampleSet:
+    """Read the dataset of a resolved recipe into a SampleSet (generating embedded data first)."""
+    if resolved.dataset.root == "generated":
+        from lepton_vision.data.generate import ensure_generated
+
+        ensure_generated(resolved.dataset, resolved.dataset_path, progress=progress)
+    return read_samples(
+        resolved.dataset,
+        resolved.dataset_dir,
+        resolved.task,
+        resolved.dataset_path,
+        on_bad_file=resolved.recipe.data.on_bad_file,
+        max_pixels=resolved.recipe.data.max_image_pixels,
+        progress=progress,
+    )
+
+
+def data_fingerprint(table: pd.DataFrame) -> str:
+    """SHA-256 over (sample id, label, group, file content hash) of every sample, in id order."""
+    import hashlib
+
+    from lepton_vision.data.preprocess import content_hash
+
+    h = hashlib.sha256()
+    boxes = "boxes" in table.columns  # detection: the boxes are part of the labels
+    for row in table.sort_values("sample_id").itertuples(index=False):
+        h.update(f"{row.sample_id}\t{row.label}\t{row.group}\t{content_hash(row.path)}\n".encode())
+        if boxes:
+            h.update(f"{row.boxes}\t{row.classes}\t{row.ignore}\n".encode())
+    return h.hexdigest()

@@ -22,7 +22,7 @@ from lepton_vision.backend import import_keras
 from lepton_vision.config.errors import TrainError
 from lepton_vision.config.recipe import Recipe
 from lepton_vision.engine.optim import ema_callbacks
-from lepton_vision.runio import atomic_write_csv
+from lepton_vision.runio import atomic_save_model, atomic_write_csv
 
 tf, keras = import_keras()
 
@@ -152,13 +152,6 @@ def write_history(log: EpochLog, out_dir: Path) -> pd.DataFrame:
     return history
 
 
-def save_model(model: Any, path: Path) -> None:
-    """``model.save(path)`` through a temporary file renamed into place (never half a file)."""
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    tmp.replace(path)
-
-
 def fit_and_keep_best(model: Any, train_ds: Any, recipe: Recipe, out_dir: Path, *, validate: Any, monitor: str,
                       n_train: int, n_val: int, epochs: int, fold_label: str, metric_name: str, hint: str,
                       checkpoint: bool = False) -> FoldResult:
@@ -218,7 +211,7 @@ def fit_and_keep_best(model: Any, train_ds: Any, recipe: Recipe, out_dir: Path, 
         raise TrainError(f"{fold_label}: no epoch produced a finite {metric_name}. Got {n_val} validation "
                          "images.", hint=hint)
     # best.keras must be exactly the returned model (ModelCheckpoint ignores min_delta).
-    save_model(model, out_dir / "best.keras")
+    atomic_save_model(model, out_dir / "best.keras")
     history = write_history(log, out_dir)
     return FoldResult(best_epoch=best.best_epoch, best_score=best.best, epochs_run=len(log.rows), history=history,
                       model=model, monitor=monitor)

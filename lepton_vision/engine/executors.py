@@ -42,8 +42,8 @@ EXTRAS = {
 
 #: Environment passed on to Ray workers: where data, cards and generated data are, and the
 #: offline switches the CLI sets (workers of a cluster do not inherit the driver's environment).
-_FORWARDED_ENV_PREFIXES = ("LEPTON_",)
-_FORWARDED_ENV = ("NO_ALBUMENTATIONS_UPDATE", "GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE",
+FORWARDED_ENV_PREFIXES = ("LEPTON_",)
+FORWARDED_ENV = ("NO_ALBUMENTATIONS_UPDATE", "GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE",
                   "HF_HUB_DISABLE_TELEMETRY", "TF_CPP_MIN_LOG_LEVEL", "KERAS_BACKEND")
 
 _PROBE = ".storage-probe"
@@ -277,7 +277,7 @@ def _run_ray(fold_fn: FoldFn, shared: Any, pending: list[int], fold_dir: Callabl
         # max_calls=1: a fresh worker per fold (retries are ours, so they can be reported).
         task = ray.remote(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=0, max_calls=1)(_fold_task)
         env = {k: v for k, v in os.environ.items()
-               if k.startswith(_FORWARDED_ENV_PREFIXES) or k in _FORWARDED_ENV}
+               if k.startswith(FORWARDED_ENV_PREFIXES) or k in FORWARDED_ENV}
         cwd = os.getcwd()
         attempts = dict.fromkeys(pending, 0)
         failures: dict[int, list[str]] = {k: [] for k in pending}

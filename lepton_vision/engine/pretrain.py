@@ -37,7 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from lepton_vision.config.errors import CardError, LeptonError, Problem, RecipeError
+from lepton_vision.config.cards import check_pretrain_card
+from lepton_vision.config.errors import CardError, LeptonError, RecipeError
+from lepton_vision.data.generate import generator_classes
 from lepton_vision.config.recipe import drop_unused_later_fields
 
 #: Bumped when the pretraining procedure changes in a way the recipe does not show.
@@ -58,7 +60,7 @@ class StreamSpec:
     """Everything a rendering process needs (picklable, TensorFlow-free)."""
 
     synthetic: dict[str, Any]  # SyntheticSpec fields (n_images/n_patients cover train + validation)
-    detection: bool
+    kind: str  # the task's kind: which kind renders, batches and scores the images
     size_hw: tuple[int, int]
     channels: int
     window: Any  # CT window(s) for HU slices
@@ -98,7 +100,7 @@ def stream_spec(resolved: Any) -> StreamSpec:
     _, synth = _synthetic_spec(resolved)
     return StreamSpec(
         synthetic=synth.model_dump(mode="json", exclude=synth.unused_later_fields()),
-        detection=resolved.task.kind == "object_detection",
+        kind=resolved.task.kind,
         size_hw=tuple(int(v) for v in _pretrain_input(r).image_size),
         channels=int(r.input.channels),
         window=r.input.window_spec(),
@@ -107,46 +109,17 @@ def stream_spec(resolved: Any) -> StreamSpec:
     )
 
 
-def generator_classes(generator: str) -> tuple[str, ...]:
-    """Class names a generator labels, in class-index order."""
-    if generator == "ct_phantom":
-        return ("normal", "abnormal")
-    from lepton_vision.data.synthetic.scenes import CLASSES
-
-    return CLASSES[generator]
-
-
 def render_job(stream: StreamSpec, start: int, stop: int) -> dict[str, Any]:
-    """Render images ``start .. stop-1`` as network inputs (runs in a worker process).
+    """Render images ``start .. stop-1`` as network inputs (runs in a worker process): the
+    stream's kind renders them (see ``render`` in ``kinds/<kind>/pretrain.py``)."""
+    return _steps(stream).render(stream, start, stop)
 
-    Returns:
-        Detection: ``images`` uint8 ``[n, H, W, 3]`` letterboxed, ``boxes`` (list of ``[k, 4]``
-        xyxy network pixels), ``classes`` (list of ``[k]``). Classification: ``images`` float16
-        ``[n, h, w, C]`` in [0, 1], ``labels`` int ``[n]``.
-    """
-    from lepton_vision.config.cards import SyntheticSpec
-    from lepton_vision.data.preprocess import letterbox, to_model_input, to_uint8
 
-    spec = SyntheticSpec.model_validate(stream.synthetic)
-    h, w = stream.size_hw
-    if stream.detection:
-        from lepton_vision.data.synthetic.scenes import iter_scene_frames
+def _steps(stream: StreamSpec) -> Any:
+    """The pretraining steps of the stream's kind."""
+    from lepton_vision.kinds import kind_of
 
-        imgs, boxes, classes = [], [], []
-        for rgb, b, c in iter_scene_frames(spec, start, stop):
-            img, (sx, sy) = letterbox(rgb, (h, w))
-            imgs.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
-            boxes.append(np.asarray(b, np.float32).reshape(-1, 4) * np.array([sx, sy, sx, sy], np.float32))
-            classes.append(np.asarray(c, np.int64).reshape(-1))
-        return {"images": np.stack(imgs), "boxes": boxes, "classes": classes}
-    from lepton_vision.data.synthetic.ct import iter_ct_slices
-
-    imgs, labels = [], []
-    for hu, label in iter_ct_slices(spec, start, stop):
-        x = to_model_input(to_uint8(hu, stream.channels, stream.window), (h, w))
-        imgs.append(x.astype(np.float16))
-        labels.append(int(label))
-    return {"images": np.stack(imgs), "labels": np.asarray(labels, np.int64)}
+    return kind_of(stream.kind).pretraining()
 
 
 class ImageStream:
@@ -201,20 +174,8 @@ def job_bounds(start: int, stop: int, job: int) -> list[tuple[int, int]]:
 
 
 def job_size(stream: StreamSpec) -> int:
-    """Images per rendering job: whole patients for CT (a patient is built once per job)."""
-    if stream.detection:
-        return JOB_IMAGES
-    spp = int(stream.synthetic["slices_per_patient"])
-    return spp * max(1, round(JOB_IMAGES / spp))
-
-
-def _concat(parts: list[dict[str, Any]], detection: bool) -> dict[str, Any]:
-    if detection:
-        return {"images": np.concatenate([p["images"] for p in parts]),
-                "boxes": [b for p in parts for b in p["boxes"]],
-                "classes": [c for p in parts for c in p["classes"]]}
-    return {"images": np.concatenate([p["images"] for p in parts]),
-            "labels": np.concatenate([p["labels"] for p in parts])}
+    """Images per rendering job (whole patients for CT: a patient is built once per job)."""
+    return int(_steps(stream).job_size(stream))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,24 +239,6 @@ def pretrain_key(resolved: Any) -> tuple[str, dict[str, Any]]:
     }
     blob = json.dumps(payload, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest(), payload
-
-
-def check_pretrain_card(resolved: Any) -> list[Problem]:
-    """Problems with ``pretrain.dataset`` for this task (empty when it fits)."""
-    card = resolved.pretrain_dataset
-    if card is None:
-        return []
-    if card.synthetic is None:
-        return [Problem("pretrain.dataset", f"dataset '{card.name}' is not generated (its card has no "
-                        "synthetic: section); pretraining streams generated images. Use synthetic_street, "
-                        "synthetic_road or synthetic_ct")]
-    gen = card.synthetic.generator
-    det = resolved.task.kind == "object_detection"
-    if det != (gen != "ct_phantom"):
-        want = "street_scenes or road_scenes (boxes)" if det else "ct_phantom (slice labels)"
-        return [Problem("pretrain.dataset", f"generator '{gen}' of '{card.name}' does not fit task "
-                        f"'{resolved.task.name}' ({resolved.task.kind}); it needs {want}")]
-    return []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,7 +362,7 @@ def _pretrain(resolved: Any, out: Path, key: str, payload: dict[str, Any], progr
     stats = {"waited": [0.0] * epochs}
     t_start = time.time()
     with strategy.scope():
-        model, augment, extra = _model_for_pretraining(resolved, pre, len(gen_classes), per_epoch, epochs)
+        model, augment, extra = _steps(stream).setup(resolved, pre, len(gen_classes), per_epoch, epochs)
     ds = _batch_dataset(tf, images_stream, stream, chunk_bounds, rounds, batch, augment, pre.seed, extra, stats)
     history: list[dict[str, Any]] = []
     label = f"pretraining on {n_train * rounds} generated images ({stream.generator})"
@@ -517,15 +460,15 @@ def _batch_dataset(tf: Any, images_stream: ImageStream, stream: StreamSpec, chun
                    rounds: int, batch: int, augment: Any, seed: int, extra: dict[str, Any], stats: dict) -> Any:
     """One tf.data pipeline over the rendered stream: each chunk (one pretraining epoch of new
     images) is shuffled and cut into augmented batches, ``rounds`` times, while the workers
-    render the next chunks. Only the current chunk and the rendering queue are in memory."""
-    h, w = stream.size_hw
-    det = stream.detection
+    render the next chunks. Only the current chunk and the rendering queue are in memory. The
+    stream's kind builds each batch (``make_batch`` in ``kinds/<kind>/pretrain.py``)."""
+    steps = _steps(stream)
 
     def chunks() -> Iterator[tuple[int, dict[str, Any]]]:
         jobs = images_stream.ranges([b for cb in chunk_bounds for b in cb])
         for c, bounds in enumerate(chunk_bounds):
             t0 = time.time()
-            data = _concat([next(jobs) for _ in bounds], det)
+            data = steps.concat([next(jobs) for _ in bounds])
             stats["waited"][c * rounds] = time.time() - t0
             yield c, data
 
@@ -537,58 +480,18 @@ def _batch_dataset(tf: Any, images_stream: ImageStream, stream: StreamSpec, chun
             raise
 
     def _batches() -> Iterator[Any]:
-        from lepton_vision.data.augment import augment_with_boxes, draw_partners, partners_needed
-        from lepton_vision.data.pipeline import pad_targets
-
-        n_partners = partners_needed(augment) if det else 0
-
         for c, data in chunks():
             n = len(data["images"])
-            weights = extra["weights"](data["labels"]) if not det else None
+            state = steps.chunk_state(data, augment, extra)
             for r in range(rounds):
                 order = np.random.default_rng([seed, c, r]).permutation(n)
                 for k in range(n // batch):
                     idx = order[k * batch : (k + 1) * batch]
                     if augment is not None:
                         augment.set_random_seed(int(np.random.default_rng([seed, c, r, k]).integers(2**31)))
-                    if det:
-                        xs = np.empty((batch, h, w, 3), np.float32)
-                        bs = np.empty((batch, extra["max_boxes"], 4), np.float32)
-                        cs = np.empty((batch, extra["max_boxes"]), np.float32)
-                        for j, i in enumerate(idx):
-                            img = data["images"][i].astype(np.float32) / np.float32(255.0)
-                            b, cl = data["boxes"][i], data["classes"][i]
-                            if augment is not None:
-                                pick = draw_partners(np.random.default_rng([seed, c, r, k, j]), n, int(i), n_partners)
-                                img, b, cl = augment_with_boxes(
-                                    augment, img, b, cl,
-                                    [(data["images"][q].astype(np.float32) / np.float32(255.0), data["boxes"][q],
-                                      data["classes"][q]) for q in pick])
-                            xs[j] = img * np.float32(255.0)
-                            bs[j], cs[j], _, _ = pad_targets(b, cl, extra["max_boxes"], extra["min_box_size"])
-                        yield xs, {"boxes": bs, "classes": cs}
-                    else:
-                        from lepton_vision.data.augment import apply_augment
+                    yield steps.make_batch(data, idx, augment, [seed, c, r, k], extra, state)
 
-                        xs = data["images"][idx].astype(np.float32)
-                        if augment is not None:
-                            for j in range(len(idx)):
-                                xs[j] = apply_augment(augment, xs[j])
-                        y = data["labels"][idx].astype(np.float32).reshape(-1, 1)
-                        if weights is None:
-                            yield xs, y
-                        else:
-                            yield xs, y, weights[idx].astype(np.float32)
-
-    if det:
-        m = extra["max_boxes"]
-        sig: Any = (tf.TensorSpec((batch, h, w, 3), tf.float32),
-                    {"boxes": tf.TensorSpec((batch, m, 4), tf.float32), "classes": tf.TensorSpec((batch, m), tf.float32)})
-    else:
-        x_spec = tf.TensorSpec((batch, h, w, stream.channels), tf.float32)
-        y_spec = tf.TensorSpec((batch, 1), tf.float32)
-        sig = (x_spec, y_spec, tf.TensorSpec((batch,), tf.float32)) if extra["balanced"] else (x_spec, y_spec)
-    return tf.data.Dataset.from_generator(batches, output_signature=sig)
+    return tf.data.Dataset.from_generator(batches, output_signature=steps.output_signature(tf, batch, stream, extra))
 
 
 def _progress(enabled: bool, label: str, total: int) -> tuple[Any, Any]:
@@ -607,65 +510,13 @@ def _progress(enabled: bool, label: str, total: int) -> tuple[Any, Any]:
     return bar, bar.add_task(label, total=total)
 
 
-def _model_for_pretraining(resolved: Any, pre: Any, n_classes: int, per_epoch: int,
-                           epochs: int) -> tuple[Any, Any, dict[str, Any]]:
-    """The compiled model to pretrain, the recipe's augmentation, and what batches need."""
-    from lepton_vision.engine.optim import make_optimizer
-
-    if resolved.task.kind == "object_detection":
-        from lepton_vision.kinds.detection.train import box_augment
-        from lepton_vision.models.detectors import adapter_for
-
-        spec = pre.model.detector
-        adapter = adapter_for(spec)
-        model = adapter.build(spec, n_classes, tuple(pre.input.image_size), pre.seed)
-        adapter.compile(model, spec, make_optimizer(pre, per_epoch, epochs))
-        return model, box_augment(pre), {"max_boxes": spec.max_boxes, "min_box_size": spec.min_box_size}
-
-    from lepton_vision.kinds import KINDS
-    from lepton_vision.kinds.classification.train import compile_classifier, image_augment, sample_weights
-
-    model = KINDS[resolved.task.kind].build_model(pre, weights="none", seed=pre.seed)
-    compile_classifier(model, pre, per_epoch, epochs)
-    balanced = pre.train.class_weight == "balanced"
-
-    def weights(y: np.ndarray) -> np.ndarray:
-        if len(np.unique(y)) < 2:  # a chunk of one class: equal weights
-            return np.ones(len(y), np.float32)
-        return sample_weights(np.asarray(y, np.int64), pre)
-
-    return model, image_augment(pre), {"balanced": balanced, "weights": weights if balanced else (lambda y: None)}
-
-
 def _validate(model: Any, resolved: Any, images_stream: ImageStream, stream: StreamSpec,
               n_classes: int) -> dict[str, Any]:
     """Score the pretrained model on generated images it never saw (AP50 or ROC AUC)."""
+    steps = _steps(stream)
     parts = list(images_stream.ranges(job_bounds(stream.n_train, stream.n_train + stream.n_val,
                                                  job_size(stream))))
-    data = _concat(parts, stream.detection)
-    if stream.detection:
-        from lepton_vision.kinds.detection.metrics import val_ap50
-        from lepton_vision.kinds.detection.train import make_predict_fn, predict_detections
-        from lepton_vision.models.detectors import adapter_for
-
-        policy = resolved.task.detection
-        predict = make_predict_fn(model, adapter_for(resolved.recipe.model.detector), policy.max_detections,
-                                  policy.nms_iou, policy.min_score)
-        x = data["images"].astype(np.float32) / np.float32(255.0)
-        dets = predict_detections(predict, x)
-        empty = [np.zeros((0, 4), np.float32)] * len(x)
-        ap = val_ap50(dets, data["boxes"], data["classes"], empty, n_classes)
-        return {"metric": "ap50", "value": round(float(ap), 4), "n_images": int(len(x)),
-                "n_boxes": int(sum(len(b) for b in data["boxes"]))}
-    from sklearn.metrics import roc_auc_score
-
-    from lepton_vision.kinds.classification.train import predict_scores
-
-    y = data["labels"]
-    scores = predict_scores(model, data["images"].astype(np.float32), 64)
-    auc = float(roc_auc_score(y, scores)) if len(np.unique(y)) == 2 else float("nan")
-    return {"metric": "roc_auc", "value": round(auc, 4), "n_images": int(len(y)),
-            "n_positive": int(y.sum())}
+    return steps.validate(model, resolved, steps.concat(parts), n_classes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -709,31 +560,15 @@ def prepare_start(resolved: Any, run_root: Path, progress: bool = True) -> dict[
 
 def _probe_load(resolved: Any, path: Path) -> str:
     """Build the fold model once and load ``path`` into it: what fits (or a clear error)."""
+    from lepton_vision.kinds import kind_of
     from lepton_vision.models.finetune import load_start_weights
 
-    model = build_fold_model(resolved, resolved.recipe.seed, None)
+    r = resolved.recipe
+    weights = r.model.weights if r.model.weights in ("none", "imagenet") else "none"
+    model = kind_of(resolved.task.kind).build_model(r, weights=weights, seed=r.seed,
+                                                    n_classes=len(resolved.task.classes))
     return load_start_weights(model, path)
 
 
-def build_fold_model(resolved: Any, seed: int, start: str | None) -> Any:
-    """A fresh model of the recipe's task with ``start`` weights loaded (None: as built)."""
-    r = resolved.recipe
-    if resolved.task.kind == "object_detection":
-        from lepton_vision.models.detectors import adapter_for
-
-        model = adapter_for(r.model.detector).build(r.model.detector, len(resolved.task.classes),
-                                                    tuple(r.input.image_size), seed)
-    else:
-        from lepton_vision.kinds import KINDS
-
-        weights = r.model.weights if r.model.weights in ("none", "imagenet") else "none"
-        model = KINDS[resolved.task.kind].build_model(r, weights=weights, seed=seed)
-    if start is not None:
-        from lepton_vision.models.finetune import load_start_weights
-
-        load_start_weights(model, start)
-    return model
-
-
-__all__ = ["ImageStream", "PretrainResult", "StreamSpec", "build_fold_model", "cache_root", "ensure_pretrained",
+__all__ = ["ImageStream", "PretrainResult", "StreamSpec", "cache_root", "ensure_pretrained",
            "prepare_start", "pretrain_key", "render_job", "stream_spec"]

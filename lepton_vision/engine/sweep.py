@@ -39,15 +39,6 @@ from lepton_vision.config.errors import LeptonError, Problem, RecipeError, did_y
 from lepton_vision.runio import atomic_write_csv, atomic_write_json, atomic_write_text
 from lepton_vision.config.yamlfile import load_yaml, render_path
 
-#: The metric of each task card ``primary_metric`` in metrics.json: classification reads
-#: ``pooled[<name>]`` ({value, lo, hi}); detection reads a top-level value and its ``ci`` entry.
-DETECTION_OBJECTIVES: dict[str, tuple[tuple[str, ...], str]] = {
-    "ap50": (("ap50",), "ap50"),
-    "ap50_95": (("ap50_95",), "ap50_95"),
-    "f1": (("f1",), "f1"),
-    "roc_auc": (("image_level", "auc"), "image_auc"),
-}
-CLASSIFICATION_OBJECTIVES = ("roc_auc", "pr_auc", "f1", "balanced_accuracy")
 
 
 class Domain(BaseModel):
@@ -180,24 +171,14 @@ def load_space(space_path: str | Path, recipe_path: str | Path, overrides: list[
 
 
 def objective_of(metrics: dict[str, Any], primary_metric: str, kind: str) -> tuple[float, float | None, float | None]:
-    """``(value, ci_lo, ci_hi)`` of the task card's primary metric in a metrics.json.
+    """``(value, ci_lo, ci_hi)`` of the task card's primary metric in a metrics.json of a ``kind`` run.
 
     Raises:
         LeptonError: The metric is missing or not a number (e.g. AUC of a run without negatives).
     """
-    lo = hi = None
-    if kind == "object_detection":
-        path, ci_key = DETECTION_OBJECTIVES[primary_metric]
-        node: Any = metrics
-        for part in path:
-            node = (node or {}).get(part) if isinstance(node, dict) else None
-        value = node
-        ci = (metrics.get("ci") or {}).get(ci_key)
-        if isinstance(ci, (list, tuple)) and len(ci) == 2:
-            lo, hi = ci
-    else:
-        entry = (metrics.get("pooled") or {}).get(primary_metric) or {}
-        value, lo, hi = entry.get("value"), entry.get("lo"), entry.get("hi")
+    from lepton_vision.kinds import kind_of
+
+    value, lo, hi = kind_of(kind).objective(metrics, primary_metric)
     if not isinstance(value, (int, float)) or not math.isfinite(float(value)):
         raise LeptonError(f"metrics.json: the objective {primary_metric} is not available. Got {value!r}.")
     return float(value), (None if lo is None else float(lo)), (None if hi is None else float(hi))
@@ -205,7 +186,9 @@ def objective_of(metrics: dict[str, Any], primary_metric: str, kind: str) -> tup
 
 def check_objective(primary_metric: str, kind: str, task_file: str) -> None:
     """Fail before the sweep when the task card's primary metric cannot be an objective."""
-    valid = tuple(DETECTION_OBJECTIVES) if kind == "object_detection" else CLASSIFICATION_OBJECTIVES
+    from lepton_vision.kinds import kind_of
+
+    valid = kind_of(kind).objectives
     if primary_metric not in valid:
         raise RecipeError(
             f"primary_metric: {primary_metric} is not a cross-validated metric of a {kind} run, so "
@@ -221,7 +204,7 @@ def _trial(config: dict[str, Any], *, recipe_path: str, overrides: list[str], tr
     os.chdir(cwd)  # Tune starts trials in their own folder; recipe paths are the driver's
     from ray import tune
 
-    from lepton_vision.engine.run import run_train
+    from lepton_vision.engine.crossval import run_train
 
     trial_id = tune.get_context().get_trial_id()
     out = Path(trials_dir) / trial_id
@@ -266,8 +249,8 @@ def run_tune(
 
     from lepton_vision.config.cards import load_resolved
     from lepton_vision.engine.executors import (
-        _FORWARDED_ENV,
-        _FORWARDED_ENV_PREFIXES,
+        FORWARDED_ENV,
+        FORWARDED_ENV_PREFIXES,
         check_fits,
         connect_ray,
         require_extra,
@@ -285,7 +268,7 @@ def run_tune(
         require_extra("mlflow", "tracking.backend", "mlflow", recipe_path)
     check_objective(resolved.task.primary_metric, resolved.task.kind, str(resolved.task_path))
     space = load_space(space_path, recipe_path, overrides)
-    from lepton_vision.engine.run import new_run_dir
+    from lepton_vision.engine.crossval import new_run_dir
 
     sweep = Path(out or new_run_dir(f"{recipe.name}-tune")).resolve()
     if sweep.exists() and any(sweep.iterdir()):
@@ -308,7 +291,7 @@ def run_tune(
 
     t0 = time.time()
     res = recipe.train.resources
-    env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV_PREFIXES) or k in _FORWARDED_ENV}
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES) or k in FORWARDED_ENV}
     trainable = tune.with_parameters(
         _trial, recipe_path=str(Path(recipe_path).resolve()), overrides=overrides,
         trials_dir=str(sweep / "trials"), env=env, cwd=os.getcwd(),
@@ -448,12 +431,12 @@ def _portable_recipe(text: str, recipe: Any, path: Path) -> tuple[str, str]:
         return text, ""
     except LeptonError:
         pass
-    from lepton_vision.config.cards import _find_card, project_root
+    from lepton_vision.config.cards import find_card, project_root
 
     root = project_root()
     data = yaml.safe_load(text)
-    data["task"] = str(_find_card(recipe.task, "tasks", "task.yaml", root, str(path)).resolve())
-    data["dataset"] = str(_find_card(recipe.dataset, "datasets", "dataset.yaml", root, str(path)).resolve())
+    data["task"] = str(find_card(recipe.task, "tasks", "task.yaml", root, str(path)).resolve())
+    data["dataset"] = str(find_card(recipe.dataset, "datasets", "dataset.yaml", root, str(path)).resolve())
     note = ("# task and dataset are absolute card paths (the card names would not be found from this "
             "folder);\n# this recipe therefore hashes differently from the trial's and starts a new run.\n")
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True), note

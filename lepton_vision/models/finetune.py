@@ -265,3 +265,31 @@ def write_start_record(path: Path, record: dict[str, Any]) -> None:
     from lepton_vision.runio import atomic_write_json
 
     atomic_write_json(path, json.loads(json.dumps(record, default=str)))
+
+
+def fold_model_builder(resolved: Any, build_model: Any, seed: int) -> Any:
+    """A zero-argument factory of one fold's fresh model, with the run's start weights loaded.
+
+    Each fold (and the refit) starts from its own ``seed``. The start weights are the run's
+    (``resolved.start_weights``: the pretrain stage or ``model.weights``, decided once per run),
+    or, when called outside ``lepton-vision train``, the recipe's ``model.weights`` file.
+
+    Args:
+        resolved: The resolved recipe (:class:`lepton_vision.config.cards.Resolved`).
+        build_model: The kind's ``build_model(recipe, weights=, seed=, n_classes=)``.
+        seed: Weight-initialisation seed.
+    """
+    r = resolved.recipe
+    weights = r.model.weights if r.model.weights in ("none", "imagenet") else "none"
+    start = resolved.start_weights
+    if start is None and r.model.weights not in ("none", "imagenet"):  # not through run_train
+        start = str(resolve_weights_source(r.model.weights, resolved.recipe_path.parent))
+    n_classes = len(resolved.task.classes)
+
+    def build() -> Any:
+        model = build_model(r, weights=weights, seed=seed, n_classes=n_classes)
+        if start is not None:
+            load_start_weights(model, start)
+        return model
+
+    return build

@@ -40,7 +40,7 @@ from lepton_vision.config.cards import DROP, IGNORE
 from lepton_vision.config.errors import DataError, Problem, did_you_mean, format_choices
 from lepton_vision.data.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, read_image
 from lepton_vision.data.readers.csv_manifest import read_manifest_csv
-from lepton_vision.data.samples import BAD_FILE_HINT, MAX_LISTED, SampleSet, _progress
+from lepton_vision.data.sampleset import BAD_FILE_HINT, MAX_LISTED, SampleSet, with_progress
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -753,7 +753,7 @@ def read_detection_samples(
     sized: list[tuple[Frame, int, int]] = []
     bad: list[tuple[Frame, str]] = []
     mismatch = _Problems()
-    for f in _progress(frames, progress, f"Checking {len(frames)} images"):
+    for f in with_progress(frames, progress, f"Checking {len(frames)} images"):
         size, why = _decode(f, max_pixels)
         if size is None:
             bad.append((f, why or "unreadable"))

@@ -17,7 +17,8 @@ from lepton_vision.config.errors import DataError
 
 _MAGIC_OFFSET = 128
 _MAGIC = b"DICM"
-_FIX = (
+#: What to do about an unreadable DICOM file (appended to the reader's messages).
+FIX_HINT = (
     "Re-export the file from the source system, or remove it "
     "(data.on_bad_file: skip leaves bad files out and counts them)."
 )
@@ -56,7 +57,7 @@ def _first(value: Any) -> float | None:
 
 
 def _unreadable(path: Path, reason: str) -> DataError:
-    return DataError(f"not a readable DICOM file ({reason}). {_FIX}", file=str(path))
+    return DataError(f"not a readable DICOM file ({reason}). {FIX_HINT}", file=str(path))
 
 
 def read_dicom_hu(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:

@@ -25,7 +25,7 @@ import numpy as np
 
 from lepton_vision.config.errors import DataError
 from lepton_vision.data.readers.dicom import is_dicom, pseudonym
-from lepton_vision.data.readers.image_folder import Listing, _class_dirs
+from lepton_vision.data.readers.image_folder import Listing, class_dirs
 from lepton_vision.data.readers.volumes import ManifestRow, Volume, expand_rows, read_volume_manifest
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ def list_dicom_series(card: DatasetCard, ds_dir: Path) -> Listing:
         listing = expand_rows(rows, extras, csv_path, SERIES_COLUMN, "series", describe, group_of)
     else:
         rows = []
-        for class_dir in _class_dirs(ds_dir, list(card.classes)):
+        for class_dir in class_dirs(ds_dir, list(card.classes)):
             for k, folder in enumerate(_series_folders(class_dir)):
                 rel = folder.relative_to(ds_dir).as_posix()
                 rows.append(ManifestRow(k + 1, rel, None, class_dir.name, "", {}))

@@ -43,7 +43,7 @@ class Listing:
     counts: dict[str, Any] = field(default_factory=dict)
 
 
-def _class_dirs(ds_dir: Path, classes: list[str]) -> list[Path]:
+def class_dirs(ds_dir: Path, classes: list[str]) -> list[Path]:
     found = sorted(p.name for p in ds_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     problems = [
         Problem(
@@ -90,7 +90,7 @@ def list_image_folder(ds_dir: Path, classes: list[str]) -> Listing:
     """
     records: list[dict[str, Any]] = []
     ignored: list[str] = []
-    for class_dir in _class_dirs(ds_dir, classes):
+    for class_dir in class_dirs(ds_dir, classes):
         files, skipped = _walk(class_dir, ds_dir, IMAGE_FOLDER_EXTENSIONS)
         ignored += skipped
         for p in files:
@@ -126,7 +126,7 @@ def list_dicom_folder(ds_dir: Path, classes: list[str], salt: str = "") -> Listi
     records: list[dict[str, Any]] = []
     ignored: list[str] = []
     own_group = 0
-    for class_dir in _class_dirs(ds_dir, classes):
+    for class_dir in class_dirs(ds_dir, classes):
         files, skipped = _walk(class_dir, ds_dir, DICOM_FOLDER_EXTENSIONS)
         ignored += skipped
         for p in files:

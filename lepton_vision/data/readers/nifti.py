@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lepton_vision.config.errors import DataError
-from lepton_vision.data.preprocess import slice_path
 from lepton_vision.data.readers.dicom import pseudonym
 from lepton_vision.data.readers.image_folder import Listing
-from lepton_vision.data.readers.volumes import ManifestRow, Volume, expand_rows, read_volume_manifest
+from lepton_vision.data.readers.volumes import ManifestRow, Volume, expand_rows, read_volume_manifest, slice_path
 
 if TYPE_CHECKING:
     from lepton_vision.config.cards import DatasetCard

@@ -37,8 +37,6 @@ Signatures (B = batch, C = channels, h x w = network input size):
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -48,17 +46,22 @@ from typing import Any
 import numpy as np
 
 from lepton_vision.config.errors import ExportError
-from lepton_vision.runio import atomic_write_bytes, atomic_write_json
+from lepton_vision.export.bundle import (
+    BUNDLE_FILE,
+    DEFAULT_SIGNATURE,
+    KNOWN_FORMATS,
+    PARITY_FILE,
+    SAVED_MODEL_DIR,
+    SCHEMA_VERSION,
+    TFLITE_FILE,
+    TFLITE_INT8_FILE,
+    export_versions,
+    signatures_json,
+    tflite_runner,
+    write_saved_model,
+)
+from lepton_vision.runio import atomic_save_model, atomic_write_bytes, atomic_write_json
 
-SCHEMA_VERSION = 1
-SAVED_MODEL_DIR = "saved_model"
-TFLITE_FILE = "model.tflite"
-TFLITE_INT8_FILE = "model_int8.tflite"
-PARITY_FILE = "parity.json"
-BUNDLE_FILE = "bundle.json"
-#: The endpoint registered first; Keras' ExportArchive also publishes it as "serving_default".
-DEFAULT_SIGNATURE = "serve_uint8"
-KNOWN_FORMATS = ("saved_model", "tflite", "tflite_int8", "onnx")
 #: bundle_info keys the bundle cannot do without (the Predictor needs them to label results).
 REQUIRED_INFO = ("task", "classes", "positive_class")
 
@@ -232,12 +235,9 @@ def export_classifier(
     )
     # The Keras model too: Grad-CAM (lepton_vision.kinds.classification.explain) needs layer outputs, which the
     # SavedModel signatures do not expose. Saved to a temp name and renamed, like the rest.
-    keras_tmp = export_dir / ".model.keras.tmp.keras"
     try:
-        model.save(keras_tmp)
-        keras_tmp.replace(export_dir / "model.keras")
+        atomic_save_model(model, export_dir / "model.keras")
     except Exception as exc:
-        keras_tmp.unlink(missing_ok=True)
         raise ExportError(
             f"{export_dir / 'model.keras'}: saving the Keras model failed: "
             f"{type(exc).__name__}: {exc}. Custom layers must be registered Keras serializables."
@@ -407,31 +407,9 @@ def _build_endpoints(model: Any, size_hw: tuple[int, int], channels: int,
 def _write_saved_model(model: Any, export_dir: Path, size_hw: tuple[int, int], channels: int,
                        window: tuple[float, float] | None, threshold: float,
                        temperature: float | None = None) -> Path:
-    """Write the SavedModel into a temp folder beside export_dir, then rename it into place."""
-    import keras
-
-    final = export_dir / SAVED_MODEL_DIR
-    staging = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.saved_model.", dir=export_dir.parent))
-    try:
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        for name, fn in _build_endpoints(model, size_hw, channels, window, threshold,
-                                         temperature).items():
-            archive.add_endpoint(name, fn)
-        archive.write_out(str(staging / SAVED_MODEL_DIR), verbose=False)
-        old = None
-        if final.exists():
-            old = staging / "old"
-            final.rename(old)
-        (staging / SAVED_MODEL_DIR).rename(final)
-    except Exception as exc:
-        raise ExportError(
-            f"{final}: writing the SavedModel failed: {type(exc).__name__}: {exc}. "
-            "Check that the model maps float32 [B,h,w,C] to a score [B,1]."
-        ) from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return final
+    """The SavedModel with the classifier's endpoints (preprocessing and threshold inside)."""
+    return write_saved_model(model, export_dir, _build_endpoints(model, size_hw, channels, window, threshold, temperature),
+                             hint="Check that the model maps float32 [B,h,w,C] to a score [B,1].")
 
 
 # --------------------------------------------------------------------------------------------
@@ -464,14 +442,8 @@ def _write_tflite(sm_path: Path, out: Path, probe_image: np.ndarray) -> Path:
     return out
 
 
-def _tflite_runner(model_content: bytes) -> Any:
-    from ai_edge_litert.interpreter import Interpreter
-
-    return Interpreter(model_content=model_content).get_signature_runner(DEFAULT_SIGNATURE)
-
-
 def _tflite_score(model_content: bytes | Any, image: np.ndarray) -> float:
-    runner = _tflite_runner(model_content) if isinstance(model_content, bytes) else model_content
+    runner = tflite_runner(model_content) if isinstance(model_content, bytes) else model_content
     return float(np.asarray(runner(image=image)["score"]).reshape(-1)[0])
 
 
@@ -559,7 +531,7 @@ def _int8_check(model: Any, int8_path: Path, parity_images: list[np.ndarray],
         from lepton_vision.kinds.classification.metrics import apply_temperature
 
         float_scores = np.asarray(apply_temperature(float_scores, float(temperature)), np.float64)
-    runner = _tflite_runner(int8_path.read_bytes())
+    runner = tflite_runner(int8_path.read_bytes())
     int8_scores = np.array([_tflite_score(runner, im) for im in images])
     if labels is None:
         diff = np.abs(float_scores - int8_scores)
@@ -595,7 +567,7 @@ def _parity(model: Any, sm_path: Path, tflite_path: Path | None, images: list[np
         [float(serve(image=tf.constant(img))["score"][0]) for img in images]
     )
     if tflite_path is not None:
-        runner = _tflite_runner(tflite_path.read_bytes())
+        runner = tflite_runner(tflite_path.read_bytes())
         scores["tflite"] = np.array([_tflite_score(runner, img) for img in images])
     if reference_scores is not None:
         scores["reference"] = np.asarray(reference_scores, dtype=np.float64).reshape(-1)
@@ -633,47 +605,6 @@ def _parity(model: Any, sm_path: Path, tflite_path: Path | None, images: list[np
 # bundle
 
 
-def _spec_json(spec: Any) -> dict[str, Any]:
-    shape = None if spec.shape.rank is None else [d for d in spec.shape.as_list()]
-    return {"dtype": spec.dtype.name, "shape": shape}
-
-
-def _signatures_json(sm_path: Path) -> dict[str, Any]:
-    """Describe the signatures as TensorFlow sees them after reloading (not as we meant them)."""
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(str(sm_path))
-    out: dict[str, Any] = {}
-    for name, fn in sorted(loaded.signatures.items()):
-        _, kwargs = fn.structured_input_signature
-        out[name] = {
-            "inputs": {k: _spec_json(v) for k, v in sorted(kwargs.items())},
-            "outputs": {k: _spec_json(v) for k, v in sorted(fn.structured_outputs.items())},
-        }
-    return out
-
-
-def _versions() -> dict[str, str]:
-    import keras
-    import tensorflow as tf
-
-    from lepton_vision.version import __version__
-
-    versions = {
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "lepton_vision": __version__,
-        "numpy": np.__version__,
-    }
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        versions["ai_edge_litert"] = version("ai-edge-litert")
-    except PackageNotFoundError:
-        versions["ai_edge_litert"] = None  # optional runtime: recorded as absent
-    return versions
-
-
 def _bundle(sm_path: Path, tflite_path: Path | None, size_hw: tuple[int, int], channels: int,
             window: tuple[float, float] | None, threshold: float,
             info: dict[str, Any]) -> dict[str, Any]:
@@ -690,7 +621,7 @@ def _bundle(sm_path: Path, tflite_path: Path | None, size_hw: tuple[int, int], c
             "dtype": "float32",
             "bytes": tflite_path.stat().st_size,
         }
-    versions = {**_versions(), **info.pop("versions", {})}
+    versions = {**export_versions(), **info.pop("versions", {})}
     bundle: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "task": info.pop("task"),
@@ -721,7 +652,7 @@ def _bundle(sm_path: Path, tflite_path: Path | None, size_hw: tuple[int, int], c
             "decision": "1 when score >= threshold.value, else 0",
         },
         "default_signature": DEFAULT_SIGNATURE,
-        "signatures": _signatures_json(sm_path),
+        "signatures": signatures_json(sm_path),
         "files": files,
         "versions": versions,
     }

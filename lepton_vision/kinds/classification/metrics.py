@@ -646,7 +646,41 @@ def rescore(run_dir: str | Path | RunDir, policy: Threshold | str | None = None)
     )
 
 
+def paired_bootstrap(run_a: RunDir, run_b: RunDir, *, merge_classes: bool = False, n_bootstrap: int = 1000,
+                     seed: int = 0) -> Any:
+    """ROC AUC of two runs of the same folds on the same resamples of patients (or slices)
+    (:class:`~lepton_vision.evaluate.paired.Paired`).
+
+    Raises:
+        DataError: ``merge_classes`` (it applies to detection runs only).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from lepton_vision.evaluate.paired import Paired, read_run_csv
+
+    if merge_classes:
+        raise DataError("merge_classes applies to detection runs only")
+    oa = read_run_csv(run_a.root, "oof_predictions.csv").sort_values("sample_id").reset_index(drop=True)
+    ob = read_run_csv(run_b.root, "oof_predictions.csv").sort_values("sample_id").reset_index(drop=True)
+    y = oa["label"].to_numpy(dtype=int)
+    sa, sb = oa["score"].to_numpy(dtype=float), ob["score"].to_numpy(dtype=float)
+    point = [roc_auc_score(y, sa), roc_auc_score(y, sb)]
+    gid, n_units, unit = resampling_units(oa["group"].to_numpy(dtype=object), len(y))
+    rng = np.random.default_rng(seed)
+    ba, bb = [], []
+    for w in resample_weights(rng, gid, n_units, n_bootstrap):
+        for row in w:
+            yw = y[row > 0]
+            if len(np.unique(yw)) < 2:
+                ba.append(np.nan), bb.append(np.nan)
+                continue
+            ba.append(roc_auc_score(y, sa, sample_weight=row))
+            bb.append(roc_auc_score(y, sb, sample_weight=row))
+    return Paired("roc_auc", float(point[0]), float(point[1]), np.asarray(ba), np.asarray(bb), unit, n_units)
+
+
 __all__ = [
+    "paired_bootstrap",
     "score_oof",
     "expected_calibration_error",
     "reliability_curve",

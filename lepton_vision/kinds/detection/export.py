@@ -27,8 +27,6 @@ bilinear without antialias, top-left, grey 114), so training, export and app see
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -38,14 +36,21 @@ from typing import Any
 import numpy as np
 
 from lepton_vision.config.errors import ExportError
-from lepton_vision.runio import atomic_write_bytes, atomic_write_json
+from lepton_vision.export.bundle import (
+    BUNDLE_FILE,
+    DEFAULT_SIGNATURE,
+    PARITY_FILE,
+    SAVED_MODEL_DIR,
+    SCHEMA_VERSION,
+    TFLITE_FILE,
+    TFLITE_INT8_FILE,
+    export_versions,
+    signatures_json,
+    tflite_runner,
+    write_saved_model,
+)
+from lepton_vision.runio import atomic_save_model, atomic_write_bytes, atomic_write_json
 
-SAVED_MODEL_DIR = "saved_model"
-TFLITE_FILE = "model.tflite"
-TFLITE_INT8_FILE = "model_int8.tflite"
-PARITY_FILE = "parity.json"
-BUNDLE_FILE = "bundle.json"
-DEFAULT_SIGNATURE = "serve_uint8"
 #: Graph name scope of the network's own ops (int8 export quantises these and nothing else).
 NETWORK_SCOPE = "lepton_network"
 #: Parity tolerances: float backends must agree to rounding; int8 by a looser, stated one
@@ -122,27 +127,6 @@ def build_endpoints(model: Any, input_hw: tuple[int, int], policy: Any, score_th
     return {"serve_uint8": serve_uint8, "serve_bytes": serve_bytes}
 
 
-def _write_saved_model(model: Any, export_dir: Path, endpoints: dict[str, Any]) -> Path:
-    import keras
-
-    final = export_dir / SAVED_MODEL_DIR
-    staging = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.saved_model.", dir=export_dir.parent))
-    try:
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        for name, fn in endpoints.items():
-            archive.add_endpoint(name, fn)
-        archive.write_out(str(staging / SAVED_MODEL_DIR), verbose=False)
-        if final.exists():
-            final.rename(staging / "old")
-        (staging / SAVED_MODEL_DIR).rename(final)
-    except Exception as exc:
-        raise ExportError(f"{final}: writing the SavedModel failed: {type(exc).__name__}: {exc}.") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return final
-
-
 def _float_only_nodes(float_tflite: Path) -> list[str]:
     """Ops of a converted graph outside :data:`NETWORK_SCOPE` (letterbox, decode, NMS), by the
     name of their first output tensor — the node names the TFLite quantiser understands."""
@@ -209,13 +193,6 @@ def _convert_tflite(sm_path: Path, out: Path, calibration: Sequence[np.ndarray] 
         ) from exc
     atomic_write_bytes(out, flat)
     return out
-
-
-def tflite_runner(path: Path) -> Any:
-    """A LiteRT signature runner for serve_uint8."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    return Interpreter(model_path=str(path)).get_signature_runner(DEFAULT_SIGNATURE)
 
 
 def _as_numpy(out: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -343,7 +320,6 @@ def export_detector(
             first). A rejected ONNX file or an int8 model beyond tolerance is reported in
             ``warnings``, parity.json and bundle.json instead.
     """
-    from lepton_vision.kinds.classification.export import _signatures_json, _versions
     from lepton_vision.data.preprocess import read_image, to_uint8
 
     t_all = time.perf_counter()
@@ -355,11 +331,9 @@ def export_detector(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     endpoints = build_endpoints(model, input_hw, policy, score_threshold, image_threshold)
-    sm_path = _write_saved_model(model, export_dir, endpoints)
+    sm_path = write_saved_model(model, export_dir, endpoints)
     timings["saved_model"] = round(time.perf_counter() - t, 2)
-    tmp = export_dir / ".model.tmp.keras"
-    model.save(tmp)
-    tmp.replace(export_dir / "model.keras")
+    atomic_save_model(model, export_dir / "model.keras")
 
     def frames(paths: Sequence[str]) -> list[np.ndarray]:
         return [to_uint8(read_image(p, max_pixels), 3, None) for p in paths]
@@ -437,7 +411,7 @@ def export_detector(
                          "worst_image_score_diff_vs_saved_model": parity["onnx"]["worst_image_score_diff"]}
     info = dict(bundle_info)
     bundle = {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "task": info.pop("task"),
         "kind": info.pop("kind", "object_detection"),
         "classes": list(info.pop("classes")),
@@ -457,9 +431,9 @@ def export_detector(
                         if image_threshold is None else ""),
         },
         "default_signature": DEFAULT_SIGNATURE,
-        "signatures": _signatures_json(sm_path),
+        "signatures": signatures_json(sm_path),
         "files": files,
-        "versions": {**_versions(), **info.pop("versions", {})},
+        "versions": {**export_versions(), **info.pop("versions", {})},
         **info,
     }
     if quant is not None:

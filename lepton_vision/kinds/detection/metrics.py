@@ -887,3 +887,45 @@ def val_ap50(dets: list[Detections], gt_boxes: Sequence[np.ndarray], gt_classes:
     outcomes, order = match_detections(data, [(0.5, 0.5)], max_det=max_det)
     ap50, _ = summarize_ap(ap_table(data, outcomes, order, np.ones((1, n))))
     return float(np.nan_to_num(ap50[0], nan=0.0))
+
+
+def paired_bootstrap(run_a: Any, run_b: Any, *, merge_classes: bool = False, n_bootstrap: int = 1000,
+                     seed: int = 0) -> Any:
+    """AP50 (mean over classes, or every class as one with ``merge_classes``) of two runs of the
+    same folds, on the same resamples of images or sequences (:class:`~lepton_vision.evaluate.paired.Paired`)."""
+    import json
+
+    from lepton_vision.config.cards import resolve_run
+    from lepton_vision.evaluate.paired import Paired, read_run_csv
+
+    a, b = run_a.root, run_b.root
+    resolved = resolve_run(run_a)
+    policy = resolved.task.detection
+    names = list(resolved.task.classes)
+    samples = read_run_csv(a, "samples.csv")
+    if merge_classes:
+        samples = samples.assign(classes=[json.dumps([0] * len(json.loads(c))) for c in samples["classes"]])
+        names = ["object"]
+    datas = []
+    for run in (a, b):
+        dets = read_run_csv(run, "oof_detections.csv")
+        if merge_classes:
+            dets = dets.assign(class_id=0)
+        datas.append(prepare(samples, dets, read_run_csv(run, "oof_predictions.csv"), names))
+    matched = [match_detections(d, [(0.5, 0.5)], policy.max_detections) for d in datas]
+
+    def ap50(i: int, w: np.ndarray) -> np.ndarray:
+        out, order = matched[i]
+        return summarize_ap(ap_table(datas[i], out, order, w))[0]
+
+    n = datas[0].n_images
+    point = [float(np.nan_to_num(ap50(i, np.ones((1, n)))[0])) for i in (0, 1)]
+    gid, n_units, unit = resampling_units(datas[0].groups, n)
+    rng = np.random.default_rng(seed)
+    boot: list[list[np.ndarray]] = [[], []]
+    for w in resample_weights(rng, gid, n_units, n_bootstrap):
+        for i in (0, 1):
+            boot[i].append(ap50(i, w.astype(np.float64)))
+    ba = np.concatenate(boot[0]) if boot[0] else np.zeros(0)
+    bb = np.concatenate(boot[1]) if boot[1] else np.zeros(0)
+    return Paired("ap50_merged" if merge_classes else "ap50", point[0], point[1], ba, bb, unit, n_units)

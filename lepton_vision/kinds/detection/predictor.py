@@ -1,4 +1,4 @@
-"""Run an exported object detector on images and videos: the detection twin of :mod:`predictor`.
+"""Run an exported object detector on images and videos.
 
 :class:`DetPredictor` reads ``bundle.json`` (kind ``object_detection``) and calls the exported
 ``serve_uint8`` signature, which letterboxes, decodes, runs NMS and maps boxes back to the
@@ -13,25 +13,33 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any
 
 import cv2
 import numpy as np
 
+from lepton_vision.config.errors import DataError
 from lepton_vision.data import preprocess
-from lepton_vision.config.errors import DataError, ExportError
-from lepton_vision.kinds.classification.predictor import _has_litert, _load_bundle_json
+from lepton_vision.serve.media import (
+    AnnotatedVideoWriter,
+    is_video,
+    iter_video_frames,
+    video_info,
+    write_image_rgb,
+    VIDEO_EXTENSIONS,
+)
+from lepton_vision.serve.predictor import (
+    Backend,
+    BundlePredictor,
+    check_threshold_override,
+    open_runner,
+    read_kind_bundle,
+)
 
 #: Image files a detection bundle reads (DICOM is CT, which detection bundles do not take).
 DET_IMAGE_EXTENSIONS = tuple(preprocess.IMAGE_EXTENSIONS)
-#: Video files read frame by frame with OpenCV.
-VIDEO_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
-_SIGNATURE = "serve_uint8"
-_BACKENDS = ("auto", "saved_model", "tflite", "tflite_int8")
 #: Box colour (RGB) and thickness of annotated output.
 _BOX_RGB = (255, 40, 40)
-
-DetBackend = Literal["auto", "saved_model", "tflite", "tflite_int8"]
 
 
 @dataclass(frozen=True)
@@ -74,18 +82,15 @@ class FrameDetections:
         return self.scores >= np.float32(thr)
 
 
-class DetPredictor:
+class DetPredictor(BundlePredictor):
     """Detects objects with an exported detection bundle (SavedModel or TFLite).
 
-    Build it with :meth:`from_bundle`.
+    Build it with :meth:`from_bundle` (or ``lepton_vision.Predictor.from_bundle``, any kind).
     """
 
     def __init__(self, export_dir: Path, bundle: dict[str, Any], backend: str, runner: Any,
                  score_threshold: float) -> None:
-        self.export_dir = export_dir
-        self.bundle = bundle
-        self.backend = backend
-        self._runner = runner
+        super().__init__(export_dir, bundle, backend, runner)
         self.score_threshold = float(score_threshold)
         self.classes = [str(c) for c in bundle["classes"]]
         thr = bundle.get("image_threshold")
@@ -93,12 +98,12 @@ class DetPredictor:
 
     # ---------------------------------------------------------------------------------------
     @classmethod
-    def from_bundle(cls, export_dir: str | Path, backend: DetBackend = "auto",
+    def from_bundle(cls, export_dir: str | Path, backend: Backend = "auto",
                     score_threshold: float | None = None, num_threads: int | None = None) -> DetPredictor:
         """Load ``export_dir/bundle.json`` and the detector it describes.
 
         Args:
-            export_dir: An export folder written by ``export_detection.export_detector``.
+            export_dir: An export folder written by ``kinds.detection.export.export_detector``.
             backend: "saved_model" (TensorFlow), "tflite" (LiteRT, float32), "tflite_int8"
                 (LiteRT, int8) or "auto": float TFLite when model.tflite exists and
                 ai_edge_litert is installed, else the SavedModel.
@@ -110,53 +115,11 @@ class DetPredictor:
                 lacks the requested model file.
         """
         export_dir = Path(export_dir)
-        bundle = _read_det_bundle(export_dir)
-        if backend not in _BACKENDS:
-            raise ExportError(f"backend must be one of {', '.join(_BACKENDS)}. Got {backend!r}.",
-                              file=str(export_dir))
-        files = bundle.get("files", {})
-        tfl = {name: export_dir / files.get(name, {}).get("path", default)
-               for name, default in (("tflite", "model.tflite"), ("tflite_int8", "model_int8.tflite"))}
-        sm_path = export_dir / files.get("saved_model", {}).get("path", "saved_model")
-        if backend == "auto":
-            backend = "tflite" if tfl["tflite"].is_file() and _has_litert() else "saved_model"
-        if backend in tfl:
-            path = tfl[backend]
-            if not path.is_file():
-                raise ExportError(
-                    f"backend '{backend}' needs {path.name}, which is missing. Got files "
-                    f"{sorted(p.name for p in export_dir.iterdir())}. Re-export with 'tflite' in "
-                    "export.formats or use backend='saved_model'.",
-                    file=str(export_dir),
-                )
-            from ai_edge_litert.interpreter import Interpreter
-
-            runner = Interpreter(model_path=str(path), num_threads=num_threads).get_signature_runner(_SIGNATURE)
-        else:
-            if not (sm_path / "saved_model.pb").is_file():
-                raise ExportError(f"no SavedModel at {sm_path}. Re-run 'lepton-vision export'.",
-                                  file=str(export_dir))
-            import tensorflow as tf
-
-            runner = tf.saved_model.load(str(sm_path)).signatures[_SIGNATURE]
-        if score_threshold is None:
-            score_threshold = float(bundle["score_threshold"])
-        elif not 0.0 <= float(score_threshold) <= 1.0:
-            raise ExportError(f"score threshold override must be in [0, 1]. Got {score_threshold}.",
-                              file=str(export_dir))
-        return cls(export_dir, bundle, backend, runner, float(score_threshold))
-
-    # ---------------------------------------------------------------------------------------
-    def run_uint8(self, img: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw outputs of serve_uint8 for a uint8 H x W x 3 RGB frame (numpy arrays)."""
-        img = np.ascontiguousarray(img, dtype=np.uint8)
-        if self.backend.startswith("tflite"):
-            out = self._runner(image=img)
-        else:
-            import tensorflow as tf
-
-            out = self._runner(image=tf.constant(img))
-        return {k: np.asarray(v) for k, v in out.items()}
+        bundle = read_kind_bundle(export_dir, "object_detection", ("classes", "score_threshold", "input"))
+        backend, runner = open_runner(export_dir, bundle, backend, num_threads)
+        score_threshold = (float(bundle["score_threshold"]) if score_threshold is None
+                           else check_threshold_override(score_threshold, "score threshold", export_dir))
+        return cls(export_dir, bundle, backend, runner, score_threshold)
 
     def predict_array(self, img: np.ndarray, *, path: str | None = None,
                       frame: int | None = None) -> FrameDetections:
@@ -225,21 +188,6 @@ class DetPredictor:
             return self.predict_file(image_or_path)
         return self.predict_array(image_or_path)
 
-    def predict_many(self, paths: Iterable[str | Path]) -> list[FrameDetections]:
-        """Detect objects in several files, in order."""
-        return [self.predict_file(p) for p in paths]
-
-    def iter_folder(self, folder: str | Path, recursive: bool = False) -> Iterator[FrameDetections]:
-        """Detect objects in every image of a folder, in sorted path order.
-
-        Raises:
-            DataError: The folder does not exist.
-        """
-        from lepton_vision.kinds.classification.predictor import list_images
-
-        for p in list_images(folder, recursive=recursive):
-            yield self.predict_file(p)
-
     def iter_video(self, path: str | Path, stride: int = 1) -> Iterator[FrameDetections]:
         """Detect objects in every ``stride``-th frame of a video, in order.
 
@@ -252,11 +200,6 @@ class DetPredictor:
 
 # -------------------------------------------------------------------------------------------
 # Input files
-
-
-def is_video(path: str | Path) -> bool:
-    """Whether ``path`` has a video extension (:data:`VIDEO_EXTENSIONS`)."""
-    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -273,62 +216,6 @@ def read_rgb(path: str | Path) -> np.ndarray:
             file=str(path),
         )
     return preprocess.to_uint8(raw, 3, None)
-
-
-def iter_video_frames(path: str | Path, stride: int = 1,
-                      max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Decode a video with OpenCV: (frame index, uint8 H x W x 3 RGB) for every stride-th frame.
-
-    Args:
-        path: Video file (anything the OpenCV build's FFmpeg backend reads).
-        stride: Keep frames 0, stride, 2*stride, ...
-        max_frames: Stop after yielding this many frames.
-
-    Raises:
-        DataError: Missing file, a file OpenCV cannot open, or no decodable frame.
-    """
-    path = Path(path)
-    if stride < 1:
-        raise DataError(f"video stride must be >= 1. Got {stride}.", file=str(path))
-    if not path.is_file():
-        raise DataError("file not found; expected a video", file=str(path))
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            raise DataError(
-                "cannot open the file as a video (corrupt, or a codec this OpenCV build lacks). "
-                f"Expected a readable {', '.join(VIDEO_EXTENSIONS)} file; re-encode it, e.g. "
-                "`ffmpeg -i IN -c:v libx264 OUT.mp4`.",
-                file=str(path),
-            )
-        index = yielded = 0
-        while max_frames is None or yielded < max_frames:
-            ok, bgr = cap.read()
-            if not ok or bgr is None:
-                break
-            if index % stride == 0:
-                yield index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # OpenCV decodes to BGR
-                yielded += 1
-            index += 1
-        if index == 0:
-            raise DataError(
-                "the video has no decodable frame (empty, truncated or an unsupported codec). "
-                "Re-encode it, e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`.",
-                file=str(path),
-            )
-    finally:
-        cap.release()
-
-
-def video_info(path: str | Path) -> tuple[int, float]:
-    """(frame count as the container reports it, 0 when unknown; frames per second, 0 when unknown)."""
-    cap = cv2.VideoCapture(str(path))
-    try:
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
-        fps = float(cap.get(cv2.CAP_PROP_FPS)) if cap.isOpened() else 0.0
-    finally:
-        cap.release()
-    return max(n, 0), fps if fps > 0 else 0.0
 
 
 def collect_inputs(items: Iterable[str | Path]) -> list[Path]:
@@ -441,92 +328,6 @@ def draw_detections(img: np.ndarray, det: FrameDetections, class_names: list[str
         cv2.putText(out, label, (tx + 1, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1,
                     cv2.LINE_AA)
     return out
-
-
-def write_image_rgb(path: str | Path, rgb: np.ndarray) -> Path:
-    """Write a uint8 RGB image (format from the extension) atomically."""
-    from lepton_vision.runio import atomic_write_bytes
-
-    path = Path(path)
-    ok, buf = cv2.imencode(path.suffix or ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise DataError(f"OpenCV cannot encode an image as '{path.suffix}'. Use .png or .jpg.", file=str(path))
-    atomic_write_bytes(path, buf.tobytes())
-    return path
-
-
-#: (suffix, fourcc) tried in order by :class:`AnnotatedVideoWriter` by default.
-VIDEO_CODECS = ((".mp4", "mp4v"), (".avi", "MJPG"))
-#: Codecs a web browser plays (VP8 WebM; OpenCV's pip wheels cannot write H.264), then the default.
-BROWSER_VIDEO_CODECS = ((".webm", "VP80"), *VIDEO_CODECS)
-
-
-class AnnotatedVideoWriter:
-    """Writes RGB frames to ``<stem>.mp4`` (mp4v), or ``<stem>.avi`` (MJPG) when mp4v cannot open.
-
-    The frame size is taken from the first frame. Use as a context manager; ``path`` is the
-    file actually written. ``codecs`` replaces the (suffix, fourcc) pairs tried, e.g.
-    :data:`BROWSER_VIDEO_CODECS` for a file a browser can play.
-    """
-
-    def __init__(self, path_without_suffix: str | Path, fps: float,
-                 codecs: Sequence[tuple[str, str]] = VIDEO_CODECS) -> None:
-        self._base = Path(path_without_suffix)
-        self.fps = fps if fps > 0 else 10.0
-        self.codecs = tuple(codecs)
-        self.path: Path | None = None
-        self._writer: Any = None
-
-    def _open(self, w: int, h: int) -> None:
-        self._base.parent.mkdir(parents=True, exist_ok=True)
-        for suffix, fourcc in self.codecs:
-            path = self._base.with_name(self._base.name + suffix)
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), self.fps, (w, h))
-            if writer.isOpened():
-                self._writer, self.path = writer, path
-                return
-            writer.release()
-            path.unlink(missing_ok=True)
-        tried = ", ".join(f"{fourcc} {suffix}" for suffix, fourcc in self.codecs)
-        raise DataError(f"OpenCV can write none of {tried} here; drop --annotate for videos.",
-                        file=str(self._base))
-
-    def write(self, rgb: np.ndarray) -> None:
-        """Append one uint8 RGB frame."""
-        if self._writer is None:
-            self._open(rgb.shape[1], rgb.shape[0])
-        self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-
-    def close(self) -> None:
-        """Finish the file."""
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-# -------------------------------------------------------------------------------------------
-
-
-def _read_det_bundle(export_dir: Path) -> dict[str, Any]:
-    bundle = _load_bundle_json(export_dir)
-    path = export_dir / "bundle.json"
-    kind = bundle.get("kind", "binary_classification")
-    if kind != "object_detection":
-        raise ExportError(
-            f"this is a '{kind}' bundle, not an object detector. Load it with "
-            "lepton_vision.kinds.classification.predictor.Predictor.from_bundle.",
-            file=str(path),
-        )
-    missing = [k for k in ("classes", "score_threshold", "input") if k not in bundle]
-    if missing:
-        raise ExportError(f"bundle lacks {missing}. Re-run the export.", file=str(path))
-    return bundle
 
 
 # -------------------------------------------------------------------------------------------
@@ -674,3 +475,33 @@ def predict_paths(
             summaries.append(s)
             say(s.line(predictor.score_threshold))
     return results, summaries
+
+
+def predict_files(export_dir: Path, inputs: list[Path], *, out: Path, backend: str = "saved_model",
+                  threshold: float | None = None, keep_all: bool = False, annotate: Path | None = None,
+                  video_stride: int | None = None) -> str:
+    """``lepton-vision predict`` for a detection export: images, folders and videos into COCO
+    results JSON (and annotated pictures and videos with ``annotate``); returns the summary line.
+
+    Raises:
+        LeptonError: A bad stride, a missing or unsupported path.
+    """
+    from lepton_vision.config.errors import LeptonError
+    from lepton_vision.runio import atomic_write_json
+
+    stride = 1 if video_stride is None else video_stride
+    if stride < 1:
+        raise LeptonError(f"--video-stride must be >= 1. Got {stride}.")
+    paths = collect_inputs(inputs)  # before loading the model: bad paths fail in a second
+    p = DetPredictor.from_bundle(export_dir, backend=backend, score_threshold=threshold)
+    results, summaries = predict_paths(p, paths, keep_all=keep_all, video_stride=stride, annotate_dir=annotate)
+    atomic_write_json(out, results)
+    n_img = sum(s.kind == "image" for s in summaries)
+    videos = [s for s in summaries if s.kind == "video"]
+    frames = sum(s.frames for s in summaries)
+    boxes = sum(s.boxes for s in summaries)
+    with_boxes = sum(s.frames_with_boxes for s in summaries)
+    kept = "every box (--all)" if keep_all else f"boxes with score >= {p.score_threshold:.4g}"
+    return (f"{n_img} images, {len(videos)} videos ({sum(s.frames for s in videos)} frames): {boxes} boxes at "
+            f"score >= {p.score_threshold:.4g} in {with_boxes} of {frames} frames; wrote {len(results)} "
+            f"detections ({kept}) to {out}" + (f"; annotated output in {annotate}" if annotate else ""))

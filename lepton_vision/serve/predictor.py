@@ -1,0 +1,160 @@
+"""What every kind's Predictor shares: open an export's model (SavedModel or LiteRT) and call it.
+
+A predictor reads ``bundle.json`` (:func:`lepton_vision.export.bundle.load_bundle_json`), opens the
+``serve_uint8`` signature of the backend asked for (:func:`open_runner`) and hands it uint8
+images; the kind's predictor (``kinds/<kind>/predictor.py``) decodes files the way training did
+and turns the outputs into its typed results. The Predictor imports no training code; TensorFlow
+or LiteRT are imported only when a bundle is opened.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from lepton_vision.config.errors import DataError, ExportError
+from lepton_vision.data import preprocess
+from lepton_vision.export.bundle import DEFAULT_SIGNATURE, SAVED_MODEL_DIR, TFLITE_FILE, TFLITE_INT8_FILE, load_bundle_json
+
+#: File extensions :meth:`BundlePredictor.iter_folder` reads.
+PREDICT_EXTENSIONS = tuple(preprocess.IMAGE_EXTENSIONS) + tuple(preprocess.DICOM_EXTENSIONS)
+
+Backend = Literal["auto", "saved_model", "tflite", "tflite_int8"]
+BACKENDS = ("auto", "saved_model", "tflite", "tflite_int8")
+
+
+def has_litert() -> bool:
+    """Whether the LiteRT interpreter (``ai_edge_litert``) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("ai_edge_litert") is not None
+
+
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Image files (PNG/JPEG/BMP/TIFF/DICOM) in a folder, sorted.
+
+    Raises:
+        DataError: The folder does not exist.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError("folder not found; expected a folder of images", file=str(folder))
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in PREDICT_EXTENSIONS)
+
+
+def read_kind_bundle(export_dir: Path, kind: str, required: tuple[str, ...]) -> dict[str, Any]:
+    """bundle.json of an export of ``kind`` holding the ``required`` keys.
+
+    Raises:
+        ExportError: Not a finished export, another kind, or a key is missing.
+    """
+    bundle = load_bundle_json(export_dir)
+    path = export_dir / "bundle.json"
+    found = bundle.get("kind", "binary_classification")
+    if found != kind:
+        raise ExportError(
+            f"this is a '{found}' bundle, not a '{kind}' one. Open it with lepton_vision.Predictor.from_bundle, "
+            "which picks the predictor of the bundle's kind.",
+            file=str(path),
+        )
+    missing = [k for k in required if k not in bundle]
+    if missing:
+        raise ExportError(f"bundle lacks {missing}. Re-run the export.", file=str(path))
+    return bundle
+
+
+def open_runner(export_dir: Path, bundle: dict[str, Any], backend: str, num_threads: int | None) -> tuple[str, Any]:
+    """(backend, signature runner) of ``serve_uint8`` in an export.
+
+    ``backend``: "tflite" (LiteRT, float32), "tflite_int8" (LiteRT, int8), "saved_model"
+    (TensorFlow) or "auto": float TFLite when model.tflite exists and ai_edge_litert is installed,
+    else the SavedModel.
+
+    Raises:
+        ExportError: An unknown backend, or the file it needs is missing.
+    """
+    if backend not in BACKENDS:
+        raise ExportError(f"backend must be one of {', '.join(BACKENDS)}. Got {backend!r}.", file=str(export_dir))
+    files = bundle.get("files", {})
+    tfl = {name: export_dir / files.get(name, {}).get("path", default)
+           for name, default in (("tflite", TFLITE_FILE), ("tflite_int8", TFLITE_INT8_FILE))}
+    sm_path = export_dir / files.get("saved_model", {}).get("path", SAVED_MODEL_DIR)
+    if backend == "auto":
+        backend = "tflite" if tfl["tflite"].is_file() and has_litert() else "saved_model"
+    if backend in tfl:
+        path = tfl[backend]
+        if not path.is_file():
+            raise ExportError(
+                f"backend '{backend}' needs {path.name}, which is missing. Got files "
+                f"{sorted(p.name for p in export_dir.iterdir())}. Re-export with "
+                f"'lepton-vision export RUN --format {backend}' or use backend='saved_model'.",
+                file=str(export_dir),
+            )
+        from lepton_vision.export.bundle import tflite_runner
+
+        return backend, tflite_runner(path, num_threads=num_threads)
+    if not (sm_path / "saved_model.pb").is_file():
+        raise ExportError(f"no SavedModel at {sm_path}. Re-run 'lepton-vision export'.", file=str(export_dir))
+    import tensorflow as tf
+
+    return backend, tf.saved_model.load(str(sm_path)).signatures[DEFAULT_SIGNATURE]
+
+
+def check_threshold_override(value: float, what: str, export_dir: Path) -> float:
+    """An override of a bundle threshold, checked to lie in [0, 1].
+
+    Raises:
+        ExportError: Outside [0, 1].
+    """
+    if not 0.0 <= float(value) <= 1.0:
+        raise ExportError(f"{what} override must be in [0, 1]. Got {value}.", file=str(export_dir))
+    return float(value)
+
+
+class BundlePredictor(ABC):
+    """The part of every kind's predictor that only calls the model.
+
+    Attributes:
+        export_dir: The export folder.
+        bundle: Its bundle.json.
+        backend: "saved_model", "tflite" or "tflite_int8" (never "auto" once open).
+    """
+
+    def __init__(self, export_dir: Path, bundle: dict[str, Any], backend: str, runner: Any) -> None:
+        self.export_dir = export_dir
+        self.bundle = bundle
+        self.backend = backend
+        self._runner = runner
+
+    def run_uint8(self, img: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw outputs of ``serve_uint8`` for one uint8 H x W x C image (numpy arrays)."""
+        img = np.ascontiguousarray(img, dtype=np.uint8)
+        if self.backend.startswith("tflite"):
+            out = self._runner(image=img)
+        else:
+            import tensorflow as tf
+
+            out = self._runner(image=tf.constant(img))
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    @abstractmethod
+    def predict(self, image_or_path: str | Path | np.ndarray) -> Any:
+        """One image: a file path or an array (the kind's result type)."""
+
+    def predict_many(self, paths: Iterable[str | Path]) -> list[Any]:
+        """Several files, in order."""
+        return [self.predict(p) for p in paths]
+
+    def iter_folder(self, folder: str | Path, recursive: bool = False) -> Iterator[Any]:
+        """Every supported image in a folder, in sorted path order.
+
+        Raises:
+            DataError: The folder does not exist.
+        """
+        for p in list_images(folder, recursive=recursive):
+            yield self.predict(p)
