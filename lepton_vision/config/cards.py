@@ -324,6 +324,7 @@ def generated_root() -> Path:
 
 
 def find_card(ref: str, folder: str, filename: str, root: Path, referrer: str) -> Path:
+    """A card file by name (``<root>/<folder>/<ref>/<filename>``) or path, or a CardError naming the referrer and listing the known cards."""
     p = Path(ref)
     if p.suffix in (".yaml", ".yml"):
         if p.is_file():

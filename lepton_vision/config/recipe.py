@@ -29,6 +29,15 @@ from lepton_vision.config.yamlfile import YamlDoc, load_yaml, load_yaml_text, re
 
 SCHEMA_VERSION = 1
 
+#: Every backbone a recipe may name (``model.backbone``); the factories are in
+#: :mod:`lepton_vision.models.backbones`, which checks it builds exactly these.
+BACKBONE_NAMES: tuple[str, ...] = (
+    "small_cnn",
+    "mobilenet_v3_small",
+    "mobilenet_v2",
+    "efficientnet_b0",
+)
+
 #: HU windows (level, width) for CT. Lung is the default for chest screening.
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "lung": (-600.0, 1500.0),
@@ -199,8 +208,6 @@ class ModelSpec(StrictModel):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, v: str) -> str:
-        from lepton_vision.models.backbones import BACKBONE_NAMES
-
         if v not in BACKBONE_NAMES:
             raise ValueError(
                 f"unknown backbone '{v}'.{did_you_mean(v, BACKBONE_NAMES)} "

@@ -46,6 +46,7 @@ def fold_bookkeeping(run: RunDir, k_total: int, tracker: Any, key: str, label: s
 
 
 def read_history(fdir: Path) -> pd.DataFrame:
+    """A fold's history.csv (an empty frame when the fold wrote none)."""
     path = fdir / "history.csv"
     return pd.read_csv(path) if path.is_file() else pd.DataFrame()
 

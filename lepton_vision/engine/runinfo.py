@@ -96,6 +96,7 @@ def start_info(run_root: Path) -> dict[str, Any]:
 
 
 def run_info(resolved: Resolved, fingerprint: str, t_start: float) -> dict[str, Any]:
+    """run.json: where the recipe and cards are, hashes, seed, data fingerprint, start time, versions."""
     return {
         "recipe_path": str(resolved.recipe_path.resolve()),
         "task_card": str(resolved.task_path.resolve()),
@@ -113,6 +114,7 @@ def run_info(resolved: Resolved, fingerprint: str, t_start: float) -> dict[str, 
 
 def report_info(resolved: Resolved, data_report: dict[str, Any], folds: pd.DataFrame,
                  info: dict[str, Any], run: RunDir) -> dict[str, Any]:
+    """What report.html shows besides the metrics: title, data report, fold table, versions, recipe, timings, export, start point."""
     from lepton_vision.data.folds import fold_summary
 
     return {

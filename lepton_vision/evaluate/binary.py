@@ -48,6 +48,7 @@ MAX_CURVE_POINTS = 200
 
 
 def as_arrays(labels: Any, scores: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels int64, scores float64) as 1-D arrays, or a DataError naming ``where`` (bad labels, NaN scores, length mismatch)."""
     y = np.asarray(labels)
     s = np.asarray(scores, dtype=np.float64)
     if y.ndim != 1 or s.ndim != 1 or len(y) != len(s):
@@ -71,6 +72,7 @@ def as_arrays(labels: Any, scores: Any, where: str) -> tuple[np.ndarray, np.ndar
 
 
 def require_both_classes(y: np.ndarray, where: str) -> None:
+    """Raise a DataError naming ``where`` unless ``y`` holds both classes (AUC is never recorded as 0 or NaN)."""
     n_pos = int(y.sum())
     n_neg = int(len(y) - n_pos)
     if n_pos == 0 or n_neg == 0:
@@ -260,6 +262,7 @@ OOF_COLUMNS = ("label", "fold", "score")
 
 
 def check_oof(oof: pd.DataFrame, file: str = "oof_predictions.csv") -> None:
+    """Raise a DataError naming the file and lines when an out-of-fold table lacks label/fold/score or has empty values."""
     missing = [c for c in OOF_COLUMNS if c not in oof.columns]
     if missing:
         raise DataError(
@@ -276,6 +279,7 @@ def check_oof(oof: pd.DataFrame, file: str = "oof_predictions.csv") -> None:
 
 
 def downsample(x: np.ndarray, y: np.ndarray, k: int = MAX_CURVE_POINTS) -> tuple[list[float], list[float]]:
+    """A curve as two lists of at most ``k`` points (evenly spaced indices, 5 decimals), small enough for metrics.json."""
     if len(x) > k:
         idx = np.unique(np.linspace(0, len(x) - 1, k).round().astype(np.int64))
         x, y = x[idx], y[idx]
@@ -283,6 +287,7 @@ def downsample(x: np.ndarray, y: np.ndarray, k: int = MAX_CURVE_POINTS) -> tuple
 
 
 def curves(y: np.ndarray, s: np.ndarray) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """The ROC and precision-recall curves of (labels, scores), downsampled."""
     from sklearn.metrics import precision_recall_curve, roc_curve
 
     fpr, tpr, _ = roc_curve(y, s)

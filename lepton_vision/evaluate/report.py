@@ -33,6 +33,7 @@ def figure(width: float = 6.0, height: float = 5.0) -> Any:
 
 
 def save_png(fig: Any, path: Path) -> bytes:
+    """Write a figure as PNG (atomically) and return its bytes for embedding."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     data = buf.getvalue()
@@ -54,10 +55,12 @@ pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:.85em}.note{color:#
 
 
 def escape(value: Any) -> str:
+    """HTML-escaped text (quotes too)."""
     return html.escape(str(value), quote=True)
 
 
 def number(v: Any, digits: int = 3) -> str:
+    """A number for a table cell: ints as ints, floats with ``digits`` decimals."""
     if isinstance(v, (bool, np.bool_)):
         return str(v)
     if isinstance(v, (int, np.integer)):
@@ -68,6 +71,7 @@ def number(v: Any, digits: int = 3) -> str:
 
 
 def html_table(headers: list[str], rows: list[list[Any]], numeric_from: int = 1, row_class: dict[int, str] | None = None) -> str:
+    """An HTML table; cells from column ``numeric_from`` on are right-aligned numbers, ``row_class`` marks rows."""
     out = ["<table><thead><tr>", *(f"<th>{escape(h)}</th>" for h in headers), "</tr></thead><tbody>"]
     for i, row in enumerate(rows):
         cls = f' class="{row_class[i]}"' if row_class and i in row_class else ""
@@ -156,6 +160,7 @@ def render_value(value: Any) -> str:
 
 
 def render_plain(v: Any, limit: int = 20) -> str:
+    """A value as one line of text (lists cut after ``limit`` items)."""
     if isinstance(v, float):
         return number(v)
     if isinstance(v, (list, tuple)):
@@ -184,6 +189,7 @@ def data_section(data: dict[str, Any]) -> str:
 
 
 def img_html(name: str, data: bytes, caption: str) -> str:
+    """A PNG embedded as a base64 data URI in a captioned figure."""
     b64 = base64.b64encode(data).decode("ascii")
     return (f'<figure><img src="data:image/png;base64,{b64}" alt="{escape(name)}">'
             f"<figcaption>{escape(caption)}</figcaption></figure>")

@@ -5,6 +5,9 @@ TFLite float model, which matches Keras to rounding), and the metric change is r
 ``parity.json``, ``bundle.json`` and the report. Beyond ``export.int8_max_drop`` the run warns
 and the bundle marks the file ``recommended: false``.
 
+How the change is measured is the kind's (ROC AUC for a classifier, AP50 for a detector);
+this module picks the images and gives the verdict.
+
 The images are held out from the exported model where the run has such images (``final.mode:
 best_fold``: that fold's validation images); after a refit on all data they are a slice of the
 training data, and the bundle says so: then the *change* is the figure, not the level.
@@ -17,7 +20,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 
@@ -61,78 +63,3 @@ def verdict(change: dict[str, Any], max_drop: float) -> dict[str, Any]:
     }
 
 
-def classification_change(labels: Any, float_scores: Any, int8_scores: Any,
-                          threshold: float) -> dict[str, Any]:
-    """ROC AUC and F1 at the exported threshold, float32 vs int8, on the same images."""
-    from sklearn.metrics import f1_score, roc_auc_score
-
-    y = np.asarray(labels, dtype=int)
-    f = np.asarray(float_scores, dtype=np.float64)
-    q = np.asarray(int8_scores, dtype=np.float64)
-    both = len(np.unique(y)) == 2
-    auc_f = float(roc_auc_score(y, f)) if both else None
-    auc_q = float(roc_auc_score(y, q)) if both else None
-    out = {
-        "metric": "roc_auc",
-        "n": int(len(y)),
-        "n_positive": int(y.sum()),
-        "float": auc_f,
-        "int8": auc_q,
-        "drop": None if auc_f is None else auc_f - auc_q,
-        "f1_float": float(f1_score(y, f >= threshold, zero_division=0)),
-        "f1_int8": float(f1_score(y, q >= threshold, zero_division=0)),
-        "decision_agreement": float(np.mean((f >= threshold) == (q >= threshold))),
-        "max_abs_score_diff": float(np.max(np.abs(f - q))),
-        "median_abs_score_diff": float(np.median(np.abs(f - q))),
-    }
-    if not both:
-        out["why"] = f"only class {int(y[0]) if len(y) else '-'} among the images"
-    return out
-
-
-def _detection_tables(rows: pd.DataFrame, outputs: list[dict[str, np.ndarray]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    dets, images = [], []
-    for sid, label, out in zip(rows["sample_id"].astype(str), rows["label"], outputs):
-        scores = np.asarray(out["scores"], np.float64).reshape(-1)
-        keep = scores > 0.0  # padding rows have score 0 and class -1
-        b = np.asarray(out["boxes"], np.float64).reshape(-1, 4)[keep]
-        c = np.asarray(out["classes"]).reshape(-1)[keep]
-        for (x1, y1, x2, y2), k, s in zip(b, c, scores[keep]):
-            dets.append((sid, 0, int(k), float(s), x1, y1, x2, y2))
-        images.append((sid, 0, int(label), float(np.asarray(out["image_score"]).reshape(-1)[0])))
-    from lepton_vision.kinds.detection.metrics import DET_COLUMNS, IMAGE_COLUMNS
-
-    return pd.DataFrame(dets, columns=list(DET_COLUMNS)), pd.DataFrame(images, columns=list(IMAGE_COLUMNS))
-
-
-def detection_change(rows: pd.DataFrame, float_outputs: list[dict[str, np.ndarray]],
-                     int8_outputs: list[dict[str, np.ndarray]], class_names: list[str],
-                     max_det: int) -> dict[str, Any]:
-    """AP50 and AP50:95 (pycocotools) of the float32 and int8 exports on the same frames.
-
-    Args:
-        rows: Sample-table rows (``sample_id``, ``label``, ``boxes``, ``classes``, ``ignore``) in
-            the order of the outputs; boxes in original pixels, like the exports' outputs.
-        float_outputs, int8_outputs: ``serve_uint8`` outputs per frame.
-    """
-    from lepton_vision.kinds.detection.metrics import coco_eval, prepare
-
-    samples = rows.reset_index(drop=True)
-    res = {}
-    for name, outs in (("float", float_outputs), ("int8", int8_outputs)):
-        dets, images = _detection_tables(samples, outs)
-        ev = coco_eval(prepare(samples, dets, images, class_names), max_det)
-        res[name] = ev
-    f, q = res["float"]["ap50"], res["int8"]["ap50"]
-    out: dict[str, Any] = {
-        "metric": "ap50",
-        "n": int(len(samples)),
-        "float": f,
-        "int8": q,
-        "drop": None if f is None or q is None else f - q,
-        "ap50_95_float": res["float"]["ap50_95"],
-        "ap50_95_int8": res["int8"]["ap50_95"],
-    }
-    if f is None:
-        out["why"] = "no ground-truth boxes among the frames"
-    return out

@@ -18,14 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from lepton_vision.config.errors import RecipeError, did_you_mean, format_choices
+from lepton_vision.config.recipe import BACKBONE_NAMES
 
-#: Every backbone a recipe may name. Factories live below and import Keras lazily.
-BACKBONE_NAMES: tuple[str, ...] = (
-    "small_cnn",
-    "mobilenet_v3_small",
-    "mobilenet_v2",
-    "efficientnet_b0",
-)
 
 #: Names of the layers this module adds around a backbone. They are excluded when weights are
 #: matched to "the backbone part" of a model.

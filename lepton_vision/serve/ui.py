@@ -96,6 +96,7 @@ def user_error(message: str, title: str = "Error") -> gr.Error:
 
 
 def too_big(name: str, w: int, h: int, limit: int) -> gr.Error:
+    """The error for an image over the demo's pixel limit."""
     return user_error(f"{name} is {w}×{h} = {w * h:,} pixels; this demo takes images of at most "
                     f"{limit:,} pixels. Downscale it and upload it again.", title="Image too large")
 
@@ -122,6 +123,7 @@ def header_size(path: Path) -> tuple[int, int] | None:
 
 def check_suffix(path: Path, name: str, allowed: Sequence[str], what: str,
                   allow_dicom_magic: bool = False) -> None:
+    """Refuse a file whose extension is not in ``allowed`` (DICOM recognised by its magic bytes when allowed)."""
     suffix = Path(name).suffix.lower() or path.suffix.lower()
     if suffix in allowed:
         return
@@ -203,6 +205,7 @@ def with_friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def fmt(v: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals, or '–' when missing or not finite."""
     return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{float(v):.{digits}f}"
 
 
@@ -214,6 +217,7 @@ def ci_text(lo_hi: Any) -> str:
 
 
 def policy_text(policy: Any) -> str:
+    """A bundle's threshold policy in words (``min_sensitivity 0.95``)."""
     if not isinstance(policy, dict):
         return str(policy) if policy else "not recorded"
     name = str(policy.get("policy", "?"))
@@ -222,6 +226,7 @@ def policy_text(policy: Any) -> str:
 
 
 def int8_text(bundle: dict[str, Any]) -> str:
+    """The int8 file's recommendation and measured metric change, for the model card."""
     q = bundle.get("files", {}).get("tflite_int8")
     if not q:
         return "no int8 file in this export."
@@ -234,6 +239,7 @@ def int8_text(bundle: dict[str, Any]) -> str:
 
 
 def backend_text(predictor: Any) -> str:
+    """The runtime and file a predictor serves from (``LiteRT float32 (`model.tflite`)``)."""
     files = predictor.bundle.get("files", {})
     name = {"saved_model": files.get("saved_model", {}).get("path", "saved_model"),
             "tflite": files.get("tflite", {}).get("path", "model.tflite"),
@@ -294,6 +300,7 @@ def card_markdown(bundle: dict[str, Any], kind_lines: list[str], backend_text: s
 
 
 def safe_name(text: str) -> str:
+    """``text`` reduced to characters safe in a file name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "sample"
 
 
@@ -347,6 +354,7 @@ def stage_examples(items: Sequence[tuple[str, Path] | str | Path], into: Path) -
 
 
 def work_dir(owner: object, work_dir: str | Path | None) -> Path:
+    """``work_dir`` (created), or a temp folder removed when ``owner`` is garbage-collected."""
     if work_dir is not None:
         path = Path(work_dir)
         path.mkdir(parents=True, exist_ok=True)

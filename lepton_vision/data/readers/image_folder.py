@@ -44,6 +44,7 @@ class Listing:
 
 
 def class_dirs(ds_dir: Path, classes: list[str]) -> list[Path]:
+    """The class folders ``<ds_dir>/<class>`` of a folder dataset, in class order, or a DataError naming the missing ones."""
     found = sorted(p.name for p in ds_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     problems = [
         Problem(

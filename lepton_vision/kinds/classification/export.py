@@ -512,7 +512,8 @@ def _int8_check(model: Any, int8_path: Path, parity_images: list[np.ndarray],
                 temperature: float | None, max_drop: float) -> dict[str, Any]:
     """Re-score labelled images through the int8 file and the float model: the metric change."""
     from lepton_vision.data import preprocess
-    from lepton_vision.export.quantization import classification_change, verdict
+    from lepton_vision.export.quantization import verdict
+    from lepton_vision.kinds.classification.metrics import classification_change
 
     if quant_eval is None:  # no labels given: score agreement on the parity images only
         images, labels = parity_images, None

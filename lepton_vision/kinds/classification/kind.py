@@ -59,7 +59,7 @@ def fit_fold_task(shared: dict[str, Any], k: int, fdir: Path) -> dict[str, Any]:
     t0 = time.time()
     with strategy.scope():
         result = fit_fold(
-            fold_model_builder(resolved, KIND, recipe.seed + k), images[tr], labels[tr], images[va], labels[va],
+            fold_model_builder(resolved, build_model, recipe.seed + k), images[tr], labels[tr], images[va], labels[va],
             fit_recipe, fdir, fold_label=f"fold {k + 1}/{recipe.cv.n_splits}",
         )
     scores = predict_scores(result.model, images[va], fit_recipe.train.batch_size)
@@ -179,7 +179,7 @@ class ClassificationKind:
         t = recipe.train
         device, strategy = configure_devices(recipe.seed + 1000, t.strategy, t.threads, t.mixed_precision)
         with strategy.scope():
-            return fit_final(fold_model_builder(resolved, KIND, recipe.seed + 1000), data["images"], data["labels"],
+            return fit_final(fold_model_builder(resolved, build_model, recipe.seed + 1000), data["images"], data["labels"],
                              recipe_for_replicas(recipe, device["replicas"]), run.final_dir, epochs)
 
     def export(self, resolved: Resolved, run: RunDir, model: Any, table: pd.DataFrame, metrics: dict[str, Any],

@@ -694,3 +694,32 @@ __all__ = [
     "read_oof",
     "rescore",
 ]
+
+
+def classification_change(labels: Any, float_scores: Any, int8_scores: Any,
+                          threshold: float) -> dict[str, Any]:
+    """ROC AUC and F1 at the exported threshold, float32 vs int8, on the same images."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    y = np.asarray(labels, dtype=int)
+    f = np.asarray(float_scores, dtype=np.float64)
+    q = np.asarray(int8_scores, dtype=np.float64)
+    both = len(np.unique(y)) == 2
+    auc_f = float(roc_auc_score(y, f)) if both else None
+    auc_q = float(roc_auc_score(y, q)) if both else None
+    out = {
+        "metric": "roc_auc",
+        "n": int(len(y)),
+        "n_positive": int(y.sum()),
+        "float": auc_f,
+        "int8": auc_q,
+        "drop": None if auc_f is None else auc_f - auc_q,
+        "f1_float": float(f1_score(y, f >= threshold, zero_division=0)),
+        "f1_int8": float(f1_score(y, q >= threshold, zero_division=0)),
+        "decision_agreement": float(np.mean((f >= threshold) == (q >= threshold))),
+        "max_abs_score_diff": float(np.max(np.abs(f - q))),
+        "median_abs_score_diff": float(np.median(np.abs(f - q))),
+    }
+    if not both:
+        out["why"] = f"only class {int(y[0]) if len(y) else '-'} among the images"
+    return out

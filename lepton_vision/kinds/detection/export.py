@@ -468,7 +468,8 @@ def _int8_check(tfl: dict[str, Path], rows: Any, evaluated_on: str, class_names:
                 max_drop: float, max_pixels: int) -> dict[str, Any]:
     """AP50 of TFLite float32 vs int8 on labelled frames (boxes in original pixels)."""
     from lepton_vision.data.preprocess import read_image, to_uint8
-    from lepton_vision.export.quantization import detection_change, verdict
+    from lepton_vision.export.quantization import verdict
+    from lepton_vision.kinds.detection.metrics import detection_change
 
     runners = {k: tflite_runner(tfl[k]) for k in ("tflite", "tflite_int8")}
     outs: dict[str, list[dict[str, np.ndarray]]] = {k: [] for k in runners}

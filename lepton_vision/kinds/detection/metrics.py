@@ -929,3 +929,47 @@ def paired_bootstrap(run_a: Any, run_b: Any, *, merge_classes: bool = False, n_b
     ba = np.concatenate(boot[0]) if boot[0] else np.zeros(0)
     bb = np.concatenate(boot[1]) if boot[1] else np.zeros(0)
     return Paired("ap50_merged" if merge_classes else "ap50", point[0], point[1], ba, bb, unit, n_units)
+
+
+def _detection_tables(rows: pd.DataFrame, outputs: list[dict[str, np.ndarray]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    dets, images = [], []
+    for sid, label, out in zip(rows["sample_id"].astype(str), rows["label"], outputs):
+        scores = np.asarray(out["scores"], np.float64).reshape(-1)
+        keep = scores > 0.0  # padding rows have score 0 and class -1
+        b = np.asarray(out["boxes"], np.float64).reshape(-1, 4)[keep]
+        c = np.asarray(out["classes"]).reshape(-1)[keep]
+        for (x1, y1, x2, y2), k, s in zip(b, c, scores[keep]):
+            dets.append((sid, 0, int(k), float(s), x1, y1, x2, y2))
+        images.append((sid, 0, int(label), float(np.asarray(out["image_score"]).reshape(-1)[0])))
+    return pd.DataFrame(dets, columns=list(DET_COLUMNS)), pd.DataFrame(images, columns=list(IMAGE_COLUMNS))
+
+
+def detection_change(rows: pd.DataFrame, float_outputs: list[dict[str, np.ndarray]],
+                     int8_outputs: list[dict[str, np.ndarray]], class_names: list[str],
+                     max_det: int) -> dict[str, Any]:
+    """AP50 and AP50:95 (pycocotools) of the float32 and int8 exports on the same frames.
+
+    Args:
+        rows: Sample-table rows (``sample_id``, ``label``, ``boxes``, ``classes``, ``ignore``) in
+            the order of the outputs; boxes in original pixels, like the exports' outputs.
+        float_outputs, int8_outputs: ``serve_uint8`` outputs per frame.
+    """
+    samples = rows.reset_index(drop=True)
+    res = {}
+    for name, outs in (("float", float_outputs), ("int8", int8_outputs)):
+        dets, images = _detection_tables(samples, outs)
+        ev = coco_eval(prepare(samples, dets, images, class_names), max_det)
+        res[name] = ev
+    f, q = res["float"]["ap50"], res["int8"]["ap50"]
+    out: dict[str, Any] = {
+        "metric": "ap50",
+        "n": int(len(samples)),
+        "float": f,
+        "int8": q,
+        "drop": None if f is None or q is None else f - q,
+        "ap50_95_float": res["float"]["ap50_95"],
+        "ap50_95_int8": res["int8"]["ap50_95"],
+    }
+    if f is None:
+        out["why"] = "no ground-truth boxes among the frames"
+    return out
