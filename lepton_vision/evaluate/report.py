@@ -195,6 +195,63 @@ def img_html(name: str, data: bytes, caption: str) -> str:
             f"<figcaption>{escape(caption)}</figcaption></figure>")
 
 
+#: Panel titles of the quantities a history logs (others are shown by their own name).
+QUANTITY_LABELS = {"loss": "Loss", "auc": "AUC", "ap50": "AP50"}
+
+
+def plot_training_curves(histories: dict[int, Any], path: Path, quantities: tuple[str, ...] | None = None) -> bytes:
+    """One panel per quantity and fold: validation solid, training dashed, per epoch.
+
+    Args:
+        histories: Fold -> history.csv frame (``epoch`` 1-based, ``loss``, ``val_auc``, ...).
+        path: The PNG to write.
+        quantities: Panels to draw (``("loss", "auc")``); default: every quantity the histories
+            logged (training or ``val_`` prefixed), loss first, at most four; the learning rate
+            and timings are left out.
+    """
+    import matplotlib as mpl
+
+    if quantities:
+        names = list(quantities)
+    else:
+        names = []
+        for h in histories.values():
+            for col in ([] if h is None else h.columns):
+                base = col.removeprefix("val_")
+                if base not in ("epoch", "lr", "learning_rate") and base not in names:
+                    names.append(base)
+        names = sorted(names, key=lambda n: (n != "loss", n))[:4]
+    fig = figure(5.0 * max(len(names), 1), 4.2)
+    axes = np.atleast_1d(fig.subplots(1, max(len(names), 1))).ravel()
+    colors = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
+    if not names:
+        axes[0].text(0.5, 0.5, "no training history recorded", ha="center", va="center",
+                     transform=axes[0].transAxes, color="grey")
+        axes[0].axis("off")
+    for ax, name in zip(axes, names):
+        drawn = False
+        for i, (fold, h) in enumerate(sorted(histories.items())):
+            if h is None or len(h) == 0:
+                continue
+            # the trainers write 1-based epochs to history.csv (the same numbers as best_epoch)
+            x = h["epoch"].to_numpy() if "epoch" in h.columns else np.arange(1, len(h) + 1)
+            color = colors[i % len(colors)]
+            if f"val_{name}" in h.columns:
+                ax.plot(x, h[f"val_{name}"], color=color, lw=1.6, label=f"fold {fold} val")
+                drawn = True
+            if name in h.columns:
+                ax.plot(x, h[name], color=color, lw=1, ls="--", alpha=0.7, label=f"fold {fold} train")
+                drawn = True
+        label = QUANTITY_LABELS.get(name, name)
+        ax.set(xlabel="epoch", ylabel=label, title=f"{label} per epoch")
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=7, ncol=2)
+        else:
+            ax.text(0.5, 0.5, f"no {name} recorded", ha="center", va="center", transform=ax.transAxes, color="grey")
+    return save_png(fig, path)
+
+
 def write_page(run: RunDir, info: dict[str, Any], *, default_title: str, summary_html: str,
                sections: list[tuple[str, str]], images: dict[str, bytes], captions: dict[str, str],
                after_data: list[tuple[str, str]] | None = None) -> Path:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from lepton_vision.config.recipe import Threshold
 from lepton_vision.evaluate.binary import METRIC_LABELS, SCALAR_METRICS, format_value
-from lepton_vision.evaluate.report import escape, figure, html_table, save_png, write_page
+from lepton_vision.evaluate.report import escape, figure, html_table, plot_training_curves, save_png, write_page
 from lepton_vision.evaluate.thresholds import policy_text
 from lepton_vision.runio import RunDir
 
@@ -101,37 +101,6 @@ def plot_confusion(metrics: dict[str, Any], path: Path, classes: tuple[str, str]
     thr_text = ", ".join(f"{float(v):.3g}" for v in thr.values())
     ax.set_title(f"Confusion at the operating point\n{_policy_label(metrics)}; fold thresholds {thr_text}", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, label="rate within true class")
-    return save_png(fig, path)
-
-
-def plot_training_curves(histories: dict[int, pd.DataFrame], path: Path) -> bytes:
-    """Loss and AUC per epoch for each fold (solid = validation, dashed = training)."""
-    fig = figure(10, 4.2)
-    ax_loss, ax_auc = fig.subplots(1, 2)
-    drawn = {"loss": False, "auc": False}
-    import matplotlib as mpl
-
-    colors = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (fold, h) in enumerate(sorted(histories.items())):
-        if h is None or len(h) == 0:
-            continue
-        color = colors[i % len(colors)]
-        # train.py writes 1-based epochs to history.csv (the same numbers as best_epoch)
-        x = h["epoch"].to_numpy() if "epoch" in h.columns else np.arange(1, len(h) + 1)
-        for ax, key in ((ax_loss, "loss"), (ax_auc, "auc")):
-            if f"val_{key}" in h.columns:
-                ax.plot(x, h[f"val_{key}"], color=color, lw=1.6, label=f"fold {fold} val")
-                drawn[key] = True
-            if key in h.columns:
-                ax.plot(x, h[key], color=color, lw=1, ls="--", alpha=0.7, label=f"fold {fold} train")
-                drawn[key] = True
-    for ax, key, label in ((ax_loss, "loss", "Loss"), (ax_auc, "auc", "AUC")):
-        ax.set(xlabel="epoch", ylabel=label, title=f"{label} per epoch")
-        ax.grid(alpha=0.3)
-        if drawn[key]:
-            ax.legend(fontsize=7, ncol=2)
-        else:
-            ax.text(0.5, 0.5, f"no {key} recorded", ha="center", va="center", transform=ax.transAxes, color="grey")
     return save_png(fig, path)
 
 
@@ -339,7 +308,7 @@ def write_report(
         "roc": plot_roc(metrics, plots / "roc.png"),
         "pr": plot_pr(metrics, plots / "pr.png"),
         "confusion": plot_confusion(metrics, plots / "confusion.png", classes),
-        "training_curves": plot_training_curves(histories, plots / "training_curves.png"),
+        "training_curves": plot_training_curves(histories, plots / "training_curves.png", ("loss", "auc")),
         "score_hist": plot_score_hist(metrics, oof, plots / "score_hist.png", classes),
     }
     captions = {

@@ -23,7 +23,7 @@ from lepton_vision.kinds.detection.metrics import (
     prepare,
 )
 from lepton_vision.config.errors import DataError
-from lepton_vision.evaluate.report import escape, figure, html_table, save_png, write_page
+from lepton_vision.evaluate.report import escape, figure, html_table, plot_training_curves, save_png, write_page
 from lepton_vision.runio import RunDir
 
 #: PNG names under plots/ (image_roc only when the image-level metrics are available).
@@ -207,46 +207,6 @@ def plot_examples(
     return save_png(fig, path), unreadable
 
 
-def plot_training_curves(histories: dict[int, pd.DataFrame], path: Path) -> bytes:
-    """Every recorded quantity per epoch and fold (solid = validation, dashed = training).
-
-    Detection models log several losses (box, class, total), so one panel is drawn per
-    quantity found in the histories (at most four; the learning rate is left out).
-    """
-    import matplotlib as mpl
-
-    names: list[str] = []
-    for h in histories.values():
-        if h is None:
-            continue
-        for col in h.columns:
-            base = col.removeprefix("val_")
-            if base not in ("epoch", "lr", "learning_rate") and base not in names:
-                names.append(base)
-    names = sorted(names, key=lambda n: (n != "loss", n))[:4]
-    fig = figure(4.2 * max(len(names), 1), 3.8)
-    axes = np.atleast_1d(fig.subplots(1, max(len(names), 1))).ravel()
-    colors = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
-    if not names:
-        axes[0].text(0.5, 0.5, "no training history recorded", ha="center", va="center",
-                     transform=axes[0].transAxes, color="grey")
-        axes[0].axis("off")
-    for ax, name in zip(axes, names):
-        for i, (fold, h) in enumerate(sorted(histories.items())):
-            if h is None or len(h) == 0:
-                continue
-            x = h["epoch"].to_numpy() if "epoch" in h.columns else np.arange(1, len(h) + 1)
-            color = colors[i % len(colors)]
-            if f"val_{name}" in h.columns:
-                ax.plot(x, h[f"val_{name}"], color=color, lw=1.6, label=f"fold {fold} val")
-            if name in h.columns:
-                ax.plot(x, h[name], color=color, lw=1, ls="--", alpha=0.7, label=f"fold {fold} train")
-        ax.set(xlabel="epoch", ylabel=name, title=f"{name} per epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-    return save_png(fig, path)
-
-
 # --------------------------------------------------------------------------------------------
 # HTML
 
@@ -397,7 +357,6 @@ __all__ = [
     "plot_image_roc",
     "plot_pr_curves",
     "plot_score_hist",
-    "plot_training_curves",
     "worst_images",
     "write_detection_report",
 ]
