@@ -98,9 +98,14 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def readme_block(marker: str) -> str:
-    """The python block after ``<!-- marker`` in README.md (so the README's code is what is tested)."""
-    after = README.read_text().split(f"<!-- {marker}", 1)[1]
-    return after.split("```python\n", 1)[1].split("```", 1)[0]
+    """The python block after ``<!-- marker`` in README.md or, when README.md lacks the marker, in
+    the first docs/*.md (sorted) that has it (so the documented code is what is tested)."""
+    for page in [README, *sorted((README.parent / "docs").glob("*.md"))]:
+        text = page.read_text()
+        if f"<!-- {marker}" in text:
+            after = text.split(f"<!-- {marker}", 1)[1]
+            return after.split("```python\n", 1)[1].split("```", 1)[0]
+    raise LookupError(f"no '<!-- {marker}' marker in README.md or docs/*.md: the tested example block is gone")
 
 
 def _run_readme_example(marker: str, tmp_path: Path, *args: str) -> tuple[str, dict]:
@@ -116,8 +121,8 @@ def _run_readme_example(marker: str, tmp_path: Path, *args: str) -> tuple[str, d
 
 
 def _schema_fields() -> set[str]:
-    """Field names in the first column of the README's bundle schema table."""
-    text = README.read_text().split("### The bundle schema", 1)[1].split("**Signatures**", 1)[0]
+    """Field names in the first column of the bundle schema table in docs/export.md."""
+    text = (README.parent / "docs" / "export.md").read_text().split("## The bundle schema", 1)[1].split("**Signatures**", 1)[0]
     names = set()
     for line in text.splitlines():
         if line.startswith("| `"):
