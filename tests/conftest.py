@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,57 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+#: Built test artefacts (tiny trained models, exports, runs) shared by test sessions and xdist
+#: workers; an entry is reused only while the code, cards, recipes and test builders that made it
+#: are unchanged.
+TEST_CACHE = Path(os.environ.get("LEPTON_TEST_CACHE", REPO / "test-artifacts" / "fixture-cache"))
+
+
+def _code_key(*parts: str) -> str:
+    """Hash of everything a built test artefact depends on: the package, the cards and recipes,
+    this file and the test builders, plus ``parts``."""
+    h = hashlib.sha256()
+    files = [p for root in ("lepton_vision", "tasks", "datasets", "recipes") for p in sorted((REPO / root).rglob("*"))
+             if p.is_file() and p.suffix in (".py", ".yaml", ".yml") and "__pycache__" not in p.parts]
+    for p in [*files, Path(__file__), REPO / "tests" / "demo_exports.py"]:
+        h.update(str(p.relative_to(REPO)).encode())
+        h.update(p.read_bytes())
+    for part in parts:
+        h.update(part.encode())
+    return h.hexdigest()[:16]
+
+
+def cached_build(name: str, build: Callable[[Path], None], *key_parts: str) -> Path:
+    """A folder ``build(folder)`` filled once per code version and then reused by every test session
+    and xdist worker (a file lock makes the others wait for the first build).
+
+    An entry is complete when ``build`` returned (a marker is written last), so an interrupted
+    build is redone; older entries of ``name`` are removed. Consumers must not modify the folder:
+    copy what they change.
+    """
+    key = _code_key(name, *key_parts)
+    folder = TEST_CACHE / f"{name}-{key}"
+    done = folder / ".complete"
+    TEST_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(TEST_CACHE / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            for old in TEST_CACHE.glob(f"{name}-*"):
+                shutil.rmtree(old, ignore_errors=True)
+            folder.mkdir(parents=True)
+            build(folder)
+            done.write_text(key)
+    return folder
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``full`` tests (the unmodified default recipe, minutes) run only when asked for: ``-m full``."""
+    if "full" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="the unmodified default recipe, about 8 min on 2 cores: run it with pytest -m full")
+    for item in items:
+        if "full" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture
@@ -165,3 +220,106 @@ def make_tiny_ct_project(root: Path) -> Path:
 def tiny_ct_project():
     """``tiny_ct_project(root) -> recipe path`` (see :func:`make_tiny_ct_project`)."""
     return make_tiny_ct_project
+
+
+def _demo_exports():
+    """tests/demo_exports.py (test modules are not importable by name under --import-mode=importlib)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lepton_demo_exports", Path(__file__).with_name("demo_exports.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def ct_demo_export() -> dict:
+    """A tiny CT classifier export with DICOM/PNG samples and a samples.csv (tests/demo_exports.py),
+    built once per code version and shared by the serve, load and browser tests (read-only)."""
+    exports = _demo_exports()
+    folder = cached_build("ct-demo-export", lambda root: exports.make_ct_export(root, _write_ct_dicom))
+    return exports.ct_export_files(folder)
+
+
+@pytest.fixture(scope="session")
+def det_demo_export() -> dict:
+    """A tiny detector export with frames, a video and a samples.csv (tests/demo_exports.py), built
+    once per code version and shared by the serve and browser tests (read-only)."""
+    exports = _demo_exports()
+    folder = cached_build("det-demo-export", exports.make_det_export)
+    return exports.det_export_files(folder)
+
+
+class _env:
+    """Set environment variables for a ``with`` block, then restore them."""
+
+    def __init__(self, **values: str) -> None:
+        self.values, self.saved = values, {}
+
+    def __enter__(self) -> None:
+        for k, v in self.values.items():
+            self.saved[k] = os.environ.get(k)
+            os.environ[k] = v
+
+    def __exit__(self, *exc: object) -> None:
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+#: The tiny CT run every end-to-end classification test shares (2 folds, 2 epochs, 32 px, 8 patients).
+TINY_CT_RUN = ["train.epochs=2", "cv.n_splits=2", "input.image_size=[32, 32]", "evaluate.n_bootstrap=50",
+               "export.parity_samples=8", "train.verbose=false"]
+#: The tiny detection run (2 folds grouped by sequence, 1 epoch, 64x96 input, 20 street frames).
+TINY_DET_RUN = ["train.epochs=1", "cv.n_splits=2", "input.image_size=[64, 96]", "evaluate.n_bootstrap=50",
+                "export.parity_samples=4", "final.mode=best_fold", "train.verbose=false"]
+
+
+def make_tiny_det_project(root: Path) -> Path:
+    """Copy tasks/datasets/recipes into ``root`` with synthetic_street shrunk to 20 frames of 120x80
+    in sequences of two, a quarter of them empty; returns the person baseline recipe path."""
+    import yaml
+
+    for d in ("tasks", "datasets", "recipes"):
+        shutil.copytree(REPO / d, root / d)
+    card = root / "datasets/synthetic_street/dataset.yaml"
+    data = yaml.safe_load(card.read_text())
+    data["synthetic"].update(n_images=20, frame_size=[120, 80], sequence_length=2, empty_fraction=0.25)
+    card.write_text(yaml.safe_dump(data, sort_keys=False))
+    return root / "recipes/person_detection/baseline.yaml"
+
+
+def _cached_cli_run(name: str, make_project: Callable[[Path], Path], overrides: list[str]) -> dict:
+    """A run through the real CLI on a tiny project, built once per code version (see
+    :func:`cached_build`): ``{"root", "recipe", "run", "overrides"}``. The project's generated data
+    and the run are read-only for the tests: copy the run before changing it."""
+
+    def build(folder: Path) -> None:
+        from lepton_vision.cli import main
+
+        root = folder / "proj"
+        root.mkdir()
+        recipe = make_project(root)
+        (folder / "recipe.txt").write_text(str(recipe.relative_to(root)))
+        with _env(LEPTON_GENERATED_ROOT=str(root / "generated"), LEPTON_HOME=str(root)):
+            rc = main(["train", str(recipe), *sum((["--set", s] for s in overrides), []), "--out", str(folder / "run")])
+        assert rc == 0, f"the shared {name} run failed"
+
+    folder = cached_build(name, build, *overrides)
+    root = folder / "proj"
+    return {"root": root, "recipe": root / (folder / "recipe.txt").read_text(), "run": folder / "run",
+            "overrides": list(overrides)}
+
+
+@pytest.fixture(scope="session")
+def tiny_ct_run() -> dict:
+    """The shared tiny CT run (:data:`TINY_CT_RUN` through ``lepton-vision train``)."""
+    return _cached_cli_run("tiny-ct-run", make_tiny_ct_project, TINY_CT_RUN)
+
+
+@pytest.fixture(scope="session")
+def tiny_det_run() -> dict:
+    """The shared tiny detection run (:data:`TINY_DET_RUN` through ``lepton-vision train``)."""
+    return _cached_cli_run("tiny-det-run", make_tiny_det_project, TINY_DET_RUN)

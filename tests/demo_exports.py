@@ -105,8 +105,15 @@ def make_ct_export(root: Path, write_ct_dicom: Any) -> dict[str, Any]:
                       threshold=CT_THRESHOLD, bundle_info=CT_INFO, parity_images=parity,
                       formats=("saved_model", "tflite"))
     _write_samples(root / "run" / "samples.csv", rows)
-    return {"dir": export_dir, "dicoms": dicoms, "png": png, "colour": colour, "corrupt": corrupt,
-            "text": text, "root": root}
+    return ct_export_files(root)
+
+
+def ct_export_files(root: Path) -> dict[str, Any]:
+    """The files of a :func:`make_ct_export` folder, by role."""
+    data = root / "data"
+    return {"dir": root / "run" / "export", "dicoms": [data / f"P{i:02d}" / "000.dcm" for i in range(6)],
+            "png": data / "slice_gray.png", "colour": data / "slice_colour.png", "corrupt": data / "corrupt.png",
+            "text": data / "notes.txt", "root": root}
 
 
 def _scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -184,10 +191,21 @@ def make_det_export(root: Path) -> dict[str, Any]:
             for i, p in enumerate(frames)]
     rows.append({"sample_id": empty.name, "path": str(empty), "label": 0, "label_name": "empty", "group": "s9"})
     _write_samples(root / "run" / "samples.csv", rows)
-    video = write_video(root / "clip.mp4", [img for img, _ in scenes] * 2)
+    write_video(root / "clip.mp4", [img for img, _ in scenes] * 2)
     corrupt = root / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"this is not a PNG image" * 4)
-    return {"dir": export_dir, "frames": frames, "empty": empty, "video": video, "corrupt": corrupt,
+    np.savez(root / "scenes.npz", **{f"image{i}": img for i, (img, _) in enumerate(scenes)},
+             **{f"boxes{i}": b for i, (_, b) in enumerate(scenes)})
+    return det_export_files(root)
+
+
+def det_export_files(root: Path) -> dict[str, Any]:
+    """The files of a :func:`make_det_export` folder, by role (``scenes``: the frames' pixels and boxes)."""
+    with np.load(root / "scenes.npz") as z:
+        n = len([k for k in z.files if k.startswith("image")])
+        scenes = [(z[f"image{i}"], z[f"boxes{i}"]) for i in range(n)]
+    return {"dir": root / "run" / "export", "frames": [root / "frames" / f"f{i}.png" for i in range(n)],
+            "empty": root / "frames" / "empty.png", "video": root / "clip.mp4", "corrupt": root / "corrupt.png",
             "root": root, "scenes": scenes}
 
 

@@ -6,7 +6,7 @@ the detector's box count; a corrupt upload must show the friendly error, never a
 annotated video must play in the browser; the page must make no request outside 127.0.0.1.
 Screenshots go to $LEPTON_TEST_ARTIFACTS/browser (default test-artifacts/browser).
 
-Run: pytest -m browser (CI stage 3). Skips, saying why, without /usr/bin/chromium or playwright.
+Run: pytest -m browser (CI stage 2, with the slow tier). Skips, saying why, without /usr/bin/chromium or playwright.
 """
 
 from __future__ import annotations
@@ -63,13 +63,13 @@ def browser(tmp_path_factory) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def ct(tmp_path_factory, write_ct_dicom):
-    return demo_exports.make_ct_export(tmp_path_factory.mktemp("browser_ct"), write_ct_dicom)
+def ct(ct_demo_export):
+    return ct_demo_export
 
 
 @pytest.fixture(scope="module")
-def det(tmp_path_factory):
-    return demo_exports.make_det_export(tmp_path_factory.mktemp("browser_det"))
+def det(det_demo_export):
+    return det_demo_export
 
 
 @pytest.fixture(scope="module")

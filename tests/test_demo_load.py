@@ -35,8 +35,8 @@ def _rss_mb(pid: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def ct(tmp_path_factory, write_ct_dicom) -> dict[str, Any]:
-    return demo_exports.make_ct_export(tmp_path_factory.mktemp("load_ct"), write_ct_dicom)
+def ct(ct_demo_export) -> dict[str, Any]:
+    return ct_demo_export
 
 
 @pytest.fixture(scope="module")

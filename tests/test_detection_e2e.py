@@ -1,8 +1,8 @@
-"""Object detection end to end through the real CLI on tiny generated street scenes (slow tier:
-about 6 min on 2 cores, so it runs in CI's second stage).
+"""Object detection end to end through the real CLI on tiny generated street scenes (slow tier,
+CI's second stage).
 
-One module-scoped run (2 folds grouped by sequence, 1 epoch, 64x96 input, 20 frames with some
-empty) is shared: every artefact of the run directory, OOF boxes in original pixels, metrics
+One run (2 folds grouped by sequence, 1 epoch, 64x96 input, 20 frames with some empty; the
+session's shared ``tiny_det_run``, built once per code version) is shared: every artefact of the run directory, OOF boxes in original pixels, metrics
 with CIs, the export's parity and the SavedModel contract (any frame size in, boxes in that
 frame's pixels out, letterboxing identical to training), and resume.
 """
@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from lepton_vision.cli import main
 
@@ -35,22 +34,13 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("detproj")
-    for d in ("tasks", "datasets", "recipes"):
-        shutil.copytree(REPO / d, root / d)
-    card = root / "datasets/synthetic_street/dataset.yaml"
-    data = yaml.safe_load(card.read_text())
-    data["synthetic"].update(n_images=20, frame_size=[120, 80], sequence_length=2, empty_fraction=0.25)
-    card.write_text(yaml.safe_dump(data, sort_keys=False))
+def project(tiny_det_run):
+    assert tiny_det_run["overrides"] == TINY  # the shared run was made with these settings
+    root = tiny_det_run["root"]
     mp = pytest.MonkeyPatch()
     mp.setenv("LEPTON_GENERATED_ROOT", str(root / "generated"))
     mp.setenv("LEPTON_HOME", str(root))
-    run = root / "run"
-    recipe = root / "recipes/person_detection/baseline.yaml"
-    rc = main(["train", str(recipe), *sum((["--set", s] for s in TINY), []), "--out", str(run)])
-    assert rc == 0
-    yield root, recipe, run
+    yield root, tiny_det_run["recipe"], tiny_det_run["run"]
     mp.undo()
 
 

@@ -254,11 +254,11 @@ def test_ct_run_pretrains_once_caches_and_fine_tunes(tmp_path, tiny_ct_project, 
 
 
 @pytest.mark.tf
-def test_run_starts_from_a_previous_runs_export(tmp_path, tiny_ct_project, monkeypatch):
+def test_run_starts_from_a_previous_runs_export(tmp_path, tiny_ct_project, monkeypatch, tiny_ct_run):
     from lepton_vision.engine.crossval import run_train
 
     recipe = _ct_project(tmp_path, tiny_ct_project, monkeypatch)
-    first = run_train(recipe, CT_TINY, out=tmp_path / "first")
+    first = tiny_ct_run["run"]  # the session's shared tiny CT run: same model, input and classes
     second = run_train(recipe, CT_TINY + [f"model.weights={first / 'export'}"], out=tmp_path / "second")
     start = json.loads((second / "start_weights.json").read_text())
     assert start["source"] == "export" and start["loaded"] == "model"

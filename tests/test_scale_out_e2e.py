@@ -340,15 +340,16 @@ def test_sweep_of_four_trials_writes_results_and_a_best_recipe(project, cluster,
 # ---- detection and strategies ---------------------------------------------------------------------------
 
 
-def test_detection_folds_on_ray_equal_local_folds(project, cluster, tmp_path):
+def test_detection_folds_on_ray_equal_local_folds(project, cluster, tmp_path, tiny_det_run):
+    """The shared tiny detection run (local executor, same data, folds and training settings) is
+    the reference the Ray folds must reproduce."""
     from lepton_vision.engine.crossval import run_train
 
     root, _, _ = project
     recipe = root / "recipes/person_detection/baseline.yaml"
-    det = ["train.epochs=1", "cv.n_splits=2", "input.image_size=[64, 96]", "evaluate.n_bootstrap=50",
-           "train.verbose=false"]
-    a = run_train(recipe, det, out=tmp_path / "local", stop_after="metrics")
-    b = run_train(recipe, [*det, "train.executor=ray"], out=tmp_path / "ray", stop_after="metrics")
+    a = tiny_det_run["run"]
+    b = run_train(recipe, [*tiny_det_run["overrides"], "train.executor=ray"], out=tmp_path / "ray",
+                  stop_after="metrics")
     assert (a / "folds.csv").read_bytes() == (b / "folds.csv").read_bytes()
     da = pd.read_csv(a / "oof_detections.csv", dtype={"sample_id": str})
     db = pd.read_csv(b / "oof_detections.csv", dtype={"sample_id": str})
@@ -358,6 +359,7 @@ def test_detection_folds_on_ray_equal_local_folds(project, cluster, tmp_path):
     for key in ("ap50", "ap50_95", "precision", "f1"):
         assert ma[key] == pytest.approx(mb[key], abs=1e-6), key
     assert ma["image_level"]["auc"] == pytest.approx(mb["image_level"]["auc"], abs=1e-6)
+    assert json.loads((a / "folds/0/result.json").read_text())["execution"]["executor"] == "local"
     assert json.loads((b / "folds/0/result.json").read_text())["execution"]["executor"] == "ray"
     assert not (b / "final").exists() and not (b / "report.html").exists()  # stop_after="metrics"
 

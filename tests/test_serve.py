@@ -219,8 +219,8 @@ def test_apps_are_thin_launchers_of_build_demo():
 
 
 @pytest.fixture(scope="module")
-def ct(tmp_path_factory, write_ct_dicom):
-    return demo_exports.make_ct_export(tmp_path_factory.mktemp("serve_ct"), write_ct_dicom)
+def ct(ct_demo_export):
+    return ct_demo_export
 
 
 @pytest.fixture(scope="module")
@@ -422,8 +422,8 @@ def test_demo_server_makes_no_outbound_connection(ct, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def det(tmp_path_factory):
-    return demo_exports.make_det_export(tmp_path_factory.mktemp("serve_det"))
+def det(det_demo_export):
+    return det_demo_export
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """End to end through the real CLI on tiny generated CT data (tf tier).
 
-One module-scoped run (2 folds, 2 epochs, 32 px, 8 patients) is shared by the tests below:
-artefacts, predict parity with the final model, evaluate without TensorFlow, resume after an
-interruption, and re-export.
+One run (2 folds, 2 epochs, 32 px, 8 patients; the session's shared ``tiny_ct_run``, built once
+per code version) is shared by the tests below: artefacts, predict parity with the final model,
+evaluate without TensorFlow, resume after an interruption, and re-export. Tests that change the
+run work on a copy.
 """
 
 from __future__ import annotations
@@ -31,17 +32,20 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, tiny_ct_project):
-    root = tmp_path_factory.mktemp("proj")
-    recipe = tiny_ct_project(root)
+def project(tiny_ct_run):
+    assert tiny_ct_run["overrides"] == TINY  # the shared run was made with these settings
+    root = tiny_ct_run["root"]
     mp = pytest.MonkeyPatch()
     mp.setenv("LEPTON_GENERATED_ROOT", str(root / "generated"))
     mp.setenv("LEPTON_HOME", str(root))
-    run = root / "run"
-    rc = main(["train", str(recipe), *sum((["--set", s] for s in TINY), []), "--out", str(run)])
-    assert rc == 0
-    yield root, recipe, run
+    yield root, tiny_ct_run["recipe"], tiny_ct_run["run"]
     mp.undo()
+
+
+def _copy(run: Path, dest: Path) -> Path:
+    """A copy of the shared run to change."""
+    shutil.copytree(run, dest)
+    return dest
 
 
 def test_run_directory_holds_every_artefact(project, readme_schema_fields):
@@ -102,8 +106,9 @@ def test_evaluate_rescores_with_another_policy(project, tmp_path):
     assert m["pooled"]["roc_auc"]["value"] == pytest.approx(original["pooled"]["roc_auc"]["value"])
 
 
-def test_resume_skips_finished_folds_and_gives_the_same_result(project):
-    _, recipe, run = project
+def test_resume_skips_finished_folds_and_gives_the_same_result(project, tmp_path):
+    _, recipe, shared = project
+    run = _copy(shared, tmp_path / "run")
     fold0 = run / "folds/0/best.keras"
     mtime0 = fold0.stat().st_mtime_ns
     before = pd.read_csv(run / "oof_predictions.csv", keep_default_na=False)
@@ -121,15 +126,17 @@ def test_resume_skips_finished_folds_and_gives_the_same_result(project):
     np.testing.assert_allclose(after["score"], before["score"], atol=1e-6)
 
 
-def test_resume_with_a_different_recipe_is_refused(project, capsys):
-    _, recipe, run = project
+def test_resume_with_a_different_recipe_is_refused(project, capsys, tmp_path):
+    _, recipe, shared = project
+    run = _copy(shared, tmp_path / "run")
     rc = main(["train", str(recipe), *sum((["--set", s] for s in TINY), []), "--set", "seed=9", "--resume", str(run)])
     assert rc == 1
     assert "seed" in capsys.readouterr().err
 
 
-def test_export_command_re_exports(project):
-    _, _, run = project
+def test_export_command_re_exports(project, tmp_path):
+    _, _, shared = project
+    run = _copy(shared, tmp_path / "run")
     before = json.loads((run / "export/bundle.json").read_text())
     shutil.rmtree(run / "export")
     assert main(["export", str(run)]) == 0
@@ -154,7 +161,8 @@ def test_check_reports_versions_and_devices(capsys):
 
 
 def test_predict_on_a_folder_of_dicoms_and_evaluate_keeps_metrics_json(project, tmp_path):
-    _, _, run = project
+    _, _, shared = project
+    run = _copy(shared, tmp_path / "run")
     samples = pd.read_csv(run / "samples.csv", keep_default_na=False)
     folder = Path(samples["path"][0]).parent  # one patient's DICOM slices
     out = tmp_path / "p.csv"
@@ -167,12 +175,19 @@ def test_predict_on_a_folder_of_dicoms_and_evaluate_keeps_metrics_json(project, 
     assert (run / "metrics.json").read_text() == before
 
 
-def test_best_fold_final_model_is_the_best_fold(project, tmp_path):
-    root, recipe, _ = project
-    run = tmp_path / "bf"
-    args = ["train", str(recipe), *sum((["--set", s] for s in TINY), []),
-            "--set", "final.mode=best_fold", "--set", "train.epochs=1", "--out", str(run)]
+@pytest.fixture(scope="module")
+def best_fold_calibrated(project, tmp_path_factory):
+    """One run with final.mode: best_fold and temperature scaling (1 epoch), for the two tests below."""
+    _, recipe, _ = project
+    run = tmp_path_factory.mktemp("bf") / "run"
+    args = ["train", str(recipe), *sum((["--set", s] for s in TINY), []), "--set", "final.mode=best_fold",
+            "--set", "evaluate.temperature_scaling=true", "--set", "train.epochs=1", "--out", str(run)]
     assert main(args) == 0
+    return run
+
+
+def test_best_fold_final_model_is_the_best_fold(best_fold_calibrated):
+    run = best_fold_calibrated
     final = json.loads((run / "final/final.json").read_text())
     results = [json.loads((run / f"folds/{k}/result.json").read_text()) for k in (0, 1)]
     best = max(results, key=lambda r: r["best_val_auc"])
@@ -180,16 +195,12 @@ def test_best_fold_final_model_is_the_best_fold(project, tmp_path):
     assert json.loads((run / "export/parity.json").read_text())["pass"] is True
 
 
-def test_temperature_scaling_is_applied_inside_the_export(project, tmp_path):
+def test_temperature_scaling_is_applied_inside_the_export(best_fold_calibrated, tmp_path):
     from lepton_vision.backend import import_keras
-    from lepton_vision.kinds.classification.metrics import apply_temperature
     from lepton_vision.data.preprocess import load_for_model
+    from lepton_vision.kinds.classification.metrics import apply_temperature
 
-    _, recipe, _ = project
-    run = tmp_path / "ts"
-    args = ["train", str(recipe), *sum((["--set", s] for s in TINY), []),
-            "--set", "evaluate.temperature_scaling=true", "--set", "train.epochs=1", "--out", str(run)]
-    assert main(args) == 0
+    run = best_fold_calibrated
     metrics = json.loads((run / "metrics.json").read_text())
     bundle = json.loads((run / "export/bundle.json").read_text())
     t = metrics["temperature"]
