@@ -338,7 +338,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _parse_formats(text: str) -> tuple[str, ...]:
-    from lepton_vision.kinds.classification.export import KNOWN_FORMATS
+    from lepton_vision.export.bundle import KNOWN_FORMATS
 
     items = [f.strip() for f in text.split(",") if f.strip()]
     bad = [f for f in items if f not in KNOWN_FORMATS]

@@ -14,6 +14,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +112,27 @@ def export_or_reject(sm_path: Path, export_dir: Path, formats: tuple[str, ...] |
         return None, str(exc)
     finally:
         timings["onnx"] = round(time.perf_counter() - t, 2)
+
+
+def check_or_reject(onnx_path: Path | None, rejected: str | None, parity: dict[str, Any],
+                    check: Callable[[Path], dict[str, Any]], why: Callable[[dict[str, Any]], str],
+                    notes: list[str]) -> tuple[Path | None, str | None]:
+    """Keep the ONNX file only when onnxruntime agrees with the SavedModel.
+
+    ``check(onnx_path)`` is the kind's parity of the ONNX file (a dict with ``pass``), recorded as
+    ``parity["onnx"]``; a file that fails it is deleted and ``why(result)`` says why. A rejection
+    (from the conversion or the check) is recorded in ``parity`` and ``notes``.
+
+    Returns:
+        (the ONNX file, or None; the rejection reason, or None).
+    """
+    if onnx_path is not None:
+        parity["onnx"] = check(onnx_path)
+        if not parity["onnx"]["pass"]:
+            rejected = f"{onnx_path}: {why(parity['onnx'])}"
+            onnx_path.unlink(missing_ok=True)
+            onnx_path = None
+    if rejected is not None:
+        parity["onnx"] = {**parity.get("onnx", {}), "pass": False, "rejected": rejected}
+        notes.append(f"ONNX export rejected: {rejected}")
+    return onnx_path, rejected

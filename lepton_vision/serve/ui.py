@@ -184,6 +184,29 @@ def check_array(img: Any, name: str, max_pixels: int) -> np.ndarray:
     return arr
 
 
+def read_upload(image: Any, *, array_name: str, missing: str, extensions: Sequence[str], what: str,
+                max_pixels: int, allow_float_arrays: bool = False) -> tuple[np.ndarray, str]:
+    """(raw pixels, name to show) of what a page received: an array (webcam, API) or an upload.
+
+    Arrays are checked for shape, bit depth and size (float arrays pass as they are with
+    ``allow_float_arrays``: Hounsfield units); uploads must have one of ``extensions`` (DICOM is
+    also recognised by its magic bytes) and are decoded here, refusing oversized images first.
+
+    Raises:
+        gradio.Error: Nothing given (``missing``), a wrong type (``what`` says what was expected),
+            an unreadable, empty or oversized file, or a bad array.
+    """
+    if isinstance(image, np.ndarray):
+        if allow_float_arrays and np.issubdtype(image.dtype, np.floating):
+            return image, array_name
+        return check_array(image, array_name, max_pixels), array_name
+    path, name = input_path(image)
+    if path is None:
+        raise user_error(missing, title="No image")
+    check_suffix(path, name, extensions, what, allow_dicom_magic=True)
+    return read_pixels(path, name, max_pixels), name
+
+
 def with_friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Event handler wrapper: gr.Error passes, LeptonError becomes gr.Error, anything else is
     logged with its traceback on the server and shown as one sentence (never a traceback)."""

@@ -23,27 +23,7 @@ import numpy as np
 from lepton_vision.config.errors import DataError, LeptonError
 from lepton_vision.data import preprocess
 from lepton_vision.kinds.classification.predictor import ClassificationPredictor
-from lepton_vision.serve.ui import (
-    DEFAULT_MAX_PIXELS,
-    METRIC_NAMES,
-    ImageFiles,
-    backend_text,
-    bootstrap_unit_text,
-    card_markdown,
-    check_array,
-    check_suffix,
-    ci_text,
-    fmt,
-    friendly,
-    input_path,
-    pick_examples,
-    policy_text,
-    read_pixels,
-    stage_examples,
-    user_error,
-    with_friendly_errors,
-    work_dir,
-)
+from lepton_vision.serve import ui
 
 
 #: CT slices smaller than this are shown enlarged (integer factor, nearest neighbour).
@@ -102,7 +82,7 @@ class ClassificationDemo:
         num_threads: LiteRT threads (None: LiteRT's default).
     """
 
-    def __init__(self, export_dir: str | Path, backend: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
+    def __init__(self, export_dir: str | Path, backend: str = "auto", max_pixels: int = ui.DEFAULT_MAX_PIXELS,
                  num_threads: int | None = None) -> None:
         self.export_dir = Path(export_dir)
         self.predictor = ClassificationPredictor.from_bundle(self.export_dir, backend=backend, num_threads=num_threads)
@@ -123,28 +103,21 @@ class ClassificationDemo:
         """(decision, label, threshold) for a score; float32 comparison as in the exported graph."""
         thr = self.threshold if threshold is None else float(threshold)
         if not 0.0 <= thr <= 1.0:
-            raise user_error(f"The threshold must be between 0 and 1. Got {thr}.", title="Bad threshold")
+            raise ui.user_error(f"The threshold must be between 0 and 1. Got {thr}.", title="Bad threshold")
         decision = bool(np.float32(score) >= np.float32(thr))
         return decision, self.classes[int(decision)], thr
 
     def _load(self, image: Any) -> tuple[np.ndarray, str, list[str]]:
         """(uint8 H x W x C model image, name, notes) of an upload or array."""
         notes: list[str] = []
-        if isinstance(image, np.ndarray):
-            name = "image array"
-            raw = check_array(image, name, self.max_pixels) if not np.issubdtype(image.dtype, np.floating) else image
-        else:
-            path, name = input_path(image)
-            if path is None:
-                raise user_error("Upload a CT slice first (PNG, JPEG or DICOM).", title="No image")
-            check_suffix(path, name, CT_EXTENSIONS, "a PNG, JPEG, BMP, TIFF or DICOM image",
-                          allow_dicom_magic=True)
-            raw = read_pixels(path, name, self.max_pixels)
+        raw, name = ui.read_upload(image, array_name="image array", missing="Upload a CT slice first (PNG, JPEG or DICOM).",
+                                   extensions=CT_EXTENSIONS, what="a PNG, JPEG, BMP, TIFF or DICOM image",
+                                   max_pixels=self.max_pixels, allow_float_arrays=True)
         if np.issubdtype(raw.dtype, np.floating):
             lo, hi = float(np.nanmin(raw)), float(np.nanmax(raw))
             notes.append(f"DICOM {raw.shape[1]}×{raw.shape[0]}, {lo:.0f} … {hi:.0f} HU")
             if self.predictor.window is None:
-                raise user_error(f"{name} holds Hounsfield units (DICOM), but this model was trained on "
+                raise ui.user_error(f"{name} holds Hounsfield units (DICOM), but this model was trained on "
                                "8-bit images and its export has no CT window. Upload a PNG or JPEG.",
                                title="DICOM not supported by this model")
             notes.append(_window_text(self.predictor.window))
@@ -159,7 +132,7 @@ class ClassificationDemo:
         try:
             img = self.predictor.to_uint8(raw)
         except DataError as e:
-            raise user_error(friendly(e, name), title="Wrong image format") from None
+            raise ui.user_error(ui.friendly(e, name), title="Wrong image format") from None
         return img, name, notes
 
     def classify(self, image: Any, threshold: float | None = None, show_cam: bool = False) -> ClassificationResult:
@@ -189,7 +162,7 @@ class ClassificationDemo:
                 notes.append(f"no Grad-CAM: {e}")
         shown = display if heat is None else self.overlay(img, heat)
         h, w = self.predictor.image_size
-        notes.append(f"model input {h}×{w}×{self.predictor.channels}, {backend_text(self.predictor)}, "
+        notes.append(f"model input {h}×{w}×{self.predictor.channels}, {ui.backend_text(self.predictor)}, "
                      f"{latency:.1f} ms")
         return ClassificationResult(name=name, score=score, decision=decision, label=label, threshold=thr,
                                     model_image=img, display=display, image=shown, heat=heat, latency_ms=latency,
@@ -202,7 +175,7 @@ class ClassificationDemo:
             gradio.Error: The export has no Keras model, or it has no Grad-CAM layer.
         """
         if not self.cam_available:
-            raise user_error(self.cam_note, title="Grad-CAM not available")
+            raise ui.user_error(self.cam_note, title="Grad-CAM not available")
         from lepton_vision.kinds.classification.explain import gradcam_with_scores, load_explainer
 
         with self._lock:
@@ -213,7 +186,7 @@ class ClassificationDemo:
             try:
                 heat, _ = gradcam_with_scores(ex.model, x, ex.layer)
             except LeptonError as e:
-                raise user_error(f"Grad-CAM is not available for this model: {e.message}",
+                raise ui.user_error(f"Grad-CAM is not available for this model: {e.message}",
                            title="Grad-CAM not available") from None
         return heat[0]
 
@@ -255,10 +228,10 @@ def decision_html(result_or_score: ClassificationResult | float, threshold: floa
             f"<div>score {score:.4f} {rel} threshold {threshold:.4f}</div></div>")
 
 
-def _page(demo: ClassificationDemo, examples: list[str], png_file: ImageFiles) -> gr.Blocks:
+def _page(demo: ClassificationDemo, examples: list[str], png_file: ui.ImageFiles) -> gr.Blocks:
     b = demo.bundle
     classes = demo.classes
-    pol = policy_text((b.get("threshold") or {}).get("policy"))
+    pol = ui.policy_text((b.get("threshold") or {}).get("policy"))
     with gr.Blocks(title=f"{b.get('title', 'CT screening')} · lepton-vision", analytics_enabled=False,
                    delete_cache=(3600, 3600)) as blocks:
         gr.Markdown(f"# {b.get('title', 'CT slice classifier')}\n{b.get('intended_use', '')}", elem_id="header")
@@ -290,7 +263,7 @@ def _page(demo: ClassificationDemo, examples: list[str], png_file: ImageFiles) -
                     label = gr.Textbox(label="Decision", interactive=False, elem_id="ct-label")
                 details = gr.Markdown(elem_id="ct-details")
         with gr.Accordion("Model card", open=True, elem_id="model-card"):
-            gr.Markdown(card_markdown(b, card_section(b), backend_text(demo.predictor)))
+            gr.Markdown(ui.card_markdown(b, card_section(b), ui.backend_text(demo.predictor)))
         state = gr.State(None)
 
         def _outputs(r: ClassificationResult) -> tuple[Any, ...]:
@@ -298,24 +271,24 @@ def _page(demo: ClassificationDemo, examples: list[str], png_file: ImageFiles) -
             return (png_file(enlarge(r.image)), decision_html(r, r.threshold, classes), f"{r.score:.4f}", r.label,
                     f"**{html.escape(r.name)}** · " + " · ".join(r.details), st)
 
-        @with_friendly_errors
+        @ui.with_friendly_errors
         def on_score(file: Any, threshold: float, show_cam: bool) -> tuple[Any, ...]:
             return _outputs(demo.classify(file, threshold, bool(show_cam)))
 
-        @with_friendly_errors
+        @ui.with_friendly_errors
         def on_file(file: Any, threshold: float, show_cam: bool) -> tuple[Any, ...]:
-            if input_path(file)[0] is None:  # cleared: clear the results, no error
+            if ui.input_path(file)[0] is None:  # cleared: clear the results, no error
                 return None, "", "", "", "", None
             return _outputs(demo.classify(file, threshold, bool(show_cam)))
 
-        @with_friendly_errors
+        @ui.with_friendly_errors
         def on_threshold(st: dict[str, Any] | None, threshold: float) -> tuple[Any, ...]:
             if not st:
                 return gr.skip(), gr.skip()
             decision_, label_, thr_ = demo.decide(st["score"], threshold)
             return decision_html(st["score"], thr_, classes), label_
 
-        @with_friendly_errors
+        @ui.with_friendly_errors
         def on_cam(st: dict[str, Any] | None, show_cam: bool) -> tuple[Any, ...]:
             if not st:
                 return gr.skip(), gr.skip()
@@ -343,15 +316,15 @@ def card_section(bundle: dict[str, Any]) -> list[str]:
     metrics = bundle.get("metrics") or {}
     ci = metrics.get("ci", 0.95)
     ci_pct = f"{float(ci) * 100:.0f} %" if isinstance(ci, (int, float)) else "95 %"
-    unit_text = bootstrap_unit_text(bundle, "patients")
+    unit_text = ui.bootstrap_unit_text(bundle, "patients")
     lines: list[str] = []
     thr = bundle.get("threshold") or {}
     classes = bundle.get("classes", ["negative", "positive"])
-    lines.append(f"**Operating point.** `{classes[-1]}` when score ≥ {fmt(thr.get('value'), 4)} "
-                 f"(policy {policy_text(thr.get('policy'))}, chosen on out-of-fold scores).")
+    lines.append(f"**Operating point.** `{classes[-1]}` when score ≥ {ui.fmt(thr.get('value'), 4)} "
+                 f"(policy {ui.policy_text(thr.get('policy'))}, chosen on out-of-fold scores).")
     cal = bundle.get("calibration")
     if cal:
-        lines.append(f"Scores are temperature-scaled inside the model (T = {fmt(cal.get('temperature'))}).")
+        lines.append(f"Scores are temperature-scaled inside the model (T = {ui.fmt(cal.get('temperature'))}).")
     pooled, mean_sd = metrics.get("pooled") or {}, metrics.get("mean_sd") or {}
     lines += ["", f"**Cross-validated metrics** (pooled out-of-fold; {ci_pct} CI, bootstrap over "
               f"{unit_text})", "", "| metric | value | 95 % CI | mean ± SD over folds |", "|---|---|---|---|"]
@@ -359,23 +332,23 @@ def card_section(bundle: dict[str, Any]) -> list[str]:
         if not isinstance(m, dict):
             continue
         ms = mean_sd.get(key) or {}
-        spread = f"{fmt(ms.get('mean'))} ± {fmt(ms.get('sd'))}" if ms else "–"
-        lines.append(f"| {METRIC_NAMES.get(key, key)} | {fmt(m.get('value'))} | "
-                     f"{ci_text([m.get('lo'), m.get('hi')])} | {spread} |")
+        spread = f"{ui.fmt(ms.get('mean'))} ± {ui.fmt(ms.get('sd'))}" if ms else "–"
+        lines.append(f"| {ui.METRIC_NAMES.get(key, key)} | {ui.fmt(m.get('value'))} | "
+                     f"{ui.ci_text([m.get('lo'), m.get('hi')])} | {spread} |")
     return lines
 
 
 def build_page(export_dir: Path, *, backend: str = "auto", examples: Any = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS, max_video_frames: int = 0,
+               max_pixels: int = ui.DEFAULT_MAX_PIXELS, max_video_frames: int = 0,
                num_threads: int | None = None) -> gr.Blocks:
     """The page of a classification export (not launched); ``blocks.lepton_demo`` is its
     :class:`ClassificationDemo`. ``examples``: see :func:`lepton_vision.serve.demo.build_demo`;
     ``max_video_frames`` is unused (slices are single images)."""
     demo = ClassificationDemo(export_dir, backend=backend, max_pixels=max_pixels, num_threads=num_threads)
-    items = pick_examples(export_dir, extensions=CT_EXTENSIONS) if examples is None else list(examples)
-    work = work_dir(demo, None)
-    staged = stage_examples(items, work / "examples")
-    blocks = _page(demo, staged, ImageFiles(work / "results"))
+    items = ui.pick_examples(export_dir, extensions=CT_EXTENSIONS) if examples is None else list(examples)
+    work = ui.work_dir(demo, None)
+    staged = ui.stage_examples(items, work / "examples")
+    blocks = _page(demo, staged, ui.ImageFiles(work / "results"))
     blocks.lepton_demo = demo  # type: ignore[attr-defined]
     blocks.lepton_examples = [[p] for p in staged]  # type: ignore[attr-defined]
     return blocks

@@ -46,20 +46,7 @@ from typing import Any
 import numpy as np
 
 from lepton_vision.config.errors import ExportError
-from lepton_vision.export.bundle import (
-    BUNDLE_FILE,
-    DEFAULT_SIGNATURE,
-    KNOWN_FORMATS,
-    PARITY_FILE,
-    SAVED_MODEL_DIR,
-    SCHEMA_VERSION,
-    TFLITE_FILE,
-    TFLITE_INT8_FILE,
-    export_versions,
-    signatures_json,
-    tflite_runner,
-    write_saved_model,
-)
+from lepton_vision.export import bundle as bundle_io
 from lepton_vision.runio import atomic_save_model, atomic_write_bytes, atomic_write_json
 
 #: bundle_info keys the bundle cannot do without (the Predictor needs them to label results).
@@ -100,7 +87,7 @@ def export_classifier(
             ``preprocess.to_uint8``, i.e. what the training pipeline saw before resizing.
         reference_scores: Optional scores for ``parity_images`` from elsewhere (e.g. the model
             that produced the out-of-fold predictions); compared with the same tolerance.
-        formats: Subset of :data:`KNOWN_FORMATS`; saved_model is required.
+        formats: Subset of :data:`bundle_io.KNOWN_FORMATS`; saved_model is required.
         parity_atol: Largest allowed absolute score difference between any two float backends
             (Keras, SavedModel, TFLite float32, ONNX).
         temperature: Temperature T fitted on out-of-fold scores; when given, the graph returns
@@ -131,7 +118,7 @@ def export_classifier(
     export_dir.mkdir(parents=True, exist_ok=True)
     # bundle.json marks a complete, parity-checked export: drop a stale one before touching the
     # models, so a failed re-export can never be loaded with the old description.
-    (export_dir / BUNDLE_FILE).unlink(missing_ok=True)
+    (export_dir / bundle_io.BUNDLE_FILE).unlink(missing_ok=True)
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -144,37 +131,31 @@ def export_classifier(
     tflite_path = None
     if "tflite" in formats:
         t = time.perf_counter()
-        tflite_path = _write_tflite(sm_path, export_dir / TFLITE_FILE, images[0])
+        tflite_path = _write_tflite(sm_path, export_dir / bundle_io.TFLITE_FILE, images[0])
         timings["tflite"] = time.perf_counter() - t
     else:
-        (export_dir / TFLITE_FILE).unlink(missing_ok=True)
+        (export_dir / bundle_io.TFLITE_FILE).unlink(missing_ok=True)
 
     notes: list[str] = []
     int8_path = None
-    (export_dir / TFLITE_INT8_FILE).unlink(missing_ok=True)
+    (export_dir / bundle_io.TFLITE_INT8_FILE).unlink(missing_ok=True)
     if "tflite_int8" in formats:
         t = time.perf_counter()
         calib = images if calibration_images is None else [_as_hwc(im, channels) for im in calibration_images]
-        int8_path, int8_mode = _write_tflite_int8(sm_path, export_dir / TFLITE_INT8_FILE, calib)
+        int8_path, int8_mode = _write_tflite_int8(sm_path, export_dir / bundle_io.TFLITE_INT8_FILE, calib)
         timings["tflite_int8"] = time.perf_counter() - t
 
-    from lepton_vision.export.onnx import export_or_reject
+    from lepton_vision.export.onnx import check_or_reject, export_or_reject
 
     onnx_path, onnx_reject = export_or_reject(sm_path, export_dir, formats, timings)
 
     t = time.perf_counter()
     parity = _parity(model, sm_path, tflite_path, images, (h, w), reference_scores, parity_atol,
                      temperature)
-    if onnx_path is not None:
-        parity["onnx"] = _onnx_parity(onnx_path, images, parity["samples"], parity_atol)
-        if not parity["onnx"]["pass"]:
-            onnx_reject = (f"{onnx_path}: onnxruntime scores differ from the SavedModel by "
-                           f"{parity['onnx']['max_abs_diff']:.3g} > {parity_atol:g}")
-            onnx_path.unlink(missing_ok=True)
-            onnx_path = None
-    if onnx_reject is not None:
-        parity["onnx"] = {**parity.get("onnx", {}), "pass": False, "rejected": onnx_reject}
-        notes.append(f"ONNX export rejected: {onnx_reject}")
+    onnx_path, onnx_reject = check_or_reject(
+        onnx_path, onnx_reject, parity, lambda f: _onnx_parity(f, images, parity["samples"], parity_atol),
+        lambda r: f"onnxruntime scores differ from the SavedModel by {r['max_abs_diff']:.3g} > {parity_atol:g}",
+        notes)
     timings["parity"] = time.perf_counter() - t
 
     quant = None
@@ -187,11 +168,11 @@ def export_classifier(
         if not quant["verdict"]["recommended"]:
             notes.append(f"int8 model not recommended: {quant['verdict']['reason']}")
         timings["int8_check"] = time.perf_counter() - t
-    atomic_write_json(export_dir / PARITY_FILE, parity)
+    atomic_write_json(export_dir / bundle_io.PARITY_FILE, parity)
     if not parity["pass"]:
         worst = parity["worst"]
         raise ExportError(
-            f"{export_dir / PARITY_FILE}: parity check failed: sample {worst['sample']} differs by "
+            f"{export_dir / bundle_io.PARITY_FILE}: parity check failed: sample {worst['sample']} differs by "
             f"{worst['diff']:.3g} ({worst['pair']}), more than parity_atol={parity_atol:g}. "
             "Got scores " + ", ".join(f"{k}={v:.6f}" for k, v in worst["scores"].items()) + ". "
             "A TFLite-only gap points at the converter; a reference gap means the exported model "
@@ -202,8 +183,8 @@ def export_classifier(
     bundle = _bundle(sm_path, tflite_path, (h, w), channels, window, float(threshold), bundle_info)
     if int8_path is not None and quant is not None:
         bundle["files"]["tflite_int8"] = {
-            "path": TFLITE_INT8_FILE,
-            "signature": DEFAULT_SIGNATURE,
+            "path": bundle_io.TFLITE_INT8_FILE,
+            "signature": bundle_io.DEFAULT_SIGNATURE,
             "dtype": ("int8 weights and activations, uint8 image in, float32 score out"
                       if int8_mode == "full" else
                       "int8 where LiteRT has int8 kernels, float32 elsewhere; uint8 image in, "
@@ -222,7 +203,7 @@ def export_classifier(
         from lepton_vision.export.onnx import OPSET
 
         bundle["files"]["onnx"] = {
-            "path": onnx_path.name, "signature": DEFAULT_SIGNATURE, "opset": OPSET,
+            "path": onnx_path.name, "signature": bundle_io.DEFAULT_SIGNATURE, "opset": OPSET,
             "bytes": onnx_path.stat().st_size,
             "max_abs_diff_vs_saved_model": parity["onnx"]["max_abs_diff"],
         }
@@ -244,7 +225,7 @@ def export_classifier(
         ) from exc
     bundle["files"]["keras_model"] = {"path": "model.keras",
                                       "bytes": (export_dir / "model.keras").stat().st_size}
-    atomic_write_json(export_dir / BUNDLE_FILE, bundle)
+    atomic_write_json(export_dir / bundle_io.BUNDLE_FILE, bundle)
     timings["bundle"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_total
     return {
@@ -272,11 +253,11 @@ def _check_args(
     reference_scores: np.ndarray | None,
 ) -> list[np.ndarray]:
     where = str(export_dir)
-    unknown = [f for f in formats if f not in KNOWN_FORMATS]
+    unknown = [f for f in formats if f not in bundle_io.KNOWN_FORMATS]
     if unknown or "saved_model" not in formats:
         raise ExportError(
             f"{where}: export formats must include 'saved_model' and only use "
-            f"{list(KNOWN_FORMATS)}. Got {list(formats)}. TFLite is converted from the SavedModel."
+            f"{list(bundle_io.KNOWN_FORMATS)}. Got {list(formats)}. TFLite is converted from the SavedModel."
         )
     if channels not in (1, 3):
         raise ExportError(f"{where}: channels must be 1 or 3. Got {channels}.")
@@ -408,7 +389,7 @@ def _write_saved_model(model: Any, export_dir: Path, size_hw: tuple[int, int], c
                        window: tuple[float, float] | None, threshold: float,
                        temperature: float | None = None) -> Path:
     """The SavedModel with the classifier's endpoints (preprocessing and threshold inside)."""
-    return write_saved_model(model, export_dir, _build_endpoints(model, size_hw, channels, window, threshold, temperature),
+    return bundle_io.write_saved_model(model, export_dir, _build_endpoints(model, size_hw, channels, window, threshold, temperature),
                              hint="Check that the model maps float32 [B,h,w,C] to a score [B,1].")
 
 
@@ -420,14 +401,14 @@ def _write_tflite(sm_path: Path, out: Path, probe_image: np.ndarray) -> Path:
     """Convert serve_uint8 to float32 TFLite (builtins only) and check LiteRT can run it."""
     import tensorflow as tf
 
-    conv = tf.lite.TFLiteConverter.from_saved_model(str(sm_path), signature_keys=[DEFAULT_SIGNATURE])
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(sm_path), signature_keys=[bundle_io.DEFAULT_SIGNATURE])
     # Builtins only: the Python LiteRT interpreter (and most edge runtimes) cannot run Flex ops.
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     try:
         flat = conv.convert()
     except Exception as exc:
         raise ExportError(
-            f"{out}: TFLite conversion of '{DEFAULT_SIGNATURE}' with builtin ops failed: "
+            f"{out}: TFLite conversion of '{bundle_io.DEFAULT_SIGNATURE}' with builtin ops failed: "
             f"{type(exc).__name__}: {str(exc)[:500]}. Drop 'tflite' from export.formats or use a "
             "backbone made of TFLite builtin ops."
         ) from exc
@@ -443,7 +424,7 @@ def _write_tflite(sm_path: Path, out: Path, probe_image: np.ndarray) -> Path:
 
 
 def _tflite_score(model_content: bytes | Any, image: np.ndarray) -> float:
-    runner = tflite_runner(model_content) if isinstance(model_content, bytes) else model_content
+    runner = bundle_io.tflite_runner(model_content) if isinstance(model_content, bytes) else model_content
     return float(np.asarray(runner(image=image)["score"]).reshape(-1)[0])
 
 
@@ -472,7 +453,7 @@ def _write_tflite_int8(sm_path: Path, out: Path, calibration: Sequence[np.ndarra
     last: Exception | None = None
     for mode, ops in (("full", [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]),
                       ("mixed", [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS])):
-        conv = tf.lite.TFLiteConverter.from_saved_model(str(sm_path), signature_keys=[DEFAULT_SIGNATURE])
+        conv = tf.lite.TFLiteConverter.from_saved_model(str(sm_path), signature_keys=[bundle_io.DEFAULT_SIGNATURE])
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = representative
         conv.target_spec.supported_ops = ops
@@ -489,7 +470,7 @@ def _write_tflite_int8(sm_path: Path, out: Path, calibration: Sequence[np.ndarra
         atomic_write_bytes(out, flat)
         return out, mode
     raise ExportError(
-        f"{out}: int8 TFLite conversion of '{DEFAULT_SIGNATURE}' failed: {type(last).__name__}: "
+        f"{out}: int8 TFLite conversion of '{bundle_io.DEFAULT_SIGNATURE}' failed: {type(last).__name__}: "
         f"{str(last)[:500]}. Drop 'tflite_int8' from export.formats."
     )
 
@@ -532,7 +513,7 @@ def _int8_check(model: Any, int8_path: Path, parity_images: list[np.ndarray],
         from lepton_vision.kinds.classification.metrics import apply_temperature
 
         float_scores = np.asarray(apply_temperature(float_scores, float(temperature)), np.float64)
-    runner = tflite_runner(int8_path.read_bytes())
+    runner = bundle_io.tflite_runner(int8_path.read_bytes())
     int8_scores = np.array([_tflite_score(runner, im) for im in images])
     if labels is None:
         diff = np.abs(float_scores - int8_scores)
@@ -563,12 +544,12 @@ def _parity(model: Any, sm_path: Path, tflite_path: Path | None, images: list[np
         from lepton_vision.kinds.classification.metrics import apply_temperature
 
         scores["keras"] = np.asarray(apply_temperature(scores["keras"], float(temperature)), np.float64)
-    serve = tf.saved_model.load(str(sm_path)).signatures[DEFAULT_SIGNATURE]
+    serve = tf.saved_model.load(str(sm_path)).signatures[bundle_io.DEFAULT_SIGNATURE]
     scores["saved_model"] = np.array(
         [float(serve(image=tf.constant(img))["score"][0]) for img in images]
     )
     if tflite_path is not None:
-        runner = tflite_runner(tflite_path.read_bytes())
+        runner = bundle_io.tflite_runner(tflite_path.read_bytes())
         scores["tflite"] = np.array([_tflite_score(runner, img) for img in images])
     if reference_scores is not None:
         scores["reference"] = np.asarray(reference_scores, dtype=np.float64).reshape(-1)
@@ -612,19 +593,19 @@ def _bundle(sm_path: Path, tflite_path: Path | None, size_hw: tuple[int, int], c
     info = dict(info)
     policy = info.pop("threshold_policy", None)
     files: dict[str, Any] = {
-        "saved_model": {"path": SAVED_MODEL_DIR, "default_signature": DEFAULT_SIGNATURE},
-        "parity": {"path": PARITY_FILE},
+        "saved_model": {"path": bundle_io.SAVED_MODEL_DIR, "default_signature": bundle_io.DEFAULT_SIGNATURE},
+        "parity": {"path": bundle_io.PARITY_FILE},
     }
     if tflite_path is not None:
         files["tflite"] = {
-            "path": TFLITE_FILE,
-            "signature": DEFAULT_SIGNATURE,
+            "path": bundle_io.TFLITE_FILE,
+            "signature": bundle_io.DEFAULT_SIGNATURE,
             "dtype": "float32",
             "bytes": tflite_path.stat().st_size,
         }
-    versions = {**export_versions(), **info.pop("versions", {})}
+    versions = {**bundle_io.export_versions(), **info.pop("versions", {})}
     bundle: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": bundle_io.SCHEMA_VERSION,
         "task": info.pop("task"),
         "kind": info.pop("kind", "binary_classification"),
         "classes": list(info.pop("classes")),
@@ -652,8 +633,8 @@ def _bundle(sm_path: Path, tflite_path: Path | None, size_hw: tuple[int, int], c
             "score": "sigmoid probability of the positive class",
             "decision": "1 when score >= threshold.value, else 0",
         },
-        "default_signature": DEFAULT_SIGNATURE,
-        "signatures": signatures_json(sm_path),
+        "default_signature": bundle_io.DEFAULT_SIGNATURE,
+        "signatures": bundle_io.signatures_json(sm_path),
         "files": files,
         "versions": versions,
     }

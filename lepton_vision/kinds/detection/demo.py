@@ -33,30 +33,7 @@ from lepton_vision.kinds.detection.predictor import (
     draw_detections,
 )
 from lepton_vision.serve.media import BROWSER_VIDEO_CODECS, VIDEO_EXTENSIONS, AnnotatedVideoWriter, iter_video_frames, video_info
-from lepton_vision.serve.ui import (
-    DEFAULT_MAX_PIXELS,
-    MAX_VIDEO_FRAMES,
-    METRIC_NAMES,
-    ImageFiles,
-    backend_text,
-    bootstrap_unit_text,
-    card_markdown,
-    check_array,
-    check_suffix,
-    ci_text,
-    fmt,
-    friendly,
-    input_path,
-    pick_examples,
-    policy_text,
-    read_pixels,
-    safe_name,
-    stage_examples,
-    too_big,
-    user_error,
-    with_friendly_errors,
-    work_dir as _temp_work_dir,
-)
+from lepton_vision.serve import ui
 
 
 #: Small frames are drawn at least this many pixels wide/high so labels stay legible.
@@ -188,8 +165,8 @@ class DetectionDemo:
         work_dir: Where annotated videos are written (default: a temp folder removed with the demo).
     """
 
-    def __init__(self, export_dir: str | Path, backend: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_video_frames: int = MAX_VIDEO_FRAMES, num_threads: int | None = None,
+    def __init__(self, export_dir: str | Path, backend: str = "auto", max_pixels: int = ui.DEFAULT_MAX_PIXELS,
+                 max_video_frames: int = ui.MAX_VIDEO_FRAMES, num_threads: int | None = None,
                  work_dir: str | Path | None = None) -> None:
         self.export_dir = Path(export_dir)
         self.predictor = DetPredictor.from_bundle(self.export_dir, backend=backend, num_threads=num_threads)
@@ -204,22 +181,16 @@ class DetectionDemo:
         self.max_video_frames = int(max_video_frames)
         self.colors = CLASS_COLORS_RGB if len(self.classes) > 1 else None
         self._lock = threading.Lock()
-        self.work_dir = _temp_work_dir(self, work_dir)
+        self.work_dir = ui.work_dir(self, work_dir)
 
     # -----------------------------------------------------------------------------------
     def _frame(self, image: Any) -> tuple[np.ndarray, str]:
-        if isinstance(image, np.ndarray):
-            name = "webcam frame"
-            arr = check_array(image, name, self.max_pixels)
-            return preprocess.to_uint8(arr, 3, None), name
-        path, name = input_path(image)
-        if path is None:
-            raise user_error("Upload an image (or take a webcam picture) first.", title="No image")
-        check_suffix(path, name, DET_IMAGE_EXTENSIONS, "an image (PNG, JPEG, BMP or TIFF)",
-                      allow_dicom_magic=True)
-        raw = read_pixels(path, name, self.max_pixels)
+        raw, name = ui.read_upload(image, array_name="webcam frame",
+                                   missing="Upload an image (or take a webcam picture) first.",
+                                   extensions=DET_IMAGE_EXTENSIONS, what="an image (PNG, JPEG, BMP or TIFF)",
+                                   max_pixels=self.max_pixels)
         if np.issubdtype(raw.dtype, np.floating):
-            raise user_error(f"{name} is a CT image (DICOM, Hounsfield units); this detector takes photos or "
+            raise ui.user_error(f"{name} is a CT image (DICOM, Hounsfield units); this detector takes photos or "
                            f"video frames ({', '.join(DET_IMAGE_EXTENSIONS)}).", title="Not a photo")
         return preprocess.to_uint8(raw, 3, None), name
 
@@ -233,7 +204,7 @@ class DetectionDemo:
         thr = self.score_threshold if score_threshold is None else float(score_threshold)
         iou = self.nms_iou if nms_iou is None else float(nms_iou)
         if not 0.0 <= thr <= 1.0 or not 0.0 < iou <= 1.0:
-            raise user_error(f"Score threshold must be in [0, 1] and NMS IoU in (0, 1]. Got {thr}, {iou}.",
+            raise ui.user_error(f"Score threshold must be in [0, 1] and NMS IoU in (0, 1]. Got {thr}, {iou}.",
                            title="Bad setting")
         return thr, iou
 
@@ -301,16 +272,16 @@ class DetectionDemo:
         thr, iou = self._thresholds(score_threshold, nms_iou)
         stride = int(stride)
         if stride < 1:
-            raise user_error(f"The frame stride must be 1 or more. Got {stride}.", title="Bad setting")
-        path, name = input_path(video)
+            raise ui.user_error(f"The frame stride must be 1 or more. Got {stride}.", title="Bad setting")
+        path, name = ui.input_path(video)
         if path is None:
-            raise user_error("Upload a video first.", title="No video")
-        check_suffix(path, name, VIDEO_EXTENSIONS, "a video")
+            raise ui.user_error("Upload a video first.", title="No video")
+        ui.check_suffix(path, name, VIDEO_EXTENSIONS, "a video")
         if not path.is_file() or path.stat().st_size == 0:
-            raise user_error(f"{name} is empty or gone from the server. Upload it again.", title="No video")
+            raise ui.user_error(f"{name} is empty or gone from the server. Upload it again.", title="No video")
         n_frames, fps = video_info(path)
         planned = min(math.ceil(n_frames / stride), self.max_video_frames) if n_frames else self.max_video_frames
-        out_base = self.work_dir / f"{safe_name(Path(name).stem)}_annotated_{uuid.uuid4().hex[:8]}"
+        out_base = self.work_dir / f"{ui.safe_name(Path(name).stem)}_annotated_{uuid.uuid4().hex[:8]}"
         writer = AnnotatedVideoWriter(out_base, (fps or 10.0) / stride, codecs=BROWSER_VIDEO_CODECS)
         shown: list[FrameDetections] = []
         latencies: list[float] = []
@@ -322,7 +293,7 @@ class DetectionDemo:
                 for k, (index, rgb) in enumerate(iter_video_frames(path, stride=stride,
                                                                   max_frames=self.max_video_frames)):
                     if k == 0 and rgb.shape[0] * rgb.shape[1] > self.max_pixels:
-                        raise too_big(name, rgb.shape[1], rgb.shape[0], self.max_pixels)
+                        raise ui.too_big(name, rgb.shape[1], rgb.shape[0], self.max_pixels)
                     raw, latency = self._run(rgb, name, frame=index)
                     d = filter_detections(raw, thr, iou, self.nms_iou)
                     writer.write(self.draw(rgb, d))
@@ -334,9 +305,9 @@ class DetectionDemo:
                         progress((k + 1, max(planned, k + 1)), desc=f"frame {index + 1}"
                                  + (f" of {n_frames}" if n_frames else ""), unit="frames")
         except DataError as e:
-            raise user_error(friendly(e, name, path), title="Cannot read this video") from None
+            raise ui.user_error(ui.friendly(e, name, path), title="Cannot read this video") from None
         if writer.path is None:
-            raise user_error(f"{name}: no frame could be decoded.", title="Cannot read this video")
+            raise ui.user_error(f"{name}: no frame could be decoded.", title="Cannot read this video")
         run_frames = len(shown)
         capped = run_frames >= self.max_video_frames and (n_frames == 0 or last_index + stride < n_frames)
         return VideoResult(path=writer.path, name=name, frames_run=run_frames, frames_in_video=n_frames,
@@ -356,7 +327,7 @@ class DetectionDemo:
             present = "yes" if r.raw.alarm else "no"
             parts.append(f"object present: **{present}** (image score {r.raw.image_score:.3f} vs "
                          f"{self.predictor.image_threshold:.3f})")
-        parts.append(f"model {r.latency_ms:.1f} ms ({backend_text(self.predictor)}), decode {r.decode_ms:.1f} ms")
+        parts.append(f"model {r.latency_ms:.1f} ms ({ui.backend_text(self.predictor)}), decode {r.decode_ms:.1f} ms")
         return " · ".join(parts)
 
     def video_markdown(self, v: VideoResult) -> str:
@@ -387,9 +358,9 @@ def _counts_table(per_class: dict[str, tuple[int, float]]) -> list[list[Any]]:
     return [[c, n, round(top, 3) if n else None] for c, (n, top) in per_class.items()]
 
 
-def _page(demo: DetectionDemo, examples: list[str], png_file: ImageFiles) -> gr.Blocks:
+def _page(demo: DetectionDemo, examples: list[str], png_file: ui.ImageFiles) -> gr.Blocks:
     b = demo.bundle
-    pol = policy_text(b.get("threshold_policy"))
+    pol = ui.policy_text(b.get("threshold_policy"))
     headers = ["class", "boxes", "max score"]
     with gr.Blocks(title=f"{b.get('title', 'Object detection')} · lepton-vision", analytics_enabled=False,
                    delete_cache=(3600, 3600)) as blocks:
@@ -448,7 +419,7 @@ def _page(demo: DetectionDemo, examples: list[str], png_file: ImageFiles) -> gr.
                                                  elem_id="det-video-counts")
                         vid_summary = gr.Markdown(elem_id="det-video-summary")
         with gr.Accordion("Model card", open=True, elem_id="model-card"):
-            gr.Markdown(card_markdown(b, card_section(b), backend_text(demo.predictor)))
+            gr.Markdown(ui.card_markdown(b, card_section(b), ui.backend_text(demo.predictor)))
         state = gr.State(None)
 
         def _outputs(r: DetectionResult) -> tuple[Any, ...]:
@@ -458,24 +429,24 @@ def _page(demo: DetectionDemo, examples: list[str], png_file: ImageFiles) -> gr.
 
         empty = (None, "", "", "", _counts_table(demo.per_class([])), "", None)
 
-        @with_friendly_errors
+        @ui.with_friendly_errors
         def on_detect(image: Any, threshold: float, nms: float) -> tuple[Any, ...]:
             return _outputs(demo.detect(image, threshold, nms))
 
-        @with_friendly_errors
+        @ui.with_friendly_errors
         def on_image(image: Any, threshold: float, nms: float) -> tuple[Any, ...]:
-            if input_path(image)[0] is None:
+            if ui.input_path(image)[0] is None:
                 return empty
             return _outputs(demo.detect(image, threshold, nms))
 
-        @with_friendly_errors
+        @ui.with_friendly_errors
         def on_sliders(st: dict[str, Any] | None, threshold: float, nms: float) -> tuple[Any, ...]:
             if not st:
                 return tuple(gr.skip() for _ in range(7))
             return _outputs(demo.refilter(st["raw"], st["frame"], st["name"], threshold, nms,
                                           st["latency"], st["decode"]))
 
-        @with_friendly_errors
+        @ui.with_friendly_errors
         def on_video(video: Any, threshold: float, nms: float, n: float,
                      progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008 - Gradio's API
             v = demo.detect_video(video, threshold, nms, int(n), progress=progress)
@@ -501,24 +472,24 @@ def card_section(bundle: dict[str, Any]) -> list[str]:
     """The model card's operating point (box and alarm thresholds, NMS) and cross-validated box
     metrics of a detector."""
     metrics = bundle.get("metrics") or {}
-    unit_text = bootstrap_unit_text(bundle, "sequences")
+    unit_text = ui.bootstrap_unit_text(bundle, "sequences")
     lines: list[str] = []
     det = bundle.get("detection") or {}
     inside = []
     if det.get("nms_iou") is not None:
-        inside.append(f"NMS inside the model at IoU {fmt(det['nms_iou'], 2)}")
+        inside.append(f"NMS inside the model at IoU {ui.fmt(det['nms_iou'], 2)}")
     if det.get("min_score") is not None:
-        inside.append(f"boxes below {fmt(det['min_score'], 2)} are never returned")
+        inside.append(f"boxes below {ui.fmt(det['min_score'], 2)} are never returned")
     if det.get("max_detections") is not None:
         inside.append(f"at most {det['max_detections']} per frame")
     lines += [
-        f"**Operating point.** boxes count at score ≥ {fmt(bundle.get('score_threshold'))} "
-        f"(policy {policy_text(bundle.get('threshold_policy'))} on out-of-fold boxes)"
+        f"**Operating point.** boxes count at score ≥ {ui.fmt(bundle.get('score_threshold'))} "
+        f"(policy {ui.policy_text(bundle.get('threshold_policy'))} on out-of-fold boxes)"
         + (f"; {', '.join(inside)}." if inside else "."),
     ]
     if bundle.get("image_threshold") is not None:
         lines.append(f"\"Object present\" alarm at image score (highest box score) ≥ "
-                     f"{fmt(bundle['image_threshold'])}.")
+                     f"{ui.fmt(bundle['image_threshold'])}.")
     else:
         lines.append("No \"object present\" alarm: the training data had no empty frames.")
     cis = metrics.get("ci") if isinstance(metrics.get("ci"), dict) else {}
@@ -526,29 +497,29 @@ def card_section(bundle: dict[str, Any]) -> list[str]:
               "| metric | value | 95 % CI |", "|---|---|---|"]
     for key in ("ap50", "ap50_95", "precision", "recall", "f1"):
         if metrics.get(key) is not None:
-            lines.append(f"| {METRIC_NAMES[key]} | {fmt(metrics[key])} | {ci_text(cis.get(key))} |")
+            lines.append(f"| {ui.METRIC_NAMES[key]} | {ui.fmt(metrics[key])} | {ui.ci_text(cis.get(key))} |")
     il = bundle.get("image_level") or {}
     if il.get("available") and il.get("auc") is not None:
-        lines.append(f"| Image-level AUC (object present) | {fmt(il['auc'])} | {ci_text(cis.get('image_auc'))} |")
+        lines.append(f"| Image-level AUC (object present) | {ui.fmt(il['auc'])} | {ui.ci_text(cis.get('image_auc'))} |")
     per_class = metrics.get("per_class") or {}
     if len(per_class) > 1:
         lines += ["", "Per class (no CI in the bundle; precision and recall at the box threshold):", "",
                   "| class | AP50 | precision | recall | ground-truth boxes |", "|---|---|---|---|---|"]
-        lines += [f"| {c} | {fmt(v.get('ap50'))} | {fmt(v.get('precision'))} | {fmt(v.get('recall'))} | "
+        lines += [f"| {c} | {ui.fmt(v.get('ap50'))} | {ui.fmt(v.get('precision'))} | {ui.fmt(v.get('recall'))} | "
                   f"{v.get('n_gt', '–')} |" for c, v in per_class.items()]
     return lines
 
 
 def build_page(export_dir: Path, *, backend: str = "auto", examples: Any = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS, max_video_frames: int = MAX_VIDEO_FRAMES,
+               max_pixels: int = ui.DEFAULT_MAX_PIXELS, max_video_frames: int = ui.MAX_VIDEO_FRAMES,
                num_threads: int | None = None) -> gr.Blocks:
     """The page of a detection export (not launched); ``blocks.lepton_demo`` is its
     :class:`DetectionDemo`. ``examples``: see :func:`lepton_vision.serve.demo.build_demo`."""
     demo = DetectionDemo(export_dir, backend=backend, max_pixels=max_pixels, max_video_frames=max_video_frames,
                          num_threads=num_threads)
-    items = pick_examples(export_dir, extensions=DET_IMAGE_EXTENSIONS) if examples is None else list(examples)
-    staged = stage_examples(items, demo.work_dir / "examples")
-    blocks = _page(demo, staged, ImageFiles(demo.work_dir / "results"))
+    items = ui.pick_examples(export_dir, extensions=DET_IMAGE_EXTENSIONS) if examples is None else list(examples)
+    staged = ui.stage_examples(items, demo.work_dir / "examples")
+    blocks = _page(demo, staged, ui.ImageFiles(demo.work_dir / "results"))
     blocks.lepton_demo = demo  # type: ignore[attr-defined]
     blocks.lepton_examples = [[p] for p in staged]  # type: ignore[attr-defined]
     return blocks

@@ -36,19 +36,7 @@ from typing import Any
 import numpy as np
 
 from lepton_vision.config.errors import ExportError
-from lepton_vision.export.bundle import (
-    BUNDLE_FILE,
-    DEFAULT_SIGNATURE,
-    PARITY_FILE,
-    SAVED_MODEL_DIR,
-    SCHEMA_VERSION,
-    TFLITE_FILE,
-    TFLITE_INT8_FILE,
-    export_versions,
-    signatures_json,
-    tflite_runner,
-    write_saved_model,
-)
+from lepton_vision.export import bundle as bundle_io
 from lepton_vision.runio import atomic_save_model, atomic_write_bytes, atomic_write_json
 
 #: Graph name scope of the network's own ops (int8 export quantises these and nothing else).
@@ -158,7 +146,7 @@ def _convert_tflite(sm_path: Path, out: Path, calibration: Sequence[np.ndarray] 
     """
     import tensorflow as tf
 
-    conv = tf.lite.TFLiteConverter.from_saved_model(str(sm_path), signature_keys=[DEFAULT_SIGNATURE])
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(sm_path), signature_keys=[bundle_io.DEFAULT_SIGNATURE])
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     try:
         if calibration is None:
@@ -235,8 +223,8 @@ def _parity(model: Any, sm_path: Path, tfl: dict[str, Path], frames: list[np.nda
     from lepton_vision.data.preprocess import boxes_to_original, letterbox
 
     predict = make_predict_fn(model, ADAPTERS["yolov8"], policy.max_detections, policy.nms_iou, policy.min_score)
-    serve = tf.saved_model.load(str(sm_path)).signatures[DEFAULT_SIGNATURE]
-    runners = {name: tflite_runner(p) for name, p in tfl.items()}
+    serve = tf.saved_model.load(str(sm_path)).signatures[bundle_io.DEFAULT_SIGNATURE]
+    runners = {name: bundle_io.tflite_runner(p) for name, p in tfl.items()}
     per: dict[str, list[dict[str, Any]]] = {f"saved_model_vs_{k}": [] for k in ["keras", *runners]}
     for img in frames:
         x, scale = letterbox(img, input_hw)
@@ -327,11 +315,11 @@ def export_detector(
     if "saved_model" not in formats:
         raise ExportError(f"{export_dir}: export formats must include saved_model. Got {list(formats)}.")
     export_dir.mkdir(parents=True, exist_ok=True)
-    (export_dir / BUNDLE_FILE).unlink(missing_ok=True)
+    (export_dir / bundle_io.BUNDLE_FILE).unlink(missing_ok=True)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     endpoints = build_endpoints(model, input_hw, policy, score_threshold, image_threshold)
-    sm_path = write_saved_model(model, export_dir, endpoints)
+    sm_path = bundle_io.write_saved_model(model, export_dir, endpoints)
     timings["saved_model"] = round(time.perf_counter() - t, 2)
     atomic_save_model(model, export_dir / "model.keras")
 
@@ -339,36 +327,30 @@ def export_detector(
         return [to_uint8(read_image(p, max_pixels), 3, None) for p in paths]
 
     tfl: dict[str, Path] = {}
-    for name in (TFLITE_FILE, TFLITE_INT8_FILE, "model.onnx"):
+    for name in (bundle_io.TFLITE_FILE, bundle_io.TFLITE_INT8_FILE, "model.onnx"):
         (export_dir / name).unlink(missing_ok=True)
     if "tflite" in formats or "tflite_int8" in formats:
         t = time.perf_counter()
         # The float file is also the int8 conversion's map of which ops stay float32.
-        tfl["tflite"] = _convert_tflite(sm_path, export_dir / TFLITE_FILE, None)
+        tfl["tflite"] = _convert_tflite(sm_path, export_dir / bundle_io.TFLITE_FILE, None)
         timings["tflite"] = round(time.perf_counter() - t, 2)
     if "tflite_int8" in formats:
         t = time.perf_counter()
-        tfl["tflite_int8"] = _convert_tflite(sm_path, export_dir / TFLITE_INT8_FILE, frames(calibration_paths),
+        tfl["tflite_int8"] = _convert_tflite(sm_path, export_dir / bundle_io.TFLITE_INT8_FILE, frames(calibration_paths),
                                              float_tflite=tfl["tflite"])
         timings["tflite_int8"] = round(time.perf_counter() - t, 2)
     notes: list[str] = []
-    from lepton_vision.export.onnx import export_or_reject
+    from lepton_vision.export.onnx import check_or_reject, export_or_reject
 
     onnx_path, onnx_reject = export_or_reject(sm_path, export_dir, formats, timings)
     t = time.perf_counter()
     parity_frames = frames(parity_paths)
     parity = _parity(model, sm_path, tfl, parity_frames, input_hw, policy, score_threshold)
-    if onnx_path is not None:
-        parity["onnx"] = _onnx_parity(onnx_path, sm_path, parity_frames, score_threshold)
-        if not parity["onnx"]["pass"]:
-            onnx_reject = (f"{onnx_path}: onnxruntime detections differ from the SavedModel "
-                           f"(same count on {parity['onnx']['same_count_fraction']:.0%} of frames, "
-                           f"image score diff {parity['onnx']['worst_image_score_diff']:.3g})")
-            onnx_path.unlink(missing_ok=True)
-            onnx_path = None
-    if onnx_reject is not None:
-        parity["onnx"] = {**parity.get("onnx", {}), "pass": False, "rejected": onnx_reject}
-        notes.append(f"ONNX export rejected: {onnx_reject}")
+    onnx_path, onnx_reject = check_or_reject(
+        onnx_path, onnx_reject, parity, lambda f: _onnx_parity(f, sm_path, parity_frames, score_threshold),
+        lambda r: (f"onnxruntime detections differ from the SavedModel (same count on "
+                   f"{r['same_count_fraction']:.0%} of frames, image score diff {r['worst_image_score_diff']:.3g})"),
+        notes)
     timings["parity"] = round(time.perf_counter() - t, 2)
     quant = None
     if "tflite_int8" in tfl and quant_rows is not None and len(quant_rows):
@@ -382,17 +364,17 @@ def export_detector(
     if "tflite" not in formats and "tflite" in tfl:
         tfl.pop("tflite").unlink(missing_ok=True)  # only needed to convert and judge int8
         parity["pairs"].pop("saved_model_vs_tflite", None)
-    atomic_write_json(export_dir / PARITY_FILE, parity)
+    atomic_write_json(export_dir / bundle_io.PARITY_FILE, parity)
     if not parity["pass"]:
         bad = {k: v for k, v in parity["pairs"].items() if not v["pass"]}
         raise ExportError(
             f"{export_dir}: exported detector disagrees with the Keras model on real frames: {bad}. "
-            f"See {export_dir / PARITY_FILE}."
+            f"See {export_dir / bundle_io.PARITY_FILE}."
         )
-    files: dict[str, Any] = {"saved_model": {"path": SAVED_MODEL_DIR, "default_signature": DEFAULT_SIGNATURE},
-                             "keras": {"path": "model.keras"}, "parity": {"path": PARITY_FILE}}
+    files: dict[str, Any] = {"saved_model": {"path": bundle_io.SAVED_MODEL_DIR, "default_signature": bundle_io.DEFAULT_SIGNATURE},
+                             "keras": {"path": "model.keras"}, "parity": {"path": bundle_io.PARITY_FILE}}
     for name, p in tfl.items():
-        files[name] = {"path": p.name, "signature": DEFAULT_SIGNATURE, "bytes": p.stat().st_size,
+        files[name] = {"path": p.name, "signature": bundle_io.DEFAULT_SIGNATURE, "bytes": p.stat().st_size,
                        "dtype": ("int8 network; letterbox, decoding and NMS float32; float input/output"
                                  if "int8" in name else "float32"),
                        # int8 may miss its looser tolerance without failing the export: say so here.
@@ -406,12 +388,12 @@ def export_detector(
     if onnx_path is not None:
         from lepton_vision.export.onnx import OPSET
 
-        files["onnx"] = {"path": onnx_path.name, "signature": DEFAULT_SIGNATURE, "opset": OPSET,
+        files["onnx"] = {"path": onnx_path.name, "signature": bundle_io.DEFAULT_SIGNATURE, "opset": OPSET,
                          "bytes": onnx_path.stat().st_size,
                          "worst_image_score_diff_vs_saved_model": parity["onnx"]["worst_image_score_diff"]}
     info = dict(bundle_info)
     bundle = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": bundle_io.SCHEMA_VERSION,
         "task": info.pop("task"),
         "kind": info.pop("kind", "object_detection"),
         "classes": list(info.pop("classes")),
@@ -430,10 +412,10 @@ def export_detector(
                      + (" (no image threshold: the data had no empty frames; alarm is always 0)"
                         if image_threshold is None else ""),
         },
-        "default_signature": DEFAULT_SIGNATURE,
-        "signatures": signatures_json(sm_path),
+        "default_signature": bundle_io.DEFAULT_SIGNATURE,
+        "signatures": bundle_io.signatures_json(sm_path),
         "files": files,
-        "versions": {**export_versions(), **info.pop("versions", {})},
+        "versions": {**bundle_io.export_versions(), **info.pop("versions", {})},
         **info,
     }
     if quant is not None:
@@ -441,7 +423,7 @@ def export_detector(
                                   "change": quant["change"], "verdict": quant["verdict"]}
     if onnx_reject is not None:
         bundle["rejected_files"] = {"onnx": onnx_reject}
-    atomic_write_json(export_dir / BUNDLE_FILE, bundle)  # last: the export is complete
+    atomic_write_json(export_dir / bundle_io.BUNDLE_FILE, bundle)  # last: the export is complete
     timings["total"] = round(time.perf_counter() - t_all, 2)
     return {"export_dir": str(export_dir), "files": files, "parity": parity["pass"],
             "quantization": bundle.get("quantization"), "warnings": notes, "timings_s": timings}
@@ -454,7 +436,7 @@ def _onnx_parity(onnx_path: Path, sm_path: Path, frames: list[np.ndarray], score
     from lepton_vision.export import onnx as onnx_export
 
     sess = onnx_export.session(onnx_path)
-    serve = tf.saved_model.load(str(sm_path)).signatures[DEFAULT_SIGNATURE]
+    serve = tf.saved_model.load(str(sm_path)).signatures[bundle_io.DEFAULT_SIGNATURE]
     rows = [_match(_as_numpy(serve(image=tf.constant(img))), onnx_export.run(sess, img), score_threshold,
                    FLOAT_TOLERANCE["near_threshold"]) for img in frames]
     same = sum(r["count_ok"] for r in rows) / max(1, len(rows))
@@ -471,7 +453,7 @@ def _int8_check(tfl: dict[str, Path], rows: Any, evaluated_on: str, class_names:
     from lepton_vision.export.quantization import verdict
     from lepton_vision.kinds.detection.metrics import detection_change
 
-    runners = {k: tflite_runner(tfl[k]) for k in ("tflite", "tflite_int8")}
+    runners = {k: bundle_io.tflite_runner(tfl[k]) for k in ("tflite", "tflite_int8")}
     outs: dict[str, list[dict[str, np.ndarray]]] = {k: [] for k in runners}
     for path in rows["path"]:
         img = to_uint8(read_image(path, max_pixels), 3, None)
