@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("export_dir", type=Path)
     pr.add_argument("inputs", nargs="+", type=Path, help="files or folders (detection: also videos)")
     pr.add_argument("--out", type=Path, required=True,
-                    help="classification: CSV to write (path,score,decision); object detection: COCO "
+                    help="classification: CSV to write (path,score,decision,ood_score,in_distribution); object detection: COCO "
                     "results JSON (file_name, category_id, category_name, bbox [x,y,w,h] in original "
                     "pixels, score, and frame for videos) holding only boxes with score >= the "
                     "threshold in use (the export's, or --threshold); --all keeps every box")

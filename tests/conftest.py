@@ -35,7 +35,7 @@ def _code_key(*parts: str) -> str:
     h = hashlib.sha256()
     files = [p for root in ("lepton_vision", "tasks", "datasets", "recipes") for p in sorted((REPO / root).rglob("*"))
              if p.is_file() and p.suffix in (".py", ".yaml", ".yml") and "__pycache__" not in p.parts]
-    for p in [*files, Path(__file__), REPO / "tests" / "demo_exports.py"]:
+    for p in [*files, Path(__file__), REPO / "tests" / "demo_exports.py", REPO / "tests" / "ood_exports.py"]:
         h.update(str(p.relative_to(REPO)).encode())
         h.update(p.read_bytes())
     for part in parts:
@@ -222,14 +222,37 @@ def tiny_ct_project():
     return make_tiny_ct_project
 
 
-def _demo_exports():
-    """tests/demo_exports.py (test modules are not importable by name under --import-mode=importlib)."""
+def _helper_module(name: str):
+    """tests/<name>.py (test modules are not importable by name under --import-mode=importlib)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("lepton_demo_exports", Path(__file__).with_name("demo_exports.py"))
+    spec = importlib.util.spec_from_file_location(f"lepton_{name}", Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _demo_exports():
+    """tests/demo_exports.py."""
+    return _helper_module("demo_exports")
+
+
+@pytest.fixture(scope="session")
+def ood_data():
+    """tests/ood_exports.py: the OOD tests' builders, image sets and stated corruption levels."""
+    return _helper_module("ood_exports")
+
+
+@pytest.fixture(scope="session")
+def ood_ct_run(ood_data) -> Path:
+    """The OOD tests' CT run folder (40 generated patients through ``lepton-vision train``), shared."""
+    return cached_build("ood-ct-run", ood_data.make_ct_run) / "run"
+
+
+@pytest.fixture(scope="session")
+def ood_person_export(ood_data) -> Path:
+    """The OOD tests' person export (tiny YOLOv8 on generated street scenes), shared."""
+    return cached_build("ood-person-export", ood_data.make_person_export) / "export"
 
 
 @pytest.fixture(scope="session")

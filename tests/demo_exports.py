@@ -101,11 +101,33 @@ def make_ct_export(root: Path, write_ct_dicom: Any) -> dict[str, Any]:
     text.write_text("not an image")
     parity = [preprocess.to_uint8(preprocess.read_image(p), 1, CT_WINDOW) for p in [*dicoms[:3], png]]
     export_dir = root / "run" / "export"
-    export_classifier(_ct_model(), export_dir, image_size_hw=CT_SIZE, channels=1, window=CT_WINDOW,
+    model = _ct_model()
+    export_classifier(model, export_dir, image_size_hw=CT_SIZE, channels=1, window=CT_WINDOW,
                       threshold=CT_THRESHOLD, bundle_info=CT_INFO, parity_images=parity,
-                      formats=("saved_model", "tflite"))
+                      formats=("saved_model", "tflite"), ood=_ct_reference(model, np.random.default_rng(11)))
     _write_samples(root / "run" / "samples.csv", rows)
     return ct_export_files(root)
+
+
+def _ct_reference(model: Any, rng: np.random.Generator) -> tuple[Any, Any]:
+    """An OOD reference of 200 windowed slices drawn like the DICOM samples (each its own
+    patient), so the samples are in distribution and the uniform-noise PNGs are not."""
+    import keras
+
+    from lepton_vision.data import preprocess
+    from lepton_vision.export.reference import fit_from_images
+
+    feature_model = keras.Model(model.input, model.layers[-2].output)
+    level, width = CT_WINDOW
+    slices = []
+    for i in range(200):
+        hu = np.clip(rng.normal(700 + 600 * (i % 2), 250, (48, 40)), 0, 2400) - 1024.0
+        slices.append(np.clip(np.rint((hu - level + width / 2) / width * 255), 0, 255).astype(np.uint8)[..., None])
+    ref, _, _ = fit_from_images(slices, [f"P{i}" for i in range(200)], np.linspace(0.9, 1.0, 200),
+                                prep_np=lambda im: preprocess.to_model_input(im, CT_SIZE) * np.float32(255),
+                                features_np=lambda b: feature_model(b / np.float32(255), training=False), seed=0,
+                                score_name="score")
+    return ref, feature_model
 
 
 def ct_export_files(root: Path) -> dict[str, Any]:
@@ -169,6 +191,7 @@ def make_det_export(root: Path) -> dict[str, Any]:
     model = adapter.build(spec, 1, DET_INPUT_HW, 0)
     adapter.compile(model, spec, keras.optimizers.Adam(2e-3))
     model.fit(x, {"boxes": boxes, "classes": classes}, batch_size=8, epochs=5, verbose=0)
+    ood = _det_reference(model, np.random.default_rng(99))
     frames_dir = root / "frames"
     scenes = [_scene(rng, 120, 160) for _ in range(5)]
     frames = [write_png(frames_dir / f"f{i}.png", img) for i, (img, _) in enumerate(scenes)]
@@ -185,7 +208,7 @@ def make_det_export(root: Path) -> dict[str, Any]:
                                  "ci": {"ap50": [0.3, 0.5]}, "bootstrap_unit": "group"},
                      "dataset": {"name": "test_street", "fingerprint": "ef" * 32, "n_samples": 6}},
         parity_paths=[str(p) for p in frames[:2]], calibration_paths=[str(p) for p in frames[:2]],
-        formats=("saved_model", "tflite"),
+        formats=("saved_model", "tflite"), ood=ood,
     )
     rows = [{"sample_id": p.name, "path": str(p), "label": 1, "label_name": "objects", "group": f"s{i}"}
             for i, p in enumerate(frames)]
@@ -197,6 +220,22 @@ def make_det_export(root: Path) -> dict[str, Any]:
     np.savez(root / "scenes.npz", **{f"image{i}": img for i, (img, _) in enumerate(scenes)},
              **{f"boxes{i}": b for i, (_, b) in enumerate(scenes)})
     return det_export_files(root)
+
+
+def _det_reference(model: Any, rng: np.random.Generator) -> tuple[Any, Any]:
+    """An OOD reference of 64 frames drawn like the demo's frames (120x160 rectangle scenes, one in
+    five empty; sequences of two)."""
+    from lepton_vision.data.preprocess import letterbox
+    from lepton_vision.export.reference import fit_from_images
+    from lepton_vision.kinds.detection.kind import feature_model
+
+    frames = [_scene(rng, 120, 160)[0] if i % 5 else np.clip(rng.normal(150, 20, (120, 160, 3)), 0, 255).astype(np.uint8)
+              for i in range(64)]
+    features = feature_model(model)
+    ref, _, _ = fit_from_images(frames, [f"s{i // 2}" for i in range(64)], np.linspace(0.0, 0.5, 64),
+                                prep_np=lambda im: letterbox(im, DET_INPUT_HW)[0].astype(np.float32),
+                                features_np=lambda b: features(b, training=False), seed=0, score_name="image_score")
+    return ref, features
 
 
 def det_export_files(root: Path) -> dict[str, Any]:

@@ -56,6 +56,7 @@ def test_run_directory_holds_every_artefact(project, readme_schema_fields):
         "export/saved_model/saved_model.pb", "export/model.tflite", "export/bundle.json",
         "export/parity.json", "folds/0/history.csv", "folds/0/best.keras", "folds/1/result.json",
         "plots/roc.png", "plots/calibration.png", "plots/gradcam.png", "export/model.keras",
+        "export/reference.npz", "export/model_ood.tflite",
     ]:
         assert (run / rel).exists(), rel
     folds = pd.read_csv(run / "folds.csv", keep_default_na=False)
@@ -88,7 +89,8 @@ def test_predict_reproduces_final_model_scores(project, tmp_path):
     out = tmp_path / "preds.csv"
     assert main(["predict", str(run / "export"), *paths, "--out", str(out)]) == 0
     preds = pd.read_csv(out)
-    assert list(preds.columns) == ["path", "score", "decision"]
+    assert list(preds.columns) == ["path", "score", "decision", "ood_score", "in_distribution"]
+    assert np.isfinite(preds["ood_score"]).all() and set(preds["in_distribution"]) <= {0, 1}
     _, keras = import_keras()
     model = keras.models.load_model(run / "final/model.keras", compile=False)
     x = np.stack([load_for_model(p, (32, 32), 1, (-600.0, 1500.0)) for p in paths])

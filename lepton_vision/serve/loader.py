@@ -15,7 +15,7 @@ from lepton_vision.export.bundle import bundle_kind
 
 
 def open_predictor(export_dir: str | Path, backend: str = "auto", threshold: float | None = None,
-                   num_threads: int | None = None) -> Any:
+                   num_threads: int | None = None, ood: bool = True) -> Any:
     """The predictor of an export's kind.
 
     Args:
@@ -26,6 +26,7 @@ def open_predictor(export_dir: str | Path, backend: str = "auto", threshold: flo
         threshold: Override the bundle's operating threshold (classification: the score
             threshold; detection: the box score threshold), 0..1.
         num_threads: LiteRT interpreter threads (None: LiteRT's default).
+        ood: Score how unlike the training data each input is (when the export has a reference).
 
     Raises:
         ExportError: The bundle is missing, unreadable, of an unknown schema version or kind, or
@@ -34,7 +35,7 @@ def open_predictor(export_dir: str | Path, backend: str = "auto", threshold: flo
     from lepton_vision.kinds import kind_of
 
     predictor_class = kind_of(bundle_kind(export_dir)).predictor_class()
-    return predictor_class.from_bundle(Path(export_dir), backend, threshold, num_threads)
+    return predictor_class.from_bundle(Path(export_dir), backend, threshold, num_threads, ood)
 
 
 class Predictor:

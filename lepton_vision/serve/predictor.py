@@ -18,7 +18,8 @@ import numpy as np
 
 from lepton_vision.config.errors import DataError, ExportError
 from lepton_vision.data import preprocess
-from lepton_vision.export.bundle import DEFAULT_SIGNATURE, SAVED_MODEL_DIR, TFLITE_FILE, TFLITE_INT8_FILE, load_bundle_json
+from lepton_vision.export import bundle as bundle_io
+from lepton_vision.export.bundle import load_bundle_json
 
 #: File extensions :meth:`BundlePredictor.iter_folder` reads.
 PREDICT_EXTENSIONS = tuple(preprocess.IMAGE_EXTENSIONS) + tuple(preprocess.DICOM_EXTENSIONS)
@@ -68,12 +69,14 @@ def read_kind_bundle(export_dir: Path, kind: str, required: tuple[str, ...]) -> 
     return bundle
 
 
-def open_runner(export_dir: Path, bundle: dict[str, Any], backend: str, num_threads: int | None) -> tuple[str, Any]:
-    """(backend, signature runner) of ``serve_uint8`` in an export.
+def open_runner(export_dir: Path, bundle: dict[str, Any], backend: str, num_threads: int | None,
+                signature: str = bundle_io.DEFAULT_SIGNATURE, tflite_file: str | None = None) -> tuple[str, Any]:
+    """(backend, signature runner) of ``signature`` (``serve_uint8``) in an export.
 
     ``backend``: "tflite" (LiteRT, float32), "tflite_int8" (LiteRT, int8), "saved_model"
     (TensorFlow) or "auto": float TFLite when model.tflite exists and ai_edge_litert is installed,
-    else the SavedModel.
+    else the SavedModel. ``tflite_file`` replaces the LiteRT file of either LiteRT backend (the
+    float ``model_ood.tflite`` of ``serve_ood``).
 
     Raises:
         ExportError: An unknown backend, or the file it needs is missing.
@@ -81,9 +84,9 @@ def open_runner(export_dir: Path, bundle: dict[str, Any], backend: str, num_thre
     if backend not in BACKENDS:
         raise ExportError(f"backend must be one of {', '.join(BACKENDS)}. Got {backend!r}.", file=str(export_dir))
     files = bundle.get("files", {})
-    tfl = {name: export_dir / files.get(name, {}).get("path", default)
-           for name, default in (("tflite", TFLITE_FILE), ("tflite_int8", TFLITE_INT8_FILE))}
-    sm_path = export_dir / files.get("saved_model", {}).get("path", SAVED_MODEL_DIR)
+    tfl = {name: export_dir / (tflite_file or files.get(name, {}).get("path", default))
+           for name, default in (("tflite", bundle_io.TFLITE_FILE), ("tflite_int8", bundle_io.TFLITE_INT8_FILE))}
+    sm_path = export_dir / files.get("saved_model", {}).get("path", bundle_io.SAVED_MODEL_DIR)
     if backend == "auto":
         backend = "tflite" if tfl["tflite"].is_file() and has_litert() else "saved_model"
     if backend in tfl:
@@ -95,14 +98,14 @@ def open_runner(export_dir: Path, bundle: dict[str, Any], backend: str, num_thre
                 f"'lepton-vision export RUN --format {backend}' or use backend='saved_model'.",
                 file=str(export_dir),
             )
-        from lepton_vision.export.bundle import tflite_runner
+        from ai_edge_litert.interpreter import Interpreter
 
-        return backend, tflite_runner(path, num_threads=num_threads)
+        return backend, Interpreter(model_path=str(path), num_threads=num_threads).get_signature_runner(signature)
     if not (sm_path / "saved_model.pb").is_file():
         raise ExportError(f"no SavedModel at {sm_path}. Re-run 'lepton-vision export'.", file=str(export_dir))
     import tensorflow as tf
 
-    return backend, tf.saved_model.load(str(sm_path)).signatures[DEFAULT_SIGNATURE]
+    return backend, tf.saved_model.load(str(sm_path)).signatures[signature]
 
 
 def check_threshold_override(value: float, what: str, export_dir: Path) -> float:
@@ -125,22 +128,67 @@ class BundlePredictor(ABC):
         backend: "saved_model", "tflite" or "tflite_int8" (never "auto" once open).
     """
 
-    def __init__(self, export_dir: Path, bundle: dict[str, Any], backend: str, runner: Any) -> None:
+    def __init__(self, export_dir: Path, bundle: dict[str, Any], backend: str, runner: Any, ood: bool = True) -> None:
         self.export_dir = export_dir
         self.bundle = bundle
         self.backend = backend
         self._runner = runner
+        #: Whether results carry an OOD score: the export has a reference and it was not turned off.
+        self.ood = bool(ood) and bool(bundle.get("reference"))
+        self._ood_runner: Any = None
+        self._ood_backend = ""
 
-    def run_uint8(self, img: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw outputs of ``serve_uint8`` for one uint8 H x W x C image (numpy arrays)."""
+    @property
+    def ood_note(self) -> str:
+        """Why results have no OOD score ("" when they have one)."""
+        if self.ood:
+            return ""
+        if not self.bundle.get("reference"):
+            return ("no reference: this export predates OOD references (bundle.json has no 'reference'); "
+                    "re-export it with 'lepton-vision export RUN' to get an OOD score")
+        return "OOD scoring turned off (ood=False)"
+
+    @staticmethod
+    def _call(backend: str, runner: Any, img: np.ndarray) -> dict[str, np.ndarray]:
         img = np.ascontiguousarray(img, dtype=np.uint8)
-        if self.backend.startswith("tflite"):
-            out = self._runner(image=img)
+        if backend.startswith("tflite"):
+            out = runner(image=img)
         else:
             import tensorflow as tf
 
-            out = self._runner(image=tf.constant(img))
+            out = runner(image=tf.constant(img))
         return {k: np.asarray(v) for k, v in out.items()}
+
+    def run_uint8(self, img: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw outputs of ``serve_uint8`` for one uint8 H x W x C image (numpy arrays)."""
+        return self._call(self.backend, self._runner, img)
+
+    def run_ood(self, img: np.ndarray) -> dict[str, np.ndarray] | None:
+        """Outputs of ``serve_ood`` (``ood_score``, ``in_distribution``, ``image_stats``,
+        ``features``) for the same uint8 image, or None without a reference.
+
+        LiteRT backends use the float ``model_ood.tflite`` when the export has it, else (and for the
+        SavedModel backend) the SavedModel's ``serve_ood``.
+        """
+        if not self.ood:
+            return None
+        if self._ood_runner is None:
+            from lepton_vision.export.reference import OOD_SIGNATURE, OOD_TFLITE_FILE
+
+            files = self.bundle["reference"].get("files", {})
+            lite = files.get("tflite", {}).get("path") if isinstance(files.get("tflite"), dict) else None
+            backend = "tflite" if self.backend.startswith("tflite") and lite and (self.export_dir / lite).is_file() \
+                else "saved_model"
+            self._ood_backend, self._ood_runner = open_runner(self.export_dir, self.bundle, backend, None,
+                                                              OOD_SIGNATURE, lite or OOD_TFLITE_FILE)
+        return self._call(self._ood_backend, self._ood_runner, img)
+
+    def ood_of(self, img: np.ndarray) -> tuple[float | None, bool | None]:
+        """(OOD score, in distribution) of a uint8 image, (None, None) without a reference."""
+        out = self.run_ood(img)
+        if out is None:
+            return None, None
+        return float(out["ood_score"].reshape(-1)[0]), bool(int(out["in_distribution"].reshape(-1)[0]))
 
     @abstractmethod
     def predict(self, image_or_path: str | Path | np.ndarray) -> Any:

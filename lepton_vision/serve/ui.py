@@ -272,6 +272,33 @@ def backend_text(predictor: Any) -> str:
     return f"{kind} (`{name}`)"
 
 
+def ood_markdown(predictor: Any, ood_score: float | None, in_distribution: bool | None) -> str:
+    """How unlike the training images an input is, in words (Markdown), or why it was not checked."""
+    if ood_score is None:
+        return f"no out-of-distribution check ({predictor.ood_note})"
+    if in_distribution:
+        return f"like the training images (OOD score {ood_score:.2f} ≤ 1)"
+    return (f"**⚠ unlike the training images** (OOD score {ood_score:.2f} > 1): the model was not trained on "
+            "inputs like this one, so its answer may be meaningless")
+
+
+def ood_warning_html(ood_score: float | None, in_distribution: bool | None, elem_id: str) -> str:
+    """A visible warning block for an out-of-distribution input ("" when in distribution or unchecked)."""
+    if in_distribution is not False or ood_score is None:
+        return ""
+    return (f"<div id='{elem_id}' role='alert' style='background:#fff4e5;color:#8a4b00;border:2px solid #f59e0b;"
+            f"border-radius:10px;padding:8px 12px;margin-top:6px'><b>⚠ Out of distribution</b>: this input is "
+            f"unlike the images the model was trained on (OOD score {ood_score:.2f} &gt; 1). "
+            "Do not rely on the result.</div>")
+
+
+def warn_if_ood(name: str, ood_score: float | None, in_distribution: bool | None) -> None:
+    """A Gradio toast for an out-of-distribution input."""
+    if in_distribution is False and ood_score is not None:
+        gr.Warning(f"{name} is unlike the images this model was trained on (OOD score {ood_score:.2f} > 1); "
+                   "do not rely on the result.")
+
+
 def bootstrap_unit_text(bundle: dict[str, Any], group_noun: str) -> str:
     """What the bundle's CIs resampled, in words (``group_noun`` for groups: patients, sequences)."""
     unit = (bundle.get("metrics") or {}).get("bootstrap_unit", "image")

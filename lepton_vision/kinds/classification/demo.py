@@ -57,6 +57,9 @@ class ClassificationResult:
         heat: Grad-CAM map float32 [h, w] in [0, 1] at the network size, or None.
         latency_ms: Time of the model call.
         details: Markdown lines about the input and the model call.
+        ood_score: How unlike the training images the slice is (above 1: out of distribution);
+            None when the export has no reference.
+        in_distribution: ``ood_score <= 1``; None without a reference.
     """
 
     name: str
@@ -70,6 +73,8 @@ class ClassificationResult:
     heat: np.ndarray | None
     latency_ms: float
     details: list[str] = field(default_factory=list)
+    ood_score: float | None = None
+    in_distribution: bool | None = None
 
 
 class ClassificationDemo:
@@ -151,6 +156,8 @@ class ClassificationDemo:
             t0 = time.perf_counter()
             score = self.predictor.score_uint8(img)
             latency = (time.perf_counter() - t0) * 1000.0
+            ood_score, in_dist = self.predictor.ood_of(img)
+        ui.warn_if_ood(name, ood_score, in_dist)
         decision, label, thr = self.decide(score, threshold)
         display = np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
         heat = None
@@ -164,9 +171,10 @@ class ClassificationDemo:
         h, w = self.predictor.image_size
         notes.append(f"model input {h}×{w}×{self.predictor.channels}, {ui.backend_text(self.predictor)}, "
                      f"{latency:.1f} ms")
+        notes.append(ui.ood_markdown(self.predictor, ood_score, in_dist))
         return ClassificationResult(name=name, score=score, decision=decision, label=label, threshold=thr,
                                     model_image=img, display=display, image=shown, heat=heat, latency_ms=latency,
-                                    details=notes)
+                                    details=notes, ood_score=ood_score, in_distribution=in_dist)
 
     def gradcam(self, img_uint8: np.ndarray) -> np.ndarray:
         """Grad-CAM map (float32 [h, w] in [0, 1]) of the positive score, from model.keras.
@@ -216,8 +224,12 @@ def _window_text(window: Any) -> str:
     return f"rendered with the bundle's CT window: level {level:g} HU, width {width:g} HU"
 
 
-def decision_html(result_or_score: ClassificationResult | float, threshold: float, classes: Sequence[str]) -> str:
-    """The decision badge: class, score and the threshold it was compared with."""
+def decision_html(result_or_score: ClassificationResult | float, threshold: float, classes: Sequence[str],
+                  ood: tuple[float | None, bool | None] = (None, None)) -> str:
+    """The decision badge: class, score and the threshold it was compared with, and under it a
+    warning when the input is out of distribution (``ood``: score and flag; a result brings its own)."""
+    if isinstance(result_or_score, ClassificationResult):
+        ood = (result_or_score.ood_score, result_or_score.in_distribution)
     score = result_or_score.score if isinstance(result_or_score, ClassificationResult) else float(result_or_score)
     decision = bool(np.float32(score) >= np.float32(threshold))
     label = html.escape(str(classes[int(decision)]))
@@ -225,7 +237,8 @@ def decision_html(result_or_score: ClassificationResult | float, threshold: floa
     style = _POS_STYLE if decision else _NEG_STYLE
     return (f"<div id='ct-decision-badge' style='{style};border-radius:10px;padding:10px 14px'>"
             f"<div style='font-size:1.5em;font-weight:700'>{label}</div>"
-            f"<div>score {score:.4f} {rel} threshold {threshold:.4f}</div></div>")
+            f"<div>score {score:.4f} {rel} threshold {threshold:.4f}</div></div>"
+            + ui.ood_warning_html(ood[0], ood[1], "ct-ood-warning"))
 
 
 def _page(demo: ClassificationDemo, examples: list[str], png_file: ui.ImageFiles) -> gr.Blocks:
@@ -267,7 +280,8 @@ def _page(demo: ClassificationDemo, examples: list[str], png_file: ui.ImageFiles
         state = gr.State(None)
 
         def _outputs(r: ClassificationResult) -> tuple[Any, ...]:
-            st = {"score": r.score, "display": r.display, "model_img": r.model_image, "heat": r.heat}
+            st = {"score": r.score, "display": r.display, "model_img": r.model_image, "heat": r.heat,
+                  "ood": (r.ood_score, r.in_distribution)}
             return (png_file(enlarge(r.image)), decision_html(r, r.threshold, classes), f"{r.score:.4f}", r.label,
                     f"**{html.escape(r.name)}** · " + " · ".join(r.details), st)
 
@@ -286,7 +300,7 @@ def _page(demo: ClassificationDemo, examples: list[str], png_file: ui.ImageFiles
             if not st:
                 return gr.skip(), gr.skip()
             decision_, label_, thr_ = demo.decide(st["score"], threshold)
-            return decision_html(st["score"], thr_, classes), label_
+            return decision_html(st["score"], thr_, classes, st.get("ood", (None, None))), label_
 
         @ui.with_friendly_errors
         def on_cam(st: dict[str, Any] | None, show_cam: bool) -> tuple[Any, ...]:

@@ -70,6 +70,7 @@ def export_classifier(
     calibration_images: Sequence[np.ndarray] | None = None,
     quant_eval: dict[str, Any] | None = None,
     int8_max_drop: float = 0.02,
+    ood: Any = None,
 ) -> dict[str, Any]:
     """Export a Keras binary classifier with preprocessing and threshold inside the graph.
 
@@ -99,6 +100,10 @@ def export_classifier(
             images the int8 model is re-scored on (AUC change against the float model).
         int8_max_drop: Largest acceptable AUC drop of int8; beyond it the run warns and the
             bundle marks model_int8.tflite ``recommended: false``.
+        ood: ``(reference, feature_model)``: adds the ``serve_ood`` signature (and
+            ``model_ood.tflite`` with ``tflite``), ``reference.npz`` and bundle.json's
+            ``reference`` (:mod:`lepton_vision.export.reference`); ``feature_model`` maps the
+            model's input to its pooled features.
 
     Returns:
         ``{"export_dir", "files", "parity", "quantization", "warnings", "bundle", "timings_s"}``.
@@ -124,8 +129,15 @@ def export_classifier(
     t = time.perf_counter()
     if temperature is not None and not (float(temperature) > 0 and math.isfinite(float(temperature))):
         raise ExportError(f"{export_dir}: temperature must be a positive number. Got {temperature}.")
-    sm_path = _write_saved_model(model, export_dir, (h, w), channels, window, float(threshold),
-                                 temperature)
+    endpoints = _build_endpoints(model, (h, w), channels, window, float(threshold), temperature)
+    if ood is not None:
+        from lepton_vision.export.reference import OOD_SIGNATURE, ood_endpoint
+
+        feature_model = ood[1]
+        endpoints[OOD_SIGNATURE] = ood_endpoint(ood[0], lambda img: _resize(img, (h, w)),
+                                                lambda x: feature_model(x / 255.0, training=False), channels)
+    sm_path = bundle_io.write_saved_model(model, export_dir, endpoints,
+                                          hint="Check that the model maps float32 [B,h,w,C] to a score [B,1].")
     timings["saved_model"] = time.perf_counter() - t
 
     tflite_path = None
@@ -225,6 +237,15 @@ def export_classifier(
         ) from exc
     bundle["files"]["keras_model"] = {"path": "model.keras",
                                       "bytes": (export_dir / "model.keras").stat().st_size}
+    if ood is not None:
+        t_ood = time.perf_counter()
+        bundle["reference"] = _ood_files(export_dir, sm_path, ood, images, (h, w), "tflite" in formats)
+        timings["ood"] = time.perf_counter() - t_ood
+    else:
+        from lepton_vision.export.reference import OOD_TFLITE_FILE, REFERENCE_FILE
+
+        for name in (REFERENCE_FILE, OOD_TFLITE_FILE):
+            (export_dir / name).unlink(missing_ok=True)
     atomic_write_json(export_dir / bundle_io.BUNDLE_FILE, bundle)
     timings["bundle"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_total
@@ -325,8 +346,7 @@ def _build_endpoints(model: Any, size_hw: tuple[int, int], channels: int,
 
     def prep(img_u8: tf.Tensor) -> tf.Tensor:
         # Same as preprocess.to_model_input: bilinear, no antialias, then scale.
-        x = tf.image.resize(tf.cast(img_u8, tf.float32), (h, w), method="bilinear", antialias=False)
-        return x / 255.0
+        return _resize(img_u8, (h, w)) / 255.0
 
     def head(x: tf.Tensor) -> dict[str, tf.Tensor]:
         score = tf.reshape(model(x, training=False), [-1])
@@ -385,12 +405,25 @@ def _build_endpoints(model: Any, size_hw: tuple[int, int], channels: int,
     return endpoints
 
 
-def _write_saved_model(model: Any, export_dir: Path, size_hw: tuple[int, int], channels: int,
-                       window: tuple[float, float] | None, threshold: float,
-                       temperature: float | None = None) -> Path:
-    """The SavedModel with the classifier's endpoints (preprocessing and threshold inside)."""
-    return bundle_io.write_saved_model(model, export_dir, _build_endpoints(model, size_hw, channels, window, threshold, temperature),
-                             hint="Check that the model maps float32 [B,h,w,C] to a score [B,1].")
+def _resize(img_u8: Any, size_hw: tuple[int, int]) -> Any:
+    """The network input in pixels 0..255: bilinear without antialias, as preprocess.to_model_input."""
+    import tensorflow as tf
+
+    return tf.image.resize(tf.cast(img_u8, tf.float32), size_hw, method="bilinear", antialias=False)
+
+
+def _ood_files(export_dir: Path, sm_path: Path, ood: Any, images: list[np.ndarray], size_hw: tuple[int, int],
+               tflite: bool) -> dict[str, Any]:
+    """reference.npz, model_ood.tflite and the OOD parity (formula vs SavedModel vs LiteRT)."""
+    from lepton_vision.data import preprocess
+    from lepton_vision.export.reference import check_ood_export, image_stats, ood_scores
+
+    ref, feature_model = ood
+    ref.save(export_dir)
+    xs = [preprocess.to_model_input(im, size_hw) for im in images]
+    feats = np.asarray(feature_model(np.stack(xs).astype(np.float32), training=False), np.float64)
+    stats = np.stack([image_stats(x * 255.0, im.shape[:2]) for x, im in zip(xs, images)])
+    return check_ood_export(export_dir, sm_path, ref, images, ood_scores(ref, feats, stats), tflite)
 
 
 # --------------------------------------------------------------------------------------------

@@ -218,6 +218,7 @@ class ClassificationKind:
             parity_images=imgs, reference_scores=None, formats=formats,
             parity_atol=r.export.parity_atol, temperature=temperature,
             calibration_images=calibration, quant_eval=quant_eval, int8_max_drop=r.export.int8_max_drop,
+            ood=_ood_or_none(resolved, run, model, table),
         )
 
     def write_report(self, resolved: Resolved, run: RunDir, model: Any, metrics: dict[str, Any], table: pd.DataFrame,
@@ -274,6 +275,39 @@ def _uint8_images(resolved: Resolved, paths: Any) -> list[np.ndarray]:
 
     r = resolved.recipe
     return [to_uint8(read_image(p, r.data.max_image_pixels), r.input.channels, r.input.window_spec()) for p in paths]
+
+
+def _ood_or_none(resolved: Resolved, run: RunDir, model: Any, table: pd.DataFrame) -> tuple[Any, Any] | None:
+    """:func:`_ood_reference`, or None (said on the console) when the data is too small for one."""
+    from lepton_vision.console import console
+    from lepton_vision.export.reference import TooFewImages
+
+    try:
+        return _ood_reference(resolved, run, model, table)
+    except TooFewImages as e:
+        console().print(f"[bold]no OOD reference in this export[/bold]: {e.message}")
+        return None
+
+
+def _ood_reference(resolved: Resolved, run: RunDir, model: Any, table: pd.DataFrame) -> tuple[Any, Any]:
+    """The export's reference of "normal input": the final model's pooled features and the image
+    statistics of (up to 1024) training images, the out-of-fold scores (:mod:`lepton_vision.export.reference`)."""
+    from lepton_vision.backend import import_keras
+    from lepton_vision.data.preprocess import to_model_input
+    from lepton_vision.export.reference import MAX_IMAGES, fit_from_images
+
+    _, keras = import_keras()
+    r = resolved.recipe
+    rows = _sample_rows(table, MAX_IMAGES, r.seed + 5)
+    feature_model = keras.Model(model.input, model.get_layer("pool").output)
+    size = tuple(r.input.image_size)
+    scores = run.read_table(run.oof)["score"].to_numpy(float) if run.oof.is_file() else np.zeros(0)
+    ref, _, _ = fit_from_images(
+        _uint8_images(resolved, rows["path"]), rows["group"].to_numpy(), scores,
+        prep_np=lambda im: to_model_input(im, size) * np.float32(255.0),
+        features_np=lambda x: feature_model(x / np.float32(255.0), training=False), seed=r.seed + 6,
+        score_name="score")
+    return ref, feature_model
 
 
 def _int8_data(resolved: Resolved, run: RunDir, table: pd.DataFrame) -> tuple[list[np.ndarray], dict[str, Any]]:

@@ -40,6 +40,9 @@ class Prediction:
         label: The class name the decision stands for.
         threshold: The threshold that was applied.
         path: The file scored, or None for an in-memory array.
+        ood_score: How unlike the training images the input is (:mod:`lepton_vision.export.reference`;
+            above 1: out of distribution); None when the export has no reference.
+        in_distribution: ``ood_score <= 1``; None without a reference.
     """
 
     score: float
@@ -47,6 +50,8 @@ class Prediction:
     label: str
     threshold: float
     path: str | None = None
+    ood_score: float | None = None
+    in_distribution: bool | None = None
 
 
 class ClassificationPredictor(BundlePredictor):
@@ -56,8 +61,8 @@ class ClassificationPredictor(BundlePredictor):
     """
 
     def __init__(self, export_dir: Path, bundle: dict[str, Any], backend: str, runner: Any,
-                 threshold: float) -> None:
-        super().__init__(export_dir, bundle, backend, runner)
+                 threshold: float, ood: bool = True) -> None:
+        super().__init__(export_dir, bundle, backend, runner, ood)
         self.threshold = float(threshold)
         inp = bundle["input"]
         self.image_size = (int(inp["image_size"][0]), int(inp["image_size"][1]))
@@ -74,7 +79,8 @@ class ClassificationPredictor(BundlePredictor):
     # ---------------------------------------------------------------------------------------
     @classmethod
     def from_bundle(cls, export_dir: str | Path, backend: Backend = "auto",
-                    threshold: float | None = None, num_threads: int | None = None) -> ClassificationPredictor:
+                    threshold: float | None = None, num_threads: int | None = None,
+                    ood: bool = True) -> ClassificationPredictor:
         """Load ``export_dir/bundle.json`` and the classifier it describes.
 
         Args:
@@ -84,6 +90,8 @@ class ClassificationPredictor(BundlePredictor):
                 is installed, else the SavedModel.
             threshold: Override the bundle's operating threshold (0..1).
             num_threads: LiteRT interpreter threads (None: LiteRT's default).
+            ood: Score how unlike the training data each input is (when the export has a
+                reference; one more model call per image).
 
         Raises:
             ExportError: The bundle is missing, unreadable, of an unknown schema version, of
@@ -94,7 +102,7 @@ class ClassificationPredictor(BundlePredictor):
         backend, runner = open_runner(export_dir, bundle, backend, num_threads)
         threshold = (float(bundle["threshold"]["value"]) if threshold is None
                      else check_threshold_override(threshold, "threshold", export_dir))
-        return cls(export_dir, bundle, backend, runner, threshold)
+        return cls(export_dir, bundle, backend, runner, threshold, ood)
 
     # ---------------------------------------------------------------------------------------
     def to_uint8(self, image_or_path: str | Path | np.ndarray) -> np.ndarray:
@@ -130,12 +138,14 @@ class ClassificationPredictor(BundlePredictor):
 
     def predict(self, image_or_path: str | Path | np.ndarray) -> Prediction:
         """Score one image: a file path, or a uint8 (or, for CT bundles, float HU) array."""
-        score = self.score_uint8(self.to_uint8(image_or_path))
+        img = self.to_uint8(image_or_path)
+        score = self.score_uint8(img)
         # Compare in float32, as the graph does, so decisions agree with the exported model.
         decision = bool(np.float32(score) >= np.float32(self.threshold))
         path = str(image_or_path) if isinstance(image_or_path, (str, Path)) else None
+        ood_score, in_dist = self.ood_of(img)
         return Prediction(score=score, decision=decision, label=self.classes[int(decision)],
-                          threshold=self.threshold, path=path)
+                          threshold=self.threshold, path=path, ood_score=ood_score, in_distribution=in_dist)
 
     def iter_video(self, path: str | Path, stride: int = 1) -> Iterator[Prediction]:
         """Score every ``stride``-th frame of a video (e.g. a cine loop), in order; each
@@ -148,16 +158,20 @@ class ClassificationPredictor(BundlePredictor):
 
         for index, rgb in iter_video_frames(path, stride=stride):
             p = self.predict(rgb)
-            yield Prediction(p.score, p.decision, p.label, p.threshold, path=f"{path}#{index}")
+            yield Prediction(p.score, p.decision, p.label, p.threshold, path=f"{path}#{index}",
+                             ood_score=p.ood_score, in_distribution=p.in_distribution)
 
 
 def write_predictions_csv(preds: Iterable[Prediction], out_path: str | Path) -> None:
-    """Write predictions as CSV with columns path, score, decision (0/1), atomically."""
+    """Write predictions as CSV with columns path, score, decision (0/1), ood_score and
+    in_distribution (0/1; both empty for exports without a reference), atomically."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "score", "decision"])
+    writer.writerow(["path", "score", "decision", "ood_score", "in_distribution"])
     for p in preds:
-        writer.writerow(["" if p.path is None else p.path, repr(float(p.score)), int(p.decision)])
+        writer.writerow(["" if p.path is None else p.path, repr(float(p.score)), int(p.decision),
+                         "" if p.ood_score is None else repr(float(p.ood_score)),
+                         "" if p.in_distribution is None else int(p.in_distribution)])
     atomic_write_text(out_path, buf.getvalue())
 
 
@@ -193,4 +207,6 @@ def predict_files(export_dir: Path, inputs: list[Path], *, out: Path, backend: s
     preds = p.predict_many(paths)
     write_predictions_csv(preds, out)
     n_pos = sum(1 for x in preds if x.decision)
-    return f"{len(preds)} images scored, {n_pos} at or above threshold {p.threshold:.4g}; wrote {out}"
+    n_ood = sum(1 for x in preds if x.in_distribution is False)
+    ood = (f"; {n_ood} unlike the training data (ood_score > 1)" if p.ood else f"; {p.ood_note}")
+    return f"{len(preds)} images scored, {n_pos} at or above threshold {p.threshold:.4g}{ood}; wrote {out}"

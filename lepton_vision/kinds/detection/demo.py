@@ -135,6 +135,7 @@ class VideoResult:
         capped: The frame cap cut the video short.
         frames_with_boxes: Frames with at least one shown box.
         alarm_frames: Frames whose image score reached the bundle's image threshold.
+        ood_frames: Frames unlike the training frames (OOD score above 1; 0 without a reference).
         per_class: ``{class: (boxes over all frames, max score)}``.
         latency_ms: Model time per frame, one entry per frame run.
         seconds: Wall time of the whole run (decode, model, drawing, encoding).
@@ -151,6 +152,7 @@ class VideoResult:
     per_class: dict[str, tuple[int, float]]
     latency_ms: list[float]
     seconds: float
+    ood_frames: int = 0
 
 
 class DetectionDemo:
@@ -251,6 +253,7 @@ class DetectionDemo:
         rgb, name = self._frame(image)
         decode = (time.perf_counter() - t0) * 1000.0
         raw, latency = self._run(rgb, name)
+        ui.warn_if_ood(name, raw.ood_score, raw.in_distribution)
         return self.refilter(raw, rgb, name, score_threshold, nms_iou, latency, decode)
 
     def detect_video(self, video: Any, score_threshold: float | None = None, nms_iou: float | None = None,
@@ -286,6 +289,7 @@ class DetectionDemo:
         shown: list[FrameDetections] = []
         latencies: list[float] = []
         alarms = 0
+        ood_frames = 0
         last_index = -1
         t_start = time.perf_counter()
         try:
@@ -300,6 +304,7 @@ class DetectionDemo:
                     shown.append(d)
                     latencies.append(latency)
                     alarms += int(raw.alarm)
+                    ood_frames += int(raw.in_distribution is False)
                     last_index = index
                     if progress is not None:
                         progress((k + 1, max(planned, k + 1)), desc=f"frame {index + 1}"
@@ -313,7 +318,7 @@ class DetectionDemo:
         return VideoResult(path=writer.path, name=name, frames_run=run_frames, frames_in_video=n_frames,
                            stride=stride, capped=capped, frames_with_boxes=sum(d.count > 0 for d in shown),
                            alarm_frames=alarms, per_class=self.per_class(shown), latency_ms=latencies,
-                           seconds=time.perf_counter() - t_start)
+                           seconds=time.perf_counter() - t_start, ood_frames=ood_frames)
 
     # -----------------------------------------------------------------------------------
     def summary_markdown(self, r: DetectionResult) -> str:
@@ -328,6 +333,7 @@ class DetectionDemo:
             parts.append(f"object present: **{present}** (image score {r.raw.image_score:.3f} vs "
                          f"{self.predictor.image_threshold:.3f})")
         parts.append(f"model {r.latency_ms:.1f} ms ({ui.backend_text(self.predictor)}), decode {r.decode_ms:.1f} ms")
+        parts.append(ui.ood_markdown(self.predictor, r.raw.ood_score, r.raw.in_distribution))
         return " · ".join(parts)
 
     def video_markdown(self, v: VideoResult) -> str:
@@ -340,6 +346,13 @@ class DetectionDemo:
                  + ", ".join(f"{c} {n}" for c, (n, _) in v.per_class.items()) + " boxes in total."]
         if self.predictor.image_threshold is not None:
             lines.append(f"Object present in {v.alarm_frames} of {v.frames_run} frames.")
+        if self.predictor.ood and v.ood_frames:
+            lines.append(f"**⚠ {v.ood_frames} of {v.frames_run} frames are unlike the training frames** (OOD score "
+                         "> 1): boxes on them may be missing or wrong.")
+        elif self.predictor.ood:
+            lines.append("Every frame is like the training frames (OOD score ≤ 1).")
+        else:
+            lines.append(f"No out-of-distribution check ({self.predictor.ood_note}).")
         if v.capped:
             lines.append(f"**Stopped at the {self.max_video_frames}-frame cap**; raise the stride to cover "
                          "the whole video.")
@@ -397,6 +410,7 @@ def _page(demo: DetectionDemo, examples: list[str], png_file: ui.ImageFiles) -> 
                                                  elem_id="det-latency")
                         table = gr.Dataframe(headers=headers, datatype=["str", "number", "number"],
                                              label="Boxes per class", interactive=False, elem_id="det-counts")
+                        ood_box = gr.HTML(elem_id="det-ood")
                         summary = gr.Markdown(elem_id="det-summary")
             with gr.Tab("Video", id="video"):
                 with gr.Row(equal_height=False):
@@ -425,9 +439,11 @@ def _page(demo: DetectionDemo, examples: list[str], png_file: ui.ImageFiles) -> 
         def _outputs(r: DetectionResult) -> tuple[Any, ...]:
             st = {"raw": r.raw, "frame": r.frame, "name": r.name, "latency": r.latency_ms, "decode": r.decode_ms}
             return (png_file(r.image), str(r.count), f"{r.raw.image_score:.3f}", f"{r.latency_ms:.1f}",
-                    _counts_table(r.per_class), demo.summary_markdown(r), st)
+                    _counts_table(r.per_class), ui.ood_warning_html(r.raw.ood_score, r.raw.in_distribution,
+                                                                    "det-ood-warning"),
+                    demo.summary_markdown(r), st)
 
-        empty = (None, "", "", "", _counts_table(demo.per_class([])), "", None)
+        empty = (None, "", "", "", _counts_table(demo.per_class([])), "", "", None)
 
         @ui.with_friendly_errors
         def on_detect(image: Any, threshold: float, nms: float) -> tuple[Any, ...]:
@@ -442,7 +458,7 @@ def _page(demo: DetectionDemo, examples: list[str], png_file: ui.ImageFiles) -> 
         @ui.with_friendly_errors
         def on_sliders(st: dict[str, Any] | None, threshold: float, nms: float) -> tuple[Any, ...]:
             if not st:
-                return tuple(gr.skip() for _ in range(7))
+                return tuple(gr.skip() for _ in range(8))
             return _outputs(demo.refilter(st["raw"], st["frame"], st["name"], threshold, nms,
                                           st["latency"], st["decode"]))
 
@@ -452,7 +468,7 @@ def _page(demo: DetectionDemo, examples: list[str], png_file: ui.ImageFiles) -> 
             v = demo.detect_video(video, threshold, nms, int(n), progress=progress)
             return str(v.path), _counts_table(v.per_class), demo.video_markdown(v)
 
-        outs = [img_out, count, img_score, latency, table, summary, state]
+        outs = [img_out, count, img_score, latency, table, ood_box, summary, state]
         common = dict(preprocess=False, concurrency_id="model")
         run.click(on_detect, [img_in, thr, iou], outs, **common)
         # A new frame first clears the old result, so a refused upload never leaves one on screen.

@@ -278,6 +278,7 @@ def export_detector(
     quant_rows: Any = None,
     evaluated_on: str = "",
     int8_max_drop: float = 0.02,
+    ood: Any = None,
 ) -> dict[str, Any]:
     """Export a detector with letterbox, decode, NMS and thresholds inside the graph.
 
@@ -297,6 +298,10 @@ def export_detector(
         quant_rows: Sample-table rows (path, sample_id, label, boxes, classes, ignore) the int8
             model's AP50 change is measured on; None: not measured.
         evaluated_on: What ``quant_rows`` are to the exported model (held out or not).
+        ood: ``(reference, feature_model)``: adds the ``serve_ood`` signature (and
+            ``model_ood.tflite`` with ``tflite``), ``reference.npz`` and bundle.json's
+            ``reference`` (:mod:`lepton_vision.export.reference`); ``feature_model`` maps
+            letterboxed 0..255 frames to pooled backbone features.
         int8_max_drop: Largest acceptable AP50 drop float32 -> int8; beyond it the run warns and
             the bundle marks model_int8.tflite ``recommended: false``.
 
@@ -319,6 +324,12 @@ def export_detector(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     endpoints = build_endpoints(model, input_hw, policy, score_threshold, image_threshold)
+    if ood is not None:
+        from lepton_vision.export.reference import OOD_SIGNATURE, ood_endpoint
+
+        feature_model = ood[1]
+        endpoints[OOD_SIGNATURE] = ood_endpoint(ood[0], lambda img: letterbox_tf(img, input_hw)[0],
+                                                lambda x: feature_model(x, training=False), 3)
     sm_path = bundle_io.write_saved_model(model, export_dir, endpoints)
     timings["saved_model"] = round(time.perf_counter() - t, 2)
     atomic_save_model(model, export_dir / "model.keras")
@@ -423,10 +434,33 @@ def export_detector(
                                   "change": quant["change"], "verdict": quant["verdict"]}
     if onnx_reject is not None:
         bundle["rejected_files"] = {"onnx": onnx_reject}
+    from lepton_vision.export.reference import OOD_TFLITE_FILE, REFERENCE_FILE
+
+    if ood is not None:
+        t = time.perf_counter()
+        bundle["reference"] = _ood_files(export_dir, sm_path, ood, parity_frames, input_hw, "tflite" in formats)
+        timings["ood"] = round(time.perf_counter() - t, 2)
+    else:
+        for name in (REFERENCE_FILE, OOD_TFLITE_FILE):
+            (export_dir / name).unlink(missing_ok=True)
     atomic_write_json(export_dir / bundle_io.BUNDLE_FILE, bundle)  # last: the export is complete
     timings["total"] = round(time.perf_counter() - t_all, 2)
     return {"export_dir": str(export_dir), "files": files, "parity": parity["pass"],
             "quantization": bundle.get("quantization"), "warnings": notes, "timings_s": timings}
+
+
+def _ood_files(export_dir: Path, sm_path: Path, ood: Any, frames: list[np.ndarray], input_hw: tuple[int, int],
+               tflite: bool) -> dict[str, Any]:
+    """reference.npz, model_ood.tflite and the OOD parity (formula vs SavedModel vs LiteRT)."""
+    from lepton_vision.data.preprocess import letterbox
+    from lepton_vision.export.reference import check_ood_export, image_stats, ood_scores
+
+    ref, feature_model = ood
+    ref.save(export_dir)
+    xs = [letterbox(f, input_hw)[0].astype(np.float32) for f in frames]
+    feats = np.asarray(feature_model(np.stack(xs), training=False), np.float64)
+    stats = np.stack([image_stats(x, f.shape[:2]) for x, f in zip(xs, frames)])
+    return check_ood_export(export_dir, sm_path, ref, frames, ood_scores(ref, feats, stats), tflite)
 
 
 def _onnx_parity(onnx_path: Path, sm_path: Path, frames: list[np.ndarray], score_threshold: float) -> dict[str, Any]:

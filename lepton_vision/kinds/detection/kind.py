@@ -394,6 +394,7 @@ class DetectionKind:
             quant_rows=quant_rows,
             evaluated_on=evaluated_on,
             int8_max_drop=r.export.int8_max_drop,
+            ood=_ood_or_none(resolved, run, model, table),
         )
 
     def write_report(self, resolved: Resolved, run: RunDir, model: Any, metrics: dict[str, Any], table: pd.DataFrame,
@@ -431,6 +432,48 @@ class DetectionKind:
         from lepton_vision.kinds.detection import pretrain
 
         return pretrain
+
+
+def feature_model(model: Any) -> Any:
+    """The detector's pooled features for OOD: the backbone's deepest pyramid level (P5),
+    averaged over space; takes letterboxed frames in pixels 0..255 like the detector."""
+    from lepton_vision.backend import import_keras
+
+    _, keras = import_keras()
+    backbone = model.backbone
+    p5 = backbone.get_layer(backbone.pyramid_level_inputs["P5"]).output
+    return keras.Model(backbone.input, keras.layers.GlobalAveragePooling2D(name="ood_pool")(p5))
+
+
+def _ood_or_none(resolved: Resolved, run: RunDir, model: Any, table: pd.DataFrame) -> tuple[Any, Any] | None:
+    """:func:`_ood_reference`, or None (said on the console) when the data is too small for one."""
+    from lepton_vision.console import console
+    from lepton_vision.export.reference import TooFewImages
+
+    try:
+        return _ood_reference(resolved, run, model, table)
+    except TooFewImages as e:
+        console().print(f"[bold]no OOD reference in this export[/bold]: {e.message}")
+        return None
+
+
+def _ood_reference(resolved: Resolved, run: RunDir, model: Any, table: pd.DataFrame) -> tuple[Any, Any]:
+    """The export's reference of "normal input": pooled backbone features and image statistics
+    of (up to 1024) training frames, and the out-of-fold image scores."""
+    from lepton_vision.data.preprocess import letterbox, read_image, to_uint8
+    from lepton_vision.export.reference import MAX_IMAGES, fit_from_images
+
+    r = resolved.recipe
+    rows = table.sample(n=min(MAX_IMAGES, len(table)), random_state=r.seed + 5) if len(table) > MAX_IMAGES else table
+    features = feature_model(model)
+    size = tuple(r.input.image_size)
+    scores = run.read_table(run.oof)["image_score"].to_numpy(float) if run.oof.is_file() else np.zeros(0)
+    frames = [to_uint8(read_image(p, r.data.max_image_pixels), 3, None) for p in rows["path"]]
+    ref, _, _ = fit_from_images(
+        frames, rows["group"].to_numpy(), scores,
+        prep_np=lambda im: letterbox(im, size)[0].astype(np.float32),
+        features_np=lambda x: features(x, training=False), seed=r.seed + 6, score_name="image_score")
+    return ref, features
 
 
 KIND = DetectionKind()

@@ -60,6 +60,9 @@ class FrameDetections:
         height: Frame height in pixels.
         path: The file, or None for an in-memory array.
         frame: 0-based frame index for video frames, else None.
+        ood_score: How unlike the training frames this one is (:mod:`lepton_vision.export.reference`;
+            above 1: out of distribution); None when the export has no reference.
+        in_distribution: ``ood_score <= 1``; None without a reference.
     """
 
     boxes: np.ndarray
@@ -74,6 +77,8 @@ class FrameDetections:
     height: int
     path: str | None = None
     frame: int | None = None
+    ood_score: float | None = None
+    in_distribution: bool | None = None
 
     def above(self, threshold: float | None = None) -> np.ndarray:
         """Boolean mask of boxes with ``score >= threshold`` (default: the threshold in use)."""
@@ -89,8 +94,8 @@ class DetPredictor(BundlePredictor):
     """
 
     def __init__(self, export_dir: Path, bundle: dict[str, Any], backend: str, runner: Any,
-                 score_threshold: float) -> None:
-        super().__init__(export_dir, bundle, backend, runner)
+                 score_threshold: float, ood: bool = True) -> None:
+        super().__init__(export_dir, bundle, backend, runner, ood)
         self.score_threshold = float(score_threshold)
         self.classes = [str(c) for c in bundle["classes"]]
         thr = bundle.get("image_threshold")
@@ -99,7 +104,8 @@ class DetPredictor(BundlePredictor):
     # ---------------------------------------------------------------------------------------
     @classmethod
     def from_bundle(cls, export_dir: str | Path, backend: Backend = "auto",
-                    score_threshold: float | None = None, num_threads: int | None = None) -> DetPredictor:
+                    score_threshold: float | None = None, num_threads: int | None = None,
+                    ood: bool = True) -> DetPredictor:
         """Load ``export_dir/bundle.json`` and the detector it describes.
 
         Args:
@@ -109,6 +115,8 @@ class DetPredictor(BundlePredictor):
                 ai_edge_litert is installed, else the SavedModel.
             score_threshold: Override the bundle's box score threshold (0..1).
             num_threads: LiteRT interpreter threads (None: LiteRT's default).
+            ood: Score how unlike the training frames each frame is (when the export has a
+                reference; one more backbone pass per frame).
 
         Raises:
             ExportError: The bundle is missing, unreadable, not an object-detection bundle, or
@@ -119,7 +127,7 @@ class DetPredictor(BundlePredictor):
         backend, runner = open_runner(export_dir, bundle, backend, num_threads)
         score_threshold = (float(bundle["score_threshold"]) if score_threshold is None
                            else check_threshold_override(score_threshold, "score threshold", export_dir))
-        return cls(export_dir, bundle, backend, runner, score_threshold)
+        return cls(export_dir, bundle, backend, runner, score_threshold, ood)
 
     def predict_array(self, img: np.ndarray, *, path: str | None = None,
                       frame: int | None = None) -> FrameDetections:
@@ -157,6 +165,7 @@ class DetPredictor(BundlePredictor):
         keep = (np.arange(len(scores)) < int(out["num_detections"])) & (classes >= 0) & (scores > 0)
         image_score = float(out["image_score"])
         alarm = self.image_threshold is not None and bool(np.float32(image_score) >= np.float32(self.image_threshold))
+        ood_score, in_dist = self.ood_of(rgb)
         return FrameDetections(
             boxes=out["boxes"].astype(np.float32).reshape(-1, 4)[keep],
             scores=scores[keep],
@@ -170,6 +179,8 @@ class DetPredictor(BundlePredictor):
             height=int(h),
             path=path,
             frame=frame,
+            ood_score=ood_score,
+            in_distribution=in_dist,
         )
 
     def predict_file(self, path: str | Path) -> FrameDetections:
@@ -268,7 +279,8 @@ def to_coco_results(dets: Iterable[FrameDetections], threshold: float | None = N
     Returns:
         ``{"file_name", "category_id" (1-based index into the classes, COCO style),
         "category_name", "bbox" [x, y, w, h] original pixels rounded to 2 decimals, "score"}``,
-        plus ``"frame"`` for video frames.
+        plus ``"frame"`` for video frames and the frame's ``"ood_score"`` / ``"in_distribution"``
+        when the export has a reference.
     """
     rows: list[dict[str, Any]] = []
     for d in dets:
@@ -284,6 +296,9 @@ def to_coco_results(dets: Iterable[FrameDetections], threshold: float | None = N
             }
             if d.frame is not None:
                 row["frame"] = int(d.frame)
+            if d.ood_score is not None:
+                row["ood_score"] = round(float(d.ood_score), 4)
+                row["in_distribution"] = bool(d.in_distribution)
             rows.append(row)
     return rows
 
@@ -346,6 +361,7 @@ class FileSummary:
         boxes: Boxes at or above the threshold, over all frames.
         max_image_score: Highest image score over the frames.
         alarms: Frames whose image score reached the bundle's image threshold.
+        out_of_distribution: Frames unlike the training frames (OOD score above 1).
         annotated: The annotated image or video written, if any.
     """
 
@@ -356,6 +372,7 @@ class FileSummary:
     boxes: int = 0
     max_image_score: float = 0.0
     alarms: int = 0
+    out_of_distribution: int = 0
     annotated: Path | None = None
 
     def add(self, d: FrameDetections) -> None:
@@ -365,16 +382,19 @@ class FileSummary:
         self.boxes += d.count
         self.max_image_score = max(self.max_image_score, d.image_score)
         self.alarms += int(d.alarm)
+        self.out_of_distribution += int(d.in_distribution is False)
 
     def line(self, threshold: float) -> str:
         """One human line: boxes, image score, alarms."""
         if self.kind == "image":
             text = (f"{self.path}: {self.boxes} boxes at score >= {threshold:.3g}, "
-                    f"image score {self.max_image_score:.3f}" + (", ALARM" if self.alarms else ""))
+                    f"image score {self.max_image_score:.3f}" + (", ALARM" if self.alarms else "")
+                    + (", UNLIKE THE TRAINING DATA (ood_score > 1)" if self.out_of_distribution else ""))
         else:
             text = (f"{self.path}: {self.frames} frames, {self.frames_with_boxes} with boxes, "
                     f"{self.boxes} boxes at score >= {threshold:.3g}, max image score "
-                    f"{self.max_image_score:.3f}, {self.alarms} alarm frames")
+                    f"{self.max_image_score:.3f}, {self.alarms} alarm frames"
+                    + (f", {self.out_of_distribution} frames unlike the training data" if self.out_of_distribution else ""))
         return text + (f"; annotated: {self.annotated}" if self.annotated else "")
 
 
@@ -502,6 +522,8 @@ def predict_files(export_dir: Path, inputs: list[Path], *, out: Path, backend: s
     boxes = sum(s.boxes for s in summaries)
     with_boxes = sum(s.frames_with_boxes for s in summaries)
     kept = "every box (--all)" if keep_all else f"boxes with score >= {p.score_threshold:.4g}"
+    n_ood = sum(s.out_of_distribution for s in summaries)
+    ood = f"{n_ood} of {frames} frames unlike the training data (ood_score > 1)" if p.ood else p.ood_note
     return (f"{n_img} images, {len(videos)} videos ({sum(s.frames for s in videos)} frames): {boxes} boxes at "
-            f"score >= {p.score_threshold:.4g} in {with_boxes} of {frames} frames; wrote {len(results)} "
+            f"score >= {p.score_threshold:.4g} in {with_boxes} of {frames} frames; {ood}; wrote {len(results)} "
             f"detections ({kept}) to {out}" + (f"; annotated output in {annotate}" if annotate else ""))

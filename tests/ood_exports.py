@@ -1,0 +1,168 @@
+"""Exports and image sets for the out-of-distribution tests (tests/test_ood.py); not a test module.
+
+* CT: a real ``lepton-vision train`` run of the CT baseline recipe on 40 generated patients x 6
+  slices (64 px slices, 32 px input, 2 folds x 1 epoch): the export's reference is fitted by the
+  training pipeline itself.
+* Person: a tiny YOLOv8 fitted for two epochs on generated street scenes and exported with the
+  real exporter; its reference is fitted the way the detection kind fits it (pooled P5 features
+  of the training frames, groups = sequences).
+
+The images the tests score are generated here too: new patients and new street sequences (never
+seen by the reference), the other task's images (foreign input) and corruptions of the new
+images at stated levels.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+CT_TRAIN_PATIENTS, CT_SLICES, CT_SIZE = 40, 6, 64
+#: New patients the OOD tests score (indices after the training patients; never in the reference).
+CT_NEW_PATIENTS = 30
+CT_WINDOW = (-600.0, 1500.0)  # the CT baseline recipe's window (level, width)
+CT_OVERRIDES = ["train.epochs=1", "cv.n_splits=2", "input.image_size=[32, 32]", "evaluate.n_bootstrap=50",
+                "export.parity_samples=8", "train.verbose=false"]
+
+#: Street frames the person reference is fitted on (sequences of 2: 80 groups) and new frames.
+STREET_TRAIN, STREET_NEW, STREET_FRAME, STREET_SEQ = 160, 80, (160, 120), 2
+DET_INPUT_HW = (64, 96)
+
+#: Corruption levels the tests state: additive Gaussian noise (grey levels, sigma) and Gaussian
+#: blur (pixels, sigma, at the image's own resolution).
+NOISE_SIGMA = {"ct": 40.0, "person": 60.0}
+BLUR_SIGMA = {"ct": 2.0, "person": 3.0}
+
+
+def _ct_spec(n_patients: int) -> Any:
+    from lepton_vision.config.cards import SyntheticSpec
+
+    return SyntheticSpec(generator="ct_phantom", n_patients=n_patients, slices_per_patient=CT_SLICES,
+                         image_size=CT_SIZE, seed=7)
+
+
+def _street_spec(n_images: int) -> Any:
+    from lepton_vision.config.cards import SyntheticSpec
+
+    return SyntheticSpec(generator="street_scenes", n_images=n_images, frame_size=STREET_FRAME,
+                         sequence_length=STREET_SEQ, empty_fraction=0.25, seed=7)
+
+
+def ct_window_uint8(hu: np.ndarray) -> np.ndarray:
+    """HU -> the uint8 grey [H, W, 1] the CT export takes (the recipe's window)."""
+    level, width = CT_WINDOW
+    lo = level - width / 2
+    return np.clip(np.rint((hu - lo) / width * 255.0), 0, 255).astype(np.uint8)[..., None]
+
+
+def new_ct_slices() -> list[np.ndarray]:
+    """uint8 [64, 64, 1] slices of the patients after the training ones (new patients)."""
+    from lepton_vision.data.synthetic.ct import iter_ct_slices
+
+    n = CT_TRAIN_PATIENTS + CT_NEW_PATIENTS
+    return [ct_window_uint8(hu) for hu, _ in iter_ct_slices(_ct_spec(n), CT_TRAIN_PATIENTS * CT_SLICES, n * CT_SLICES)]
+
+
+def street_frames(start: int, stop: int) -> list[np.ndarray]:
+    """uint8 RGB street frames ``start .. stop - 1`` of the generator the person export saw."""
+    from lepton_vision.data.synthetic.scenes import iter_scene_frames
+
+    return [rgb for rgb, _, _ in iter_scene_frames(_street_spec(stop), start, stop)]
+
+
+def noisy(images: list[np.ndarray], sigma: float, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [np.clip(im.astype(np.float32) + rng.normal(0, sigma, im.shape), 0, 255).astype(np.uint8) for im in images]
+
+
+def blurred(images: list[np.ndarray], sigma: float) -> list[np.ndarray]:
+    return [cv2.GaussianBlur(im, (0, 0), sigma).reshape(im.shape) for im in images]
+
+
+def make_ct_run(folder: Path) -> None:
+    """``lepton-vision train`` of the CT baseline on 40 generated patients (see the module doc)."""
+    import yaml
+
+    from lepton_vision.cli import main
+
+    root = folder / "proj"
+    for d in ("tasks", "datasets", "recipes"):
+        shutil.copytree(REPO / d, root / d)
+    card = root / "datasets/synthetic_ct/dataset.yaml"
+    data = yaml.safe_load(card.read_text())
+    data["synthetic"].update(n_patients=CT_TRAIN_PATIENTS, slices_per_patient=CT_SLICES, image_size=CT_SIZE)
+    card.write_text(yaml.safe_dump(data, sort_keys=False))
+    old = {k: os.environ.get(k) for k in ("LEPTON_GENERATED_ROOT", "LEPTON_HOME")}
+    os.environ.update(LEPTON_GENERATED_ROOT=str(root / "generated"), LEPTON_HOME=str(root))
+    try:
+        rc = main(["train", str(root / "recipes/ct_screening/baseline.yaml"),
+                   *sum((["--set", s] for s in CT_OVERRIDES), []), "--out", str(folder / "run")])
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert rc == 0, "the OOD CT run failed"
+
+
+def make_person_export(folder: Path) -> None:
+    """A tiny YOLOv8 on generated street scenes, exported with an OOD reference (see the module doc)."""
+    import keras
+
+    from lepton_vision.config.cards import DetectionPolicy
+    from lepton_vision.config.recipe import DetectorSpec
+    from lepton_vision.data.preprocess import letterbox
+    from lepton_vision.export.reference import fit_from_images
+    from lepton_vision.kinds.detection.export import export_detector
+    from lepton_vision.kinds.detection.kind import feature_model
+    from lepton_vision.data.synthetic.scenes import iter_scene_frames
+    from lepton_vision.models.detectors import adapter_for
+
+    frames, boxes_l = [], []
+    for rgb, boxes, _ in iter_scene_frames(_street_spec(STREET_TRAIN), 0, STREET_TRAIN):
+        frames.append(rgb)
+        boxes_l.append(boxes)
+    groups = [f"seq{i // STREET_SEQ}" for i in range(STREET_TRAIN)]
+    n_fit = 64
+    x = np.zeros((n_fit, *DET_INPUT_HW, 3), np.float32)
+    boxes = -np.ones((n_fit, 8, 4), np.float32)
+    classes = -np.ones((n_fit, 8), np.float32)
+    for i in range(n_fit):
+        lb, (sx, sy) = letterbox(frames[i], DET_INPUT_HW)
+        x[i] = lb
+        b = boxes_l[i][:8] * np.array([sx, sy, sx, sy], np.float32)
+        boxes[i, : len(b)], classes[i, : len(b)] = b, 0
+    spec = DetectorSpec(size="tiny")
+    adapter = adapter_for(spec)
+    model = adapter.build(spec, 1, DET_INPUT_HW, 0)
+    adapter.compile(model, spec, keras.optimizers.Adam(2e-3))
+    model.fit(x, {"boxes": boxes, "classes": classes}, batch_size=16, epochs=2, verbose=0)
+    features = feature_model(model)
+    ref, _, _ = fit_from_images(frames, groups, np.zeros(0),
+                                prep_np=lambda im: letterbox(im, DET_INPUT_HW)[0].astype(np.float32),
+                                features_np=lambda b: features(b, training=False), seed=3, score_name="image_score")
+    parity = folder / "parity"
+    parity.mkdir(parents=True)
+    paths = []
+    for i in (0, 1):
+        paths.append(str(parity / f"f{i}.png"))
+        cv2.imwrite(paths[-1], cv2.cvtColor(frames[i], cv2.COLOR_RGB2BGR))
+    export_detector(
+        model, folder / "export", input_hw=DET_INPUT_HW, score_threshold=0.05, image_threshold=0.1,
+        policy=DetectionPolicy(),
+        bundle_info={"task": "person_detection", "kind": "object_detection", "classes": ["person"],
+                     "title": "Person detection (OOD test export)", "intended_use": "Test fixture.",
+                     "threshold_policy": {"policy": "max_f1", "value": None},
+                     "detection": DetectionPolicy().model_dump(mode="json"),
+                     "metrics": {}, "dataset": {"name": "synthetic_street", "fingerprint": "00" * 32,
+                                                "n_samples": STREET_TRAIN}},
+        parity_paths=paths, calibration_paths=paths, formats=("saved_model",), ood=(ref, features),
+    )
