@@ -72,6 +72,12 @@ def test_oof_boxes_are_in_original_pixels_and_metrics_have_cis(project):
     assert 0.0 <= m["image_level"]["auc"] <= 1.0
     html = (run / "report.html").read_text()
     assert "AP50" in html and "int8 check on" in html and "held out" in html
+    # training cost per epoch in history.csv, run.json and the report (best_fold: no refit to cost)
+    hist = pd.read_csv(run / "folds/1/history.csv")
+    assert (hist["images_per_s"] > 0).all() and (hist["peak_rss_mb"] > 100).all()
+    cost = json.loads((run / "run.json").read_text())["training_cost"]
+    assert cost["final_model"] is None and cost["total_seconds"] > 0 and len(cost["folds"]) == 2
+    assert "<h2>Training cost</h2>" in html and (run / "plots/training_cost.png").is_file()
 
 
 def test_export_contract_any_size_boxes_in_frame_pixels(project, readme_schema_fields):

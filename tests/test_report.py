@@ -190,3 +190,51 @@ def test_print_summary_patient_and_ece(report: tuple[RunDir, dict, str]) -> None
     for name in ("roc_auc", "sensitivity", "specificity"):
         assert B.format_value(p["pooled"][name]) in text
     assert f"ECE {B.format_value(metrics['calibration']['ece'])}" in text
+
+
+def _costed(histories_: dict[int, pd.DataFrame]) -> dict[int, pd.DataFrame]:
+    """The histories with the cost columns engine.callbacks.EpochLog writes."""
+    out = {}
+    for k, h in histories_.items():
+        n = len(h)
+        out[k] = h.assign(seconds=np.full(n, 2.0 + k), images_per_s=np.linspace(50.0, 80.0, n) + k,
+                          peak_rss_mb=np.linspace(900.0, 1000.0, n) + 10 * k)
+    return out
+
+
+def test_training_cost_summary_sums_epochs_and_takes_peaks() -> None:
+    from lepton_vision.evaluate.report import training_cost_summary
+
+    hist = _costed(histories())
+    final = hist[0].assign(seconds=1.0, peak_rss_mb=1500.0)
+    cost = training_cost_summary(hist, final)
+    assert [f["fold"] for f in cost["folds"]] == [0, 1, 2, 3, 4]
+    assert cost["folds"][1]["seconds"] == pytest.approx(6 * 3.0)
+    assert cost["folds"][1]["median_images_per_s"] == pytest.approx(66.0)
+    assert cost["folds"][4]["peak_rss_mb"] == pytest.approx(1040.0)
+    assert cost["final_model"]["seconds"] == pytest.approx(6.0) and cost["final_model"]["epochs"] == 6
+    assert cost["total_seconds"] == pytest.approx(6 * (2 + 3 + 4 + 5 + 6) + 6.0)
+    assert cost["peak_rss_mb"] == pytest.approx(1500.0) and "peak_gpu_mb" not in cost
+    # an old history (no cost columns): the costs are unknown, never zero
+    old = training_cost_summary(histories())
+    assert old["total_seconds"] is None and old["folds"][0]["seconds"] is None and old["folds"][0]["epochs"] == 6
+
+
+def test_report_training_cost_section(tmp_path: Path) -> None:
+    from lepton_vision.evaluate.report import COST_NOT_RECORDED
+
+    oof = synthetic_oof(2)
+    metrics = M.score_oof(oof, T.parse_policy("youden"), n_bootstrap=0)
+    run = RunDir(tmp_path / "costed")
+    hist = _costed(histories())
+    hist[0] = hist[0].assign(peak_gpu_mb=np.linspace(300.0, 400.0, 6))
+    html_text = write_report(run, metrics, oof, hist, {}).read_text(encoding="utf-8")
+    section = html_text.split("<h2>Training cost</h2>", 1)[1]
+    assert "training images/s" in section and "peak GPU memory <b>400 MB</b>" in section
+    assert "peak resident memory <b>1,040 MB</b>" in section
+    png = (run.plots_dir / "training_cost.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 10_000
+    # a run from before training cost was recorded says so instead of showing zeros
+    old = RunDir(tmp_path / "old")
+    old_html = write_report(old, metrics, oof, histories(), {}).read_text(encoding="utf-8")
+    assert COST_NOT_RECORDED in old_html and not (old.plots_dir / "training_cost.png").exists()

@@ -83,6 +83,10 @@ def test_learns_and_writes_files(first_fit, data, capsys):
     assert len(hist) == result.epochs_run == len(result.history)
     pd.testing.assert_frame_equal(hist, result.history, check_dtype=False, atol=1e-9)
     assert {"loss", "auc", "val_loss", "val_auc", "lr"} <= set(result.history.columns)
+    # every epoch's cost: wall time, training images/s, peak RSS (no GPU here, so no GPU column)
+    assert {"seconds", "images_per_s", "peak_rss_mb"} <= set(hist.columns) and "peak_gpu_mb" not in hist
+    assert (hist["seconds"] > 0).all() and (hist["images_per_s"] > 0).all()
+    assert (hist["peak_rss_mb"] > 100).all() and hist["peak_rss_mb"].is_monotonic_increasing
     assert result.history["epoch"].tolist() == list(range(1, result.epochs_run + 1))
     assert result.history["val_auc"].max() == pytest.approx(result.best_score)
     assert any((out / "tb").rglob("events.out.tfevents*"))

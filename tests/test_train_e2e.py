@@ -79,6 +79,21 @@ def test_run_directory_holds_every_artefact(project, readme_schema_fields):
     assert "<h2>Export</h2>" in html and "int8 check on" in html
 
 
+def test_run_records_training_cost(project):
+    _, _, run = project
+    for fdir in ("folds/0", "folds/1", "final"):
+        hist = pd.read_csv(run / fdir / "history.csv")
+        assert (hist["images_per_s"] > 0).all() and (hist["peak_rss_mb"] > 100).all(), fdir
+    cost = json.loads((run / "run.json").read_text())["training_cost"]
+    assert [f["fold"] for f in cost["folds"]] == [0, 1] and cost["final_model"]["epochs"] >= 1
+    h0 = pd.read_csv(run / "folds/0/history.csv")
+    assert cost["folds"][0]["seconds"] == pytest.approx(h0["seconds"].sum(), abs=0.1)
+    assert cost["total_seconds"] > 0 and cost["median_images_per_s"] > 0 and cost["peak_rss_mb"] > 100
+    html = (run / "report.html").read_text()
+    assert "<h2>Training cost</h2>" in html and "training images/s" in html
+    assert (run / "plots/training_cost.png").stat().st_size > 5_000
+
+
 def test_predict_reproduces_final_model_scores(project, tmp_path):
     from lepton_vision.backend import import_keras
     from lepton_vision.data.preprocess import load_for_model

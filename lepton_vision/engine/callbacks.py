@@ -35,7 +35,8 @@ class FoldResult:
         best_epoch: 1-based epoch with the best validation score (its weights are in ``model``).
         best_score: The validation score (``monitor``) at that epoch.
         epochs_run: Epochs actually run (fewer than asked when early stopping fired).
-        history: One row per epoch: epoch (1-based), the losses, the validation metrics, lr.
+        history: One row per epoch: epoch (1-based), the losses, the validation metrics, lr, then
+            the epoch's cost (seconds, images_per_s, peak_rss_mb, peak_gpu_mb on a GPU).
         model: The Keras model carrying the best epoch's weights (not serialised).
         monitor: The validation metric the best epoch was chosen by (``val_auc``, ``val_ap50``).
     """
@@ -48,31 +49,93 @@ class FoldResult:
     monitor: str = "val_auc"
 
 
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far, in MiB (None where the platform cannot say).
+
+    ``ru_maxrss`` is in KiB on Linux and in bytes on macOS; Windows has no ``resource`` module."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    peak = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
 class EpochLog(keras.callbacks.Callback):
-    """Adds ``lr`` to the logs, keeps the history and prints one line per epoch."""
+    """Adds ``lr`` to the logs, keeps the history and prints one line per epoch.
+
+    Besides the Keras logs and ``lr``, every row carries the epoch's cost: ``seconds`` (wall
+    time of the epoch, validation included), ``images_per_s`` (training images of the epoch per
+    second of its training steps, validation left out), ``peak_rss_mb`` (the process's peak
+    resident memory so far) and, when a GPU is visible and TensorFlow reports its memory,
+    ``peak_gpu_mb`` (the largest peak of any visible GPU during this epoch)."""
 
     def __init__(self, label: str, epochs: int, n_train: int, verbose: bool) -> None:
         super().__init__()
         self.label, self.epochs, self.n_train, self.verbose = label, epochs, n_train, verbose
         self.rows: list[dict[str, float]] = []
         self._t0 = 0.0
+        self._t_steps: float | None = None  # when the epoch's last training step ended
+        self._gpus: list[str] = []  # devices whose memory peak is recorded ("GPU:0", ...)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._gpus = []
+        for i in range(len(tf.config.list_physical_devices("GPU"))):
+            try:  # not every device (or TensorFlow build) keeps memory statistics
+                tf.config.experimental.reset_memory_stats(f"GPU:{i}")
+                tf.config.experimental.get_memory_info(f"GPU:{i}")
+            except (ValueError, RuntimeError, tf.errors.OpError):
+                continue
+            self._gpus.append(f"GPU:{i}")
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        for device in self._gpus:
+            try:
+                tf.config.experimental.reset_memory_stats(device)
+            except (ValueError, RuntimeError, tf.errors.OpError):
+                pass
+        self._t_steps = None
         self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._t_steps = time.perf_counter()
+
+    def _peak_gpu_mb(self) -> float | None:
+        peaks = []
+        for device in self._gpus:
+            try:
+                peaks.append(tf.config.experimental.get_memory_info(device)["peak"] / 2**20)
+            except (ValueError, RuntimeError, KeyError, tf.errors.OpError):
+                continue
+        return max(peaks) if peaks else None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         logs["lr"] = lr
         seconds = time.perf_counter() - self._t0
-        self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
+        steps = seconds if self._t_steps is None else self._t_steps - self._t0
+        images_per_s = self.n_train / max(steps, 1e-9)
+        cost: dict[str, float] = {"seconds": round(seconds, 3), "images_per_s": round(images_per_s, 2)}
+        rss = peak_rss_mb()
+        if rss is not None:
+            cost["peak_rss_mb"] = round(rss, 1)
+        gpu = self._peak_gpu_mb() if self._gpus else None
+        if gpu is not None:
+            cost["peak_gpu_mb"] = round(gpu, 1)
+        self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}, **cost})
         if self.verbose:
             parts = [f"{self.label} epoch {epoch + 1}/{self.epochs}"]
             for key in ("loss", "auc", "val_loss", "val_auc", "box_loss", "class_loss", "dfl_loss", "val_ap50"):
                 if key in logs:
                     parts.append(f"{key} {float(logs[key]):.3f}")
             parts.append(f"lr {lr:.2g}")
-            parts.append(f"({seconds:.1f} s, {self.n_train / max(seconds, 1e-9):.0f} img/s)")
+            usage = [f"{seconds:.1f} s", f"{images_per_s:.0f} img/s"]
+            if rss is not None:
+                usage.append(f"RSS {rss / 1024:.1f} GB")
+            if gpu is not None:
+                usage.append(f"GPU {gpu / 1024:.1f} GB")
+            parts.append(f"({', '.join(usage)})")
             print(" ".join(parts), flush=True)
 
 
@@ -170,7 +233,7 @@ def fit_and_keep_best(model: Any, train_ds: Any, recipe: Recipe, out_dir: Path, 
         out_dir: The fold's directory.
         validate: The kind's validation callback.
         monitor: The log key it writes (maximised).
-        n_train: Training images (for the images/s in the progress line).
+        n_train: Training images per epoch (for images/s in history.csv and the progress line).
         n_val: Validation images (named in errors).
         epochs: Epochs to run at most.
         fold_label: Shown in progress lines and errors, e.g. ``"fold 2/5"``.

@@ -206,6 +206,9 @@ def run_stages(resolved: Resolved, run: RunDir, t_start: float, tracker: Any, st
     info["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
     info["seconds"] = round(time.time() - t_start, 1)
     info["export"] = export_summary
+    final_history = run.final_dir / "history.csv"
+    info["training_cost"] = training_cost_summary(
+        histories, read_history(run.final_dir) if final_history.is_file() else None)
     atomic_write_json(run.run_info, info)
     kind.write_report(resolved, run, model, metrics, table, oof, histories,
                       report_info(resolved, data_report, folds, info, run))

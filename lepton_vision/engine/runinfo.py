@@ -128,6 +128,7 @@ def report_info(resolved: Resolved, data_report: dict[str, Any], folds: pd.DataF
         "intended_use": resolved.task.intended_use,
         "seconds": info.get("seconds"),
         "export": info.get("export"),
+        "training_cost": info.get("training_cost"),
         "training_start": start_info(run.root),
     }
 

@@ -5,7 +5,8 @@ global backend switch and no GUI), written atomically as PNG to ``plots/`` and e
 ``report.html`` as base64 data URIs. The HTML has inline CSS and no external resources, so it
 can be mailed or archived as one file. A kind supplies its headline and sections
 (:func:`write_page`); the start point, export, data, plots, versions and recipe sections are
-the same for every kind. No TensorFlow here.
+the same for every kind, and so is the training cost section every kind adds
+(:func:`training_cost_section`). No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -198,6 +199,14 @@ def img_html(name: str, data: bytes, caption: str) -> str:
 #: Panel titles of the quantities a history logs (others are shown by their own name).
 QUANTITY_LABELS = {"loss": "Loss", "auc": "AUC", "ap50": "AP50"}
 
+#: The per-epoch cost columns of history.csv (engine.callbacks.EpochLog): epoch wall time,
+#: training images per second, the process's peak resident memory so far and (GPU only) the
+#: epoch's peak GPU memory. Not training quantities: :func:`plot_training_curves` leaves them out.
+COST_COLUMNS = ("seconds", "images_per_s", "peak_rss_mb", "peak_gpu_mb")
+
+#: What the report says for a run whose histories have no cost columns.
+COST_NOT_RECORDED = "Training cost not recorded (run made before lepton-vision recorded training cost)."
+
 
 def plot_training_curves(histories: dict[int, Any], path: Path, quantities: tuple[str, ...] | None = None) -> bytes:
     """One panel per quantity and fold: validation solid, training dashed, per epoch.
@@ -207,7 +216,7 @@ def plot_training_curves(histories: dict[int, Any], path: Path, quantities: tupl
         path: The PNG to write.
         quantities: Panels to draw (``("loss", "auc")``); default: every quantity the histories
             logged (training or ``val_`` prefixed), loss first, at most four; the learning rate
-            and timings are left out.
+            and the cost columns (:data:`COST_COLUMNS`) are left out.
     """
     import matplotlib as mpl
 
@@ -218,7 +227,7 @@ def plot_training_curves(histories: dict[int, Any], path: Path, quantities: tupl
         for h in histories.values():
             for col in ([] if h is None else h.columns):
                 base = col.removeprefix("val_")
-                if base not in ("epoch", "lr", "learning_rate") and base not in names:
+                if base not in ("epoch", "lr", "learning_rate", *COST_COLUMNS) and base not in names:
                     names.append(base)
         names = sorted(names, key=lambda n: (n != "loss", n))[:4]
     fig = figure(5.0 * max(len(names), 1), 4.2)
@@ -250,6 +259,154 @@ def plot_training_curves(histories: dict[int, Any], path: Path, quantities: tupl
         else:
             ax.text(0.5, 0.5, f"no {name} recorded", ha="center", va="center", transform=ax.transAxes, color="grey")
     return save_png(fig, path)
+
+
+def _cost_values(history: Any, column: str) -> np.ndarray:
+    """The finite values of one cost column of a history (empty when it was not logged)."""
+    if history is None or column not in getattr(history, "columns", ()):
+        return np.zeros(0)
+    values = np.asarray(history[column], dtype=float)
+    return values[np.isfinite(values)]
+
+
+def history_cost(history: Any) -> dict[str, Any]:
+    """The cost of one fit (a fold or the final model) from its history.csv frame.
+
+    Returns:
+        ``epochs``, ``seconds`` (sum of the epochs' wall times), ``median_images_per_s``,
+        ``peak_rss_mb`` (max over the epochs) and, when logged, ``peak_gpu_mb`` (max); the
+        costs are None for a history without the cost columns (made before they existed).
+    """
+    epochs = 0 if history is None else len(history)
+    seconds, speed, rss, gpu = (_cost_values(history, c) for c in COST_COLUMNS)
+    out: dict[str, Any] = {
+        "epochs": int(epochs),
+        "seconds": round(float(seconds.sum()), 1) if len(seconds) else None,
+        "median_images_per_s": round(float(np.median(speed)), 1) if len(speed) else None,
+        "peak_rss_mb": round(float(rss.max()), 1) if len(rss) else None,
+    }
+    if len(gpu):
+        out["peak_gpu_mb"] = round(float(gpu.max()), 1)
+    return out
+
+
+def training_cost_summary(folds: dict[int, Any], final: Any = None) -> dict[str, Any]:
+    """run.json's ``training_cost``: the cost of every fold and of the final model's refit, and
+    the run's totals.
+
+    Args:
+        folds: Fold (0-based) -> its history.csv frame (empty or None when it wrote none).
+        final: final/history.csv (only a refit writes one), or None.
+
+    Returns:
+        ``folds`` (one :func:`history_cost` per fold, with ``fold``), ``final_model`` (or None),
+        ``total_seconds`` (every recorded epoch), ``median_images_per_s`` (over every recorded
+        epoch), ``peak_rss_mb`` and, when a GPU was used, ``peak_gpu_mb`` (max over everything);
+        the totals are None when nothing was recorded.
+    """
+    parts = [history for _, history in sorted(folds.items())] + ([final] if final is not None else [])
+    seconds, speed, rss, gpu = (np.concatenate([_cost_values(h, c) for h in parts] or [np.zeros(0)])
+                                for c in COST_COLUMNS)
+    out: dict[str, Any] = {
+        "folds": [{"fold": int(k), **history_cost(h)} for k, h in sorted(folds.items())],
+        "final_model": history_cost(final) if final is not None else None,
+        "total_seconds": round(float(seconds.sum()), 1) if len(seconds) else None,
+        "median_images_per_s": round(float(np.median(speed)), 1) if len(speed) else None,
+        "peak_rss_mb": round(float(rss.max()), 1) if len(rss) else None,
+    }
+    if len(gpu):
+        out["peak_gpu_mb"] = round(float(gpu.max()), 1)
+    return out
+
+
+def plot_training_cost(histories: dict[str, Any], path: Path) -> bytes:
+    """Two panels per epoch: training images/s, and peak memory in MB (RSS solid, GPU dashed).
+
+    Args:
+        histories: Label (``"fold 0"``, ``"final model"``) -> history.csv frame with cost columns.
+        path: The PNG to write.
+    """
+    import matplotlib as mpl
+
+    fig = figure(10.0, 4.2)
+    speed_ax, mem_ax = fig.subplots(1, 2)
+    colors = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, h) in enumerate(histories.items()):
+        if h is None or len(h) == 0:
+            continue
+        x = h["epoch"].to_numpy() if "epoch" in h.columns else np.arange(1, len(h) + 1)
+        color = colors[i % len(colors)]
+        if "images_per_s" in h.columns:
+            speed_ax.plot(x, h["images_per_s"], color=color, lw=1.4, marker="o", ms=3, label=label)
+        if "peak_rss_mb" in h.columns:
+            mem_ax.plot(x, h["peak_rss_mb"], color=color, lw=1.4, marker="o", ms=3, label=f"{label} RSS")
+        if "peak_gpu_mb" in h.columns:
+            mem_ax.plot(x, h["peak_gpu_mb"], color=color, lw=1, ls="--", marker="s", ms=3, label=f"{label} GPU")
+    speed_ax.set(xlabel="epoch", ylabel="training images / s", title="Training speed per epoch")
+    mem_ax.set(xlabel="epoch", ylabel="MB", title="Peak memory per epoch")
+    for ax in (speed_ax, mem_ax):
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, ncol=2)
+    return save_png(fig, path)
+
+
+def _cost_cells(c: dict[str, Any], gpu: bool) -> list[Any]:
+    def show(v: Any, digits: int) -> str:
+        return "not recorded" if v is None else f"{float(v):,.{digits}f}"
+
+    cells = [c.get("epochs", ""), show(c.get("seconds"), 1), show(c.get("median_images_per_s"), 1),
+             show(c.get("peak_rss_mb"), 0)]
+    return cells + ([show(c.get("peak_gpu_mb"), 0)] if gpu else [])
+
+
+def training_cost_section(run: RunDir, histories: dict[int, Any], cost: dict[str, Any] | None = None) -> str:
+    """The report's "Training cost" section, the same for every kind: run.json's numbers as a
+    line and a table, and ``plots/training_cost.png`` (images/s and peak memory per epoch, per
+    fold and for the final model's refit) embedded.
+
+    Args:
+        run: The run directory (the final model's history is read from ``final/history.csv``).
+        histories: Fold -> history.csv frame.
+        cost: run.json's ``training_cost`` (default: computed from the histories).
+
+    Returns:
+        The section's HTML; a "not recorded" note for runs whose histories have no cost columns.
+    """
+    final_csv = run.final_dir / "history.csv"
+    final = None
+    if final_csv.is_file():
+        import pandas as pd
+
+        final = pd.read_csv(final_csv)
+    if cost is None:
+        cost = training_cost_summary(histories, final)
+    labelled = {f"fold {k}": h for k, h in sorted(histories.items())}
+    if final is not None:
+        labelled["final model"] = final
+    recorded = any("images_per_s" in getattr(h, "columns", ()) for h in labelled.values())
+    if not recorded or cost.get("total_seconds") is None:
+        return f"<p class='note'>{escape(COST_NOT_RECORDED)}</p>"
+    gpu = cost.get("peak_gpu_mb") is not None
+    line = (f"<p>Training took <b>{cost['total_seconds']:,.1f} s</b> (every epoch of every fold"
+            + (" and of the final model" if cost.get("final_model") else "")
+            + f"), median <b>{cost['median_images_per_s']:,.1f} training images/s</b>, peak resident memory "
+            f"<b>{cost['peak_rss_mb']:,.0f} MB</b>"
+            + (f", peak GPU memory <b>{cost['peak_gpu_mb']:,.0f} MB</b>" if gpu else "") + ".</p>")
+    rows = [[f"fold {f['fold']}", *_cost_cells(f, gpu)] for f in cost.get("folds", [])]
+    if cost.get("final_model"):
+        rows.append(["final model", *_cost_cells(cost["final_model"], gpu)])
+    headers = ["", "epochs", "seconds", "median images/s", "peak RSS (MB)", *(["peak GPU (MB)"] if gpu else [])]
+    png = plot_training_cost(labelled, run.plots_dir / "training_cost.png")
+    caption = ("Training images per second (validation excluded) and peak memory per epoch: the "
+               "process's peak resident memory so far" + (" (solid) and the epoch's peak GPU memory (dashed)"
+                                                         if gpu else "") + ".")
+    note = ("<p class='note'>Seconds are epoch wall times (validation included); a fold's images/s is the "
+            "median over its epochs (the first epoch also builds the graph). Numbers from run.json "
+            "(training_cost) and each history.csv.</p>")
+    return (line + html_table(headers, rows) + note
+            + f"<div class='plots'>{img_html('training_cost', png, caption)}</div>")
 
 
 def write_page(run: RunDir, info: dict[str, Any], *, default_title: str, summary_html: str,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -119,6 +120,28 @@ def check_threshold_override(value: float, what: str, export_dir: Path) -> float
     return float(value)
 
 
+@dataclass
+class Observation:
+    """What ``lepton-vision monitor`` records of one input, whatever the kind.
+
+    Attributes:
+        score: The score whose distribution the bundle's reference holds (classification:
+            ``score``; detection: ``image_score``).
+        positive: The decision the product acts on (classification: ``score >= threshold``;
+            detection: ``alarm``).
+        ood_score: How unlike the training images the input is (None without a reference).
+        in_distribution: ``ood_score <= 1`` (None without a reference).
+        image_stats: The reference's image statistics of the input (``image_stats`` of
+            ``serve_ood``; None without a reference).
+    """
+
+    score: float
+    positive: bool
+    ood_score: float | None = None
+    in_distribution: bool | None = None
+    image_stats: np.ndarray | None = None
+
+
 class BundlePredictor(ABC):
     """The part of every kind's predictor that only calls the model.
 
@@ -190,9 +213,33 @@ class BundlePredictor(ABC):
             return None, None
         return float(out["ood_score"].reshape(-1)[0]), bool(int(out["in_distribution"].reshape(-1)[0]))
 
+    def observation(self, score: float, positive: bool, img: np.ndarray) -> Observation:
+        """An :class:`Observation` of a scored uint8 image (one ``serve_ood`` call when the export
+        has a reference)."""
+        out = self.run_ood(img)
+        if out is None:
+            return Observation(score=float(score), positive=bool(positive))
+        return Observation(score=float(score), positive=bool(positive),
+                           ood_score=float(out["ood_score"].reshape(-1)[0]),
+                           in_distribution=bool(int(out["in_distribution"].reshape(-1)[0])),
+                           image_stats=np.asarray(out["image_stats"], np.float64).reshape(-1))
+
     @abstractmethod
     def predict(self, image_or_path: str | Path | np.ndarray) -> Any:
         """One image: a file path or an array (the kind's result type)."""
+
+    @abstractmethod
+    def observe(self, image_or_path: str | Path | np.ndarray) -> Observation:
+        """One image as ``lepton-vision monitor`` records it (:class:`Observation`)."""
+
+    @property
+    @abstractmethod
+    def positive_threshold(self) -> float | None:
+        """The threshold on :attr:`Observation.score` behind :attr:`Observation.positive` (None:
+        the export has none, e.g. a detector trained without empty frames)."""
+
+    #: What :attr:`Observation.positive` is called in reports ("positive decision", "alarm").
+    positive_name = "positive decision"
 
     def predict_many(self, paths: Iterable[str | Path]) -> list[Any]:
         """Several files, in order."""

@@ -24,6 +24,7 @@ from lepton_vision.runio import atomic_write_text
 from lepton_vision.serve.predictor import (
     Backend,
     BundlePredictor,
+    Observation,
     check_threshold_override,
     open_runner,
     read_kind_bundle,
@@ -146,6 +147,17 @@ class ClassificationPredictor(BundlePredictor):
         ood_score, in_dist = self.ood_of(img)
         return Prediction(score=score, decision=decision, label=self.classes[int(decision)],
                           threshold=self.threshold, path=path, ood_score=ood_score, in_distribution=in_dist)
+
+    def observe(self, image_or_path: str | Path | np.ndarray) -> Observation:
+        """The score, the decision, the OOD score and image statistics of one image (``monitor``)."""
+        img = self.to_uint8(image_or_path)
+        score = self.score_uint8(img)
+        return self.observation(score, bool(np.float32(score) >= np.float32(self.threshold)), img)
+
+    @property
+    def positive_threshold(self) -> float:
+        """The decision threshold."""
+        return self.threshold
 
     def iter_video(self, path: str | Path, stride: int = 1) -> Iterator[Prediction]:
         """Score every ``stride``-th frame of a video (e.g. a cine loop), in order; each

@@ -14,7 +14,15 @@ import pandas as pd
 
 from lepton_vision.config.recipe import Threshold
 from lepton_vision.evaluate.binary import METRIC_LABELS, SCALAR_METRICS, format_value
-from lepton_vision.evaluate.report import escape, figure, html_table, plot_training_curves, save_png, write_page
+from lepton_vision.evaluate.report import (
+    escape,
+    figure,
+    html_table,
+    plot_training_curves,
+    save_png,
+    training_cost_section,
+    write_page,
+)
 from lepton_vision.evaluate.thresholds import policy_text
 from lepton_vision.runio import RunDir
 
@@ -293,7 +301,8 @@ def write_report(
         histories: Fold -> history with some of ``epoch`` (1-based), ``loss, val_loss, auc, val_auc, lr``.
         info: Optional keys: ``title``, ``recipe_name`` (or ``recipe``), ``run_dir``, ``date``
             (default: now), ``classes`` ([negative, positive]; default: the task card in
-            run.json), ``intended_use``, ``seconds``, ``data`` (data_report.json: counts, nested
+            run.json), ``intended_use``, ``seconds``, ``training_cost`` (run.json's; default:
+            computed from ``histories``), ``data`` (data_report.json: counts, nested
             count dicts, ``excluded`` list of {sample_id, path, reason}), ``versions`` (dict),
             ``recipe_yaml`` (text; default: the run's recipe.resolved.yaml). The folds table is
             computed from ``oof`` (what was actually scored).
@@ -371,6 +380,7 @@ def write_report(
         ("Operating point", html_table(["", ""], op_rows, numeric_from=2, row_class=highlight)),
         ("Calibration", _calibration_html(metrics)),
         ("Per fold", _per_fold_table(metrics)),
+        ("Training cost", training_cost_section(run_dir, histories, info.get("training_cost"))),
     ]
     return write_page(run_dir, info, default_title="lepton-vision run", summary_html=summary, sections=sections,
                       images=images, captions=captions, after_data=[("Folds", _folds_table(oof))])

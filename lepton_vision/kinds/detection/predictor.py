@@ -31,6 +31,7 @@ from lepton_vision.serve.media import (
 from lepton_vision.serve.predictor import (
     Backend,
     BundlePredictor,
+    Observation,
     check_threshold_override,
     open_runner,
     read_kind_bundle,
@@ -141,6 +142,32 @@ class DetPredictor(BundlePredictor):
         Raises:
             DataError: The array is not an 8/16-bit gray or RGB image.
         """
+        rgb = self.frame_rgb(img, path)
+        d = self._detect(rgb, path, frame)
+        d.ood_score, d.in_distribution = self.ood_of(rgb)
+        return d
+
+    #: ``monitor`` reports the alarm rate of a detector.
+    positive_name = "alarm"
+
+    @property
+    def positive_threshold(self) -> float | None:
+        """The image (alarm) threshold, None when the export has none."""
+        return self.image_threshold
+
+    def observe(self, image_or_path: str | Path | np.ndarray) -> Observation:
+        """The image score, the alarm, the OOD score and image statistics of one frame (``monitor``)."""
+        path = str(image_or_path) if isinstance(image_or_path, (str, Path)) else None
+        rgb = self.frame_rgb(read_rgb(image_or_path) if path else image_or_path, path)
+        d = self._detect(rgb, path, None)
+        return self.observation(d.image_score, d.alarm, rgb)
+
+    def frame_rgb(self, img: np.ndarray, path: str | None = None) -> np.ndarray:
+        """A frame's pixels as the uint8 RGB array the model takes.
+
+        Raises:
+            DataError: The array is not an 8/16-bit gray or RGB image.
+        """
         raw = np.asarray(img)
         where = path or "image array"
         if raw.dtype not in (np.uint8, np.uint16):
@@ -152,9 +179,12 @@ class DetPredictor(BundlePredictor):
         if raw.ndim in (2, 3):
             preprocess.check_size(raw.shape[0], raw.shape[1], where)
         try:
-            rgb = preprocess.to_uint8(raw, 3, None)
+            return preprocess.to_uint8(raw, 3, None)
         except ValueError as exc:
             raise DataError(f"cannot use these pixels: {exc}. Expected H x W or H x W x 3.", file=where) from exc
+
+    def _detect(self, rgb: np.ndarray, path: str | None, frame: int | None) -> FrameDetections:
+        """The detections of a uint8 RGB frame, without the OOD score."""
         h, w = rgb.shape[:2]
         out = self.run_uint8(rgb)
         scores = out["scores"].astype(np.float32).reshape(-1)
@@ -165,7 +195,6 @@ class DetPredictor(BundlePredictor):
         keep = (np.arange(len(scores)) < int(out["num_detections"])) & (classes >= 0) & (scores > 0)
         image_score = float(out["image_score"])
         alarm = self.image_threshold is not None and bool(np.float32(image_score) >= np.float32(self.image_threshold))
-        ood_score, in_dist = self.ood_of(rgb)
         return FrameDetections(
             boxes=out["boxes"].astype(np.float32).reshape(-1, 4)[keep],
             scores=scores[keep],
@@ -179,8 +208,6 @@ class DetPredictor(BundlePredictor):
             height=int(h),
             path=path,
             frame=frame,
-            ood_score=ood_score,
-            in_distribution=in_dist,
         )
 
     def predict_file(self, path: str | Path) -> FrameDetections:

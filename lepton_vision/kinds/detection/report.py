@@ -23,7 +23,15 @@ from lepton_vision.kinds.detection.metrics import (
     prepare,
 )
 from lepton_vision.config.errors import DataError
-from lepton_vision.evaluate.report import escape, figure, html_table, plot_training_curves, save_png, write_page
+from lepton_vision.evaluate.report import (
+    escape,
+    figure,
+    html_table,
+    plot_training_curves,
+    save_png,
+    training_cost_section,
+    write_page,
+)
 from lepton_vision.runio import RunDir
 
 #: PNG names under plots/ (image_roc only when the image-level metrics are available).
@@ -295,7 +303,8 @@ def write_detection_report(
         histories: Fold -> training history (``epoch`` 1-based and any logged quantities).
         info: Optional keys as for :func:`lepton_vision.kinds.classification.report.write_report`: ``title``,
             ``recipe_name`` (or ``recipe``), ``run_dir``, ``date``, ``intended_use``,
-            ``seconds``, ``data`` (data_report.json), ``versions``, ``recipe_yaml``.
+            ``seconds``, ``training_cost`` (run.json's), ``data`` (data_report.json), ``versions``,
+            ``recipe_yaml``.
 
     Returns:
         The path of report.html.
@@ -344,6 +353,7 @@ def write_detection_report(
         ("Per class", _per_class_table(m)),
         ("Image level", _image_level_html(m)),
         ("Per fold", _per_fold_table(m)),
+        ("Training cost", training_cost_section(run, histories, info.get("training_cost"))),
     ]
     return write_page(run, info, default_title="lepton-vision detection run", summary_html=summary,
                       sections=sections, images=images_png, captions=captions)
