@@ -63,6 +63,18 @@ EXAMPLES = {
           lepton-vision predict runs/RUN/export street.mp4 --out preds.json --video-stride 5 --threshold 0.4
           lepton-vision predict runs/RUN/export frames/ --out all_boxes.json --all   # for mAP tools
     """,
+    "monitor": """
+        examples:
+          lepton-vision monitor runs/RUN/export camera_frames/ --window 100 --out monitor/today
+          lepton-vision monitor runs/RUN/export lobby.mp4 --video-stride 10 --max-psi 0.2
+          lepton-vision monitor runs/RUN/export new_scans/ --out monitor/ward3 || alert "CT drift"
+
+        Scores the inputs in order (folders sorted, video frames in order), compares each window of
+        --window inputs with the reference stored in the export (score PSI and KS test,
+        image-statistics shift, out-of-distribution share, positive/alarm rate) and writes
+        monitor.json, monitor.html, windows.csv and observations.csv. Exit code 0: no limit
+        crossed; 3: drift (a limit crossed); 1: an error.
+    """,
     "explain": """
         examples:
           lepton-vision explain runs/ct_screening-baseline-20261123-101500 scans/slice_001.dcm --out heat.png
@@ -196,6 +208,28 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--video-stride", type=int, metavar="N",
                     help="detection: run every N-th video frame (default 1)")
     pr.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
+
+    mo = sub.add_parser("monitor", help="compare new images or video with an export's reference: drift "
+                        "per window, monitor.html, exit 3 when a limit is crossed",
+                        epilog=_epilog("monitor"), formatter_class=fmt)
+    mo.add_argument("export_dir", type=Path, help="RUN/export (or RUN) with an OOD reference")
+    mo.add_argument("inputs", nargs="+", type=Path, help="images, folders and videos, in stream order")
+    mo.add_argument("--window", type=int, default=50, metavar="N", help="inputs per window (default 50)")
+    mo.add_argument("--out", type=Path, metavar="DIR",
+                    help="folder to write (default ./monitor-<run>-<timestamp>)")
+    mo.add_argument("--max-psi", type=float, default=0.25, help="score PSI limit per window (default 0.25)")
+    mo.add_argument("--max-ood-share", type=float, default=0.2,
+                    help="limit on the share of out-of-distribution inputs per window (default 0.2)")
+    mo.add_argument("--max-stat-shift", type=float, default=3.0, help="limit on a window's median image "
+                    "statistic, in training spreads from the training median (default 3)")
+    mo.add_argument("--ks-alpha", type=float, default=None, help="make the KS test part of the alarm at this "
+                    "level, Bonferroni-corrected over the windows (default: reported, not alarmed on, since "
+                    "slices of a patient or frames of a sequence are not independent)")
+    mo.add_argument("--video-stride", type=int, default=1, metavar="N", help="use every N-th video frame")
+    mo.add_argument("--backend", choices=["auto", "saved_model", "tflite", "tflite_int8"], default="saved_model",
+                    help="model backend (default saved_model)")
+    mo.add_argument("--quiet", action="store_true", help="no progress bar")
+    mo.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
 
     xp = sub.add_parser("explain", help="Grad-CAM overlay: where the model looked for one image",
                         epilog=_epilog("explain"), formatter_class=fmt)
@@ -368,6 +402,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from lepton_vision.serve.monitor import Limits, monitor
+
+    export_dir = args.export_dir
+    if not (export_dir / "bundle.json").is_file() and (export_dir / "export" / "bundle.json").is_file():
+        export_dir = export_dir / "export"
+    limits = Limits(max_psi=args.max_psi, max_ood_share=args.max_ood_share, max_stat_shift=args.max_stat_shift,
+                    ks_alpha=args.ks_alpha)
+    result = monitor(export_dir, args.inputs, args.out, window=args.window, limits=limits,
+                     video_stride=args.video_stride, backend=args.backend, progress=not args.quiet)
+    print(result.summary())
+    return result.exit_code
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     import cv2
 
@@ -465,6 +513,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not (export_dir / "bundle.json").is_file() and (export_dir / "export" / "bundle.json").is_file():
         export_dir = export_dir / "export"
     load_bundle_json(export_dir)
+    from lepton_vision.serve.bind import check_bind
+
+    check_bind(args.host, args.port)
     from lepton_vision.serve.demo import launch_demo, parse_auth
 
     auth = parse_auth(args.auth)
@@ -487,6 +538,7 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "export": _cmd_export,
     "predict": _cmd_predict,
+    "monitor": _cmd_monitor,
     "explain": _cmd_explain,
     "data": _cmd_data,
     "recipe": _cmd_recipe,
@@ -500,8 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lepton-vision`` console script.
 
     Returns:
-        The exit code: 0 on success, 1 for a user error (bad recipe, bad data), 130 when
-        interrupted.
+        The exit code: 0 on success, 1 for a user error (bad recipe, bad data), 3 when
+        ``monitor`` found drift, 130 when interrupted.
     """
     for key, value in _OFFLINE_ENV.items():
         os.environ.setdefault(key, value)

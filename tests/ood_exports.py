@@ -70,6 +70,29 @@ def new_ct_slices() -> list[np.ndarray]:
     return [ct_window_uint8(hu) for hu, _ in iter_ct_slices(_ct_spec(n), CT_TRAIN_PATIENTS * CT_SLICES, n * CT_SLICES)]
 
 
+#: The monitor tests' stream: slices of new patients in patient order, and how its drifted twin darkens.
+MONITOR_PATIENTS, MONITOR_WINDOW = 100, 120
+#: Brightness factor at the stream's start and end (linear in between) of the drifted stream.
+DRIFT_BRIGHTNESS = (1.0, 0.3)
+
+
+def monitor_ct_slices() -> list[np.ndarray]:
+    """uint8 [64, 64, 1] slices of :data:`MONITOR_PATIENTS` new patients, patient after patient
+    (after the training and OOD-test patients)."""
+    from lepton_vision.data.synthetic.ct import iter_ct_slices
+
+    first = CT_TRAIN_PATIENTS + CT_NEW_PATIENTS
+    n = first + MONITOR_PATIENTS
+    return [ct_window_uint8(hu) for hu, _ in iter_ct_slices(_ct_spec(n), first * CT_SLICES, n * CT_SLICES)]
+
+
+def darkening(images: list[np.ndarray]) -> list[np.ndarray]:
+    """The stream with its brightness falling linearly over time (:data:`DRIFT_BRIGHTNESS`)."""
+    start, end = DRIFT_BRIGHTNESS
+    factors = np.linspace(start, end, len(images))
+    return [np.clip(np.rint(im.astype(np.float32) * f), 0, 255).astype(np.uint8) for im, f in zip(images, factors)]
+
+
 def street_frames(start: int, stop: int) -> list[np.ndarray]:
     """uint8 RGB street frames ``start .. stop - 1`` of the generator the person export saw."""
     from lepton_vision.data.synthetic.scenes import iter_scene_frames

@@ -245,3 +245,37 @@ def test_servers_logged_no_traceback(ct_server, det_server):
         assert server.proc.poll() is None, server.log[-2000:]
         assert "Traceback" not in server.log, server.log[-4000:]
 
+
+
+def test_ct_demo_warns_on_an_out_of_distribution_upload(browser, ct, det, ct_server, artifacts):
+    page, requests = _open(browser, ct_server, "#ct-file")
+    _upload(page, "ct-file", det["frames"][0])  # a street frame into the CT screener
+    page.wait_for_selector("#ct-ood-warning", timeout=60_000)
+    warning = page.inner_text("#ct-ood-warning")
+    assert "Out of distribution" in warning and "Do not rely on the result" in warning
+    assert "unlike the training images" in page.inner_text("#ct-details")
+    page.screenshot(path=str(artifacts / "ct_ood_warning.png"), full_page=True)
+    # a CT slice afterwards: the warning block goes away with the new result
+    _upload(page, "ct-file", ct["dicoms"][1])
+    page.wait_for_function("() => !document.querySelector('#ct-ood-warning')", timeout=60_000)
+    _only_local(requests, ct_server)
+    page.close()
+
+
+def test_monitor_page_shows_verdict_plots_and_windows(browser, ct, det, tmp_path, artifacts):
+    from lepton_vision.serve.monitor import monitor
+
+    # 12 CT inputs, then 12 street frames: two windows of 12, the second out of distribution
+    inputs = [*ct["dicoms"], ct["png"]]
+    inputs = (inputs * (12 // len(inputs) + 1))[:12] + list(det["frames"][:12])
+    assert len(inputs) == 24
+    result = monitor(ct["dir"], inputs, tmp_path / "mon", window=12, progress=False)
+    assert result.drift and result.first_drift_window == 1
+    page = browser.new_page()
+    page.goto((tmp_path / "mon" / "monitor.html").as_uri(), wait_until="load")
+    verdict = page.inner_text("#monitor-verdict")
+    assert verdict.startswith("Drift") and "first window 1" in verdict and "out of distribution" in verdict
+    assert page.evaluate("() => [...document.images].every(i => i.complete && i.naturalWidth > 600)")
+    assert page.locator("table").first.locator("tbody tr").count() == 2
+    page.screenshot(path=str(artifacts / "monitor_page.png"), full_page=True)
+    page.close()

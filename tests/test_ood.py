@@ -194,6 +194,11 @@ def test_exports_without_reference_still_load_and_predict(ct_demo_export, det_de
     assert "no reference" in capsys.readouterr().out
     row = pd.read_csv(out, keep_default_na=False).iloc[0]
     assert row["ood_score"] == "" and row["in_distribution"] == ""
+    # monitor needs the reference: one clear line, exit 1, nothing written
+    assert main(["monitor", str(ct), str(ct_demo_export["dicoms"][0]), "--out", str(tmp_path / "mon")]) == 1
+    err = capsys.readouterr().err
+    assert "no reference" in err and "re-export" in err and "Traceback" not in err
+    assert not (tmp_path / "mon").exists()
 
     det = _without_reference(det_demo_export["dir"], tmp_path / "det")
     d = Predictor.from_bundle(det).predict(det_demo_export["frames"][0])

@@ -203,6 +203,34 @@ def test_cli_demo_refuses_bad_arguments_in_one_line(tmp_path):
     assert r.returncode == 1 and "--port must be 1..65535" in r.stderr
 
 
+def test_demo_that_cannot_bind_says_so_in_one_line(tmp_path):
+    import socket
+
+    from lepton_vision.config.errors import LeptonError
+    from lepton_vision.serve.bind import bind_error, check_bind
+
+    fake = tmp_path / "run" / "export"
+    fake.mkdir(parents=True)
+    (fake / "bundle.json").write_text(json.dumps({"schema_version": 1, "kind": "binary_classification"}))
+    with socket.socket() as held:  # a port another server holds
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert "already in use" in bind_error("127.0.0.1", port)
+        with pytest.raises(LeptonError, match="already in use"):
+            check_bind("127.0.0.1", port)
+        r = _cli("demo", str(fake), "--port", str(port))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    first = r.stderr.splitlines()[0]
+    assert first.startswith("error: ") and f"port {port} on 127.0.0.1 is already in use" in first
+    # a host that is not an address of this machine (TEST-NET-1, RFC 5737)
+    r = _cli("demo", str(fake), "--host", "192.0.2.1", "--port", "7860")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "192.0.2.1 is not an address of this machine" in r.stderr.splitlines()[0]
+    # once free, the same port binds
+    assert bind_error("127.0.0.1", port) is None
+
+
 def test_apps_are_thin_launchers_of_build_demo():
     for task in ("ct_screening", "person_detection", "obstacle_detection"):
         path = REPO / "apps" / f"{task}.py"
@@ -562,3 +590,27 @@ def test_detection_page_layout_and_examples(det):
     names = sorted(Path(row[0]).name.split("_")[0] for row in blocks.lepton_examples)
     assert names == ["empty", "objects", "objects", "objects"]
     assert build_demo(det["dir"], examples=[]).lepton_examples == []
+
+
+@pytest.mark.tf
+def test_out_of_distribution_inputs_get_a_visible_warning(ct, ct_demo, det, det_demo, tmp_path):
+    """A street frame in the CT demo and a CT slice in the detection demo: each result says the
+    input is unlike the training images, in the details and in a warning block on the result."""
+    import cv2
+
+    from lepton_vision.kinds.classification.demo import decision_html
+
+    frame = tmp_path / "street.png"
+    cv2.imwrite(str(frame), cv2.imread(str(det["frames"][0]), cv2.IMREAD_COLOR))
+    r = ct_demo.classify(str(frame))
+    assert r.in_distribution is False and r.ood_score > 1
+    assert any("unlike the training images" in d for d in r.details)
+    html = decision_html(r, r.threshold, ct_demo.classes)
+    assert "id='ct-ood-warning'" in html and "Out of distribution" in html and f"{r.ood_score:.2f}" in html
+    d = det_demo.detect(str(ct["png"]))
+    assert d.raw.in_distribution is False and d.raw.ood_score > 1
+    assert "unlike the training images" in det_demo.summary_markdown(d)
+    # a frame like the training frames: no warning
+    same = det_demo.detect(str(det["frames"][0]))
+    assert same.raw.in_distribution is True
+    assert "like the training images (OOD score" in det_demo.summary_markdown(same)

@@ -146,6 +146,7 @@ def run_stages(resolved: Resolved, run: RunDir, t_start: float, tracker: Any, st
     from lepton_vision.data.samples import data_fingerprint, load_samples
     from lepton_vision.engine.bookkeeping import final_model, fold_bookkeeping, read_history, report_export
     from lepton_vision.engine.executors import run_folds
+    from lepton_vision.evaluate.report import training_cost_summary
     from lepton_vision.kinds import kind_of
 
     console = _console()

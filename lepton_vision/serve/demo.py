@@ -132,6 +132,9 @@ def launch_demo(export_dir: str | Path, host: str = DEFAULT_HOST, port: int | No
     if isinstance(auth, str):
         auth = parse_auth(auth)
     export_dir = resolve_export_dir(export_dir)
+    from lepton_vision.serve.bind import check_bind
+
+    check_bind(host, port)  # before the model loads: a taken port fails in one line
     blocks = build_demo(export_dir, backend=backend, examples=examples, max_pixels=max_pixels)
     demo = blocks.lepton_demo  # type: ignore[attr-defined]
     bundle = demo.bundle
@@ -149,13 +152,21 @@ def launch_demo(export_dir: str | Path, host: str = DEFAULT_HOST, port: int | No
               + "; uploads are kept in Gradio's temp folder for up to 2 hours.", file=sys.stderr, flush=True)
     blocks.queue(default_concurrency_limit=1, max_size=64)
     # quiet: Gradio's own banner suggests share=True, which this demo never uses.
-    result = blocks.launch(
-        server_name=host, server_port=port, share=False, auth=auth,
-        auth_message="lepton-vision demo: log in with the --auth credentials" if auth else None,
-        max_file_size=max_file_size, show_error=False, inbrowser=False, ssr_mode=False, pwa=False,
-        mcp_server=False, enable_monitoring=False, prevent_thread_lock=True, quiet=True,
-        footer_links=["api", "settings"],
-    )
+    try:
+        result = blocks.launch(
+            server_name=host, server_port=port, share=False, auth=auth,
+            auth_message="lepton-vision demo: log in with the --auth credentials" if auth else None,
+            max_file_size=max_file_size, show_error=False, inbrowser=False, ssr_mode=False, pwa=False,
+            mcp_server=False, enable_monitoring=False, prevent_thread_lock=True, quiet=True,
+            footer_links=["api", "settings"],
+        )
+    except OSError as exc:  # taken between check_bind and now, or Gradio found no free port
+        from lepton_vision.serve.bind import bind_error
+
+        why = bind_error(host, port) if port is not None else None
+        raise LeptonError(why or f"cannot serve the demo on {host}:{port or 'any port 7860-7959'}: "
+                          f"{str(exc).splitlines()[0]}",
+                          hint="Pass another --port, stop what holds it, or use --host 127.0.0.1.") from exc
     if not quiet:
         print(f"* Running on local URL:  {blocks.local_url}", flush=True)
     if not prevent_thread_lock:

@@ -10,6 +10,7 @@ annotated pictures. TensorFlow or LiteRT are imported only when a bundle is load
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,9 +144,9 @@ class DetPredictor(BundlePredictor):
             DataError: The array is not an 8/16-bit gray or RGB image.
         """
         rgb = self.frame_rgb(img, path)
-        d = self._detect(rgb, path, frame)
-        d.ood_score, d.in_distribution = self.ood_of(rgb)
-        return d
+        ood_score, in_distribution = self.ood_of(rgb)
+        return dataclasses.replace(self._detect(rgb, path, frame), ood_score=ood_score,
+                                   in_distribution=in_distribution)
 
     #: ``monitor`` reports the alarm rate of a detector.
     positive_name = "alarm"
