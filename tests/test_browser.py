@@ -266,8 +266,8 @@ def test_monitor_page_shows_verdict_plots_and_windows(browser, ct, det, tmp_path
     from lepton_vision.serve.monitor import monitor
 
     # 12 CT inputs, then 12 street frames: two windows of 12, the second out of distribution
-    inputs = [*ct["dicoms"], ct["png"]]
-    inputs = (inputs * (12 // len(inputs) + 1))[:12] + list(det["frames"][:12])
+    slices, frames = [*ct["dicoms"], ct["png"]], list(det["frames"])
+    inputs = (slices * 12)[:12] + (frames * 12)[:12]
     assert len(inputs) == 24
     result = monitor(ct["dir"], inputs, tmp_path / "mon", window=12, progress=False)
     assert result.drift and result.first_drift_window == 1
