@@ -29,7 +29,7 @@ CT_TRAIN_PATIENTS, CT_SLICES, CT_SIZE = 40, 6, 64
 CT_NEW_PATIENTS = 30
 CT_WINDOW = (-600.0, 1500.0)  # the CT baseline recipe's window (level, width)
 CT_OVERRIDES = ["train.epochs=1", "cv.n_splits=2", "input.image_size=[32, 32]", "evaluate.n_bootstrap=50",
-                "export.parity_samples=8", "train.verbose=false"]
+                "export.parity_samples=8", "export.formats=[saved_model, tflite]", "train.verbose=false"]
 
 #: Street frames the person reference is fitted on (sequences of 2: 80 groups) and new frames.
 STREET_TRAIN, STREET_NEW, STREET_FRAME, STREET_SEQ = 160, 80, (160, 120), 2

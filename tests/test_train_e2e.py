@@ -94,6 +94,17 @@ def test_run_records_training_cost(project):
     assert (run / "plots/training_cost.png").stat().st_size > 5_000
 
 
+def test_every_run_audits_shortcuts_before_training(project):
+    _, _, run = project
+    audit = json.loads((run / "data_report.json").read_text())["shortcut_audit"]
+    assert audit["target"] == "label" and audit["n_samples"] == 32 and audit["level"] == 0.65
+    # generated DICOM phantoms: one format, one size; nothing to flag, so no strata
+    assert audit["flagged"] == [] and {"file_format", "width", "height"} <= set(audit["skipped"])
+    assert json.loads((run / "metrics.json").read_text())["strata"] == {}
+    html = (run / "report.html").read_text()
+    assert "<h2>Shortcut audit</h2>" in html and "Shortcut warning" not in html
+
+
 def test_predict_reproduces_final_model_scores(project, tmp_path):
     from lepton_vision.backend import import_keras
     from lepton_vision.data.preprocess import load_for_model

@@ -619,8 +619,18 @@ def drop_unused_later_fields(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+class AuditSpec(StrictModel):
+    """The shortcut audit run before training (lepton_vision.evaluate.shortcuts)."""
+
+    enabled: bool = Field(True, description="Fit metadata-only models (file format, JPEG quality, size, bit depth, "
+                          "DICOM tags, intensity statistics) on the run's folds and report how well they predict the label.")
+    level: float = Field(0.65, gt=0.5, lt=1.0, description="Warn about a feature whose out-of-fold AUC CI lies "
+                         "above this (its lower end exceeds it); its strata get their own metrics.")
+    n_bootstrap: int = Field(300, ge=0, le=100000, description="Group-bootstrap resamples for the audit's CIs.")
+
+
 class DataSpec(StrictModel):
-    """How bad files in the dataset are handled."""
+    """How bad files in the dataset are handled, and the shortcut audit."""
 
     on_bad_file: Literal["error", "skip"] = Field(
         "error",
@@ -630,6 +640,7 @@ class DataSpec(StrictModel):
     max_image_pixels: int = Field(
         50_000_000, ge=1, description="Refuse images with more pixels than this (decompression bombs)."
     )
+    audit: AuditSpec = Field(default_factory=AuditSpec, description="Shortcut audit: can metadata alone predict the label?")
 
 
 class Recipe(StrictModel):
@@ -642,7 +653,7 @@ class Recipe(StrictModel):
         description="Dataset card name (datasets/<name>/dataset.yaml) or a path to a dataset.yaml."
     )
     seed: int = Field(42, ge=0, description="One seed for folds, weights, augmentation and bootstrap.")
-    data: DataSpec = Field(default_factory=DataSpec, description="Bad-file policy.")
+    data: DataSpec = Field(default_factory=DataSpec, description="Bad-file policy and shortcut audit.")
     input: InputSpec = Field(default_factory=InputSpec, description="Network input.")
     augment: list[AugmentOp] = Field(
         default_factory=list, description="albumentations transforms for training folds only, in order."

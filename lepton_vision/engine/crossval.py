@@ -136,6 +136,31 @@ def with_start_weights(resolved: Resolved, run_root: Path) -> Resolved:
     return dataclasses.replace(resolved, start_weights=record["path"])
 
 
+def _shortcut_audit(resolved: Resolved, kind: Any, table: Any, data_report: dict[str, Any], run: RunDir,
+                    console: Any) -> dict[str, Any] | None:
+    """The shortcut audit on the run's folds (``data.audit``), into data_report.json and onto the
+    console; None when the recipe turns it off."""
+    from rich.markup import escape
+
+    from lepton_vision.evaluate.shortcuts import audit_table, summary_lines
+
+    spec = resolved.recipe.data.audit
+    if not spec.enabled:
+        return None
+    t0 = time.time()
+    audit = audit_table(table, target_name=kind.audit_target, level=spec.level, n_bootstrap=spec.n_bootstrap,
+                        ci=resolved.recipe.evaluate.ci, seed=resolved.recipe.seed,
+                        progress=resolved.recipe.train.verbose, max_pixels=resolved.recipe.data.max_image_pixels)
+    audit["seconds"] = round(time.time() - t0, 1)
+    data_report["shortcut_audit"] = audit
+    atomic_write_json(run.data_report, data_report)
+    if audit.get("not_applicable"):
+        console.print(f"shortcut audit: not applicable, {escape(audit['not_applicable'])}")
+    for line in summary_lines(audit) if not audit.get("not_applicable") else []:
+        console.print(f"[bold red]{escape(line)}[/]" if line.startswith("WARNING") else escape(line))
+    return audit
+
+
 def run_stages(resolved: Resolved, run: RunDir, t_start: float, tracker: Any, stop_after: str = "all") -> Path:
     """Every stage of a resolved recipe into ``run`` (created, or being resumed).
 
@@ -147,7 +172,9 @@ def run_stages(resolved: Resolved, run: RunDir, t_start: float, tracker: Any, st
     from lepton_vision.engine.bookkeeping import final_model, fold_bookkeeping, read_history, report_export
     from lepton_vision.engine.executors import run_folds
     from lepton_vision.evaluate.report import training_cost_summary
+    from lepton_vision.evaluate.shortcuts import stratified, summary_lines
     from lepton_vision.kinds import kind_of
+    from rich.markup import escape
 
     console = _console()
     recipe = resolved.recipe
@@ -179,6 +206,7 @@ def run_stages(resolved: Resolved, run: RunDir, t_start: float, tracker: Any, st
         write_folds(run.folds, folds)
     atomic_write_json(run.run_info, run_info(resolved, fingerprint, t_start))
     table = table.assign(fold=table["sample_id"].map(dict(zip(folds["sample_id"], folds["fold"]))).astype(int))
+    audit = _shortcut_audit(resolved, kind, table, data_report, run, console)
     data = kind.prepare(resolved, table)  # decoded once, shared by every fold and the refit
 
     # ---- folds (train.executor: here, or Ray tasks) -------------------------------------------
@@ -192,6 +220,7 @@ def run_stages(resolved: Resolved, run: RunDir, t_start: float, tracker: Any, st
     # ---- metrics (no TensorFlow) -------------------------------------------------------------
     metrics = kind.score(resolved, table, oof)
     metrics["folds"] = [results[k] for k in range(k_total)]
+    metrics["strata"] = stratified(audit, table, lambda ids: kind.stratum_metrics(resolved, table, oof, metrics, ids))
     atomic_write_json(run.metrics, metrics)
     tracker.log_metrics(metrics)
     if stop_after == "metrics":
@@ -215,6 +244,8 @@ def run_stages(resolved: Resolved, run: RunDir, t_start: float, tracker: Any, st
                       report_info(resolved, data_report, folds, info, run))
     tracker.log_outputs(run)
     kind.print_summary(metrics, console)
+    for line in (summary_lines(audit) if audit and audit.get("flagged") else []):
+        console.print(f"[bold red]{escape(line)}[/]" if line.startswith("WARNING") else escape(line))
     console.print(f"report: {run.report}   export: {run.export_dir}   ({info['seconds']:.0f} s)")
     return run.root
 
@@ -224,8 +255,17 @@ def rescore_run(run_dir: Path, policy: Any = None) -> dict[str, Any]:
     TensorFlow (``policy`` replaces the threshold policy)."""
     from lepton_vision.kinds import kind_of
 
+    from lepton_vision.evaluate.shortcuts import stratified
+
     run = RunDir(Path(run_dir))
-    return kind_of(run.task_kind).rescore(run, policy)
+    kind = kind_of(run.task_kind)
+    metrics = kind.rescore(run, policy)
+    audit = json.loads(run.data_report.read_text()).get("shortcut_audit") if run.data_report.is_file() else None
+    if audit and audit.get("flagged"):
+        resolved = resolve_run(run)
+        table, oof = run.read_table(run.samples), kind.read_oof(run)
+        metrics["strata"] = stratified(audit, table, lambda ids: kind.stratum_metrics(resolved, table, oof, metrics, ids))
+    return metrics
 
 
 def export_run(run_dir: Path, formats: tuple[str, ...] | None = None) -> Path:

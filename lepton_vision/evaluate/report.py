@@ -176,7 +176,7 @@ def data_section(data: dict[str, Any]) -> str:
     """Counts as a key/value table (nested dicts flattened) and the excluded files as a table."""
     rows: list[list[Any]] = []
     for key, value in data.items():
-        if key == "excluded":
+        if key in ("excluded", "shortcut_audit"):  # the audit has its own section
             continue
         if isinstance(value, dict):
             rows += [[f"{key}.{k}", render_plain(v)] for k, v in value.items()]
@@ -407,6 +407,63 @@ def training_cost_section(run: RunDir, histories: dict[int, Any], cost: dict[str
             "(training_cost) and each history.csv.</p>")
     return (line + html_table(headers, rows) + note
             + f"<div class='plots'>{img_html('training_cost', png, caption)}</div>")
+
+
+def _ci_text(entry: dict[str, Any] | None) -> str:
+    if not entry or entry.get("value") is None:
+        return "—"
+    if entry.get("lo") is None:
+        return f"{entry['value']:.3f}"
+    return f"{entry['value']:.3f} [{entry['lo']:.3f}, {entry['hi']:.3f}]"
+
+
+def shortcut_section(audit: dict[str, Any] | None, strata: dict[str, Any] | None) -> str:
+    """The report's "Shortcut audit" section, the same for every kind: how well metadata alone
+    predicts the target out of fold (per feature and combined, with CIs), the flagged features in
+    red, and the model's own metrics within each stratum of a flagged feature.
+
+    Args:
+        audit: data_report.json's ``shortcut_audit`` (None: the audit was off or the run predates it).
+        strata: metrics.json's ``strata``.
+    """
+    if not audit:
+        return "<p class='note'>No shortcut audit in this run (data.audit.enabled: false, or a run made before the audit existed).</p>"
+    if audit.get("not_applicable"):
+        return f"<p class='note'>Not applicable: {escape(audit['not_applicable'])}.</p>"
+    feats = audit.get("features", {})
+    if not feats:
+        return "<p class='note'>No metadata varies across the samples: nothing to check.</p>"
+    parts = []
+    level = audit["level"]
+    if audit.get("flagged"):
+        parts.append("<p class='warn'><b>Shortcut warning:</b> " + ", ".join(
+            f"<b>{escape(n)}</b> (AUC {escape(_ci_text(feats[n]['auc']))})" for n in audit["flagged"])
+            + f" alone predict{'s' if len(audit['flagged']) == 1 else ''} the {escape(audit['target'])} out of fold with a CI above "
+            f"{level:g}. A CNN can learn this instead of the image content; the metrics per stratum below show what the "
+            "model does within one value of the feature.</p>")
+    c = audit.get("combined")
+    if c and c["auc"]["value"] is not None:
+        parts.append(f"<p>All {len(c['features'])} varying features together predict the {escape(audit['target'])} with "
+                     f"out-of-fold AUC <b>{escape(_ci_text(c['auc']))}</b>"
+                     + (" <span class='warn'>(above the level)</span>" if c["flagged"] else "") + ".</p>")
+    order = sorted(feats, key=lambda n: -(feats[n]["auc"]["value"] or 0))
+    rows = [[n, _ci_text(feats[n]["auc"]), "FLAGGED" if feats[n]["flagged"] else "",
+             ", ".join(f"{k}: {v}" for k, v in feats[n]["values"].items()), feats[n]["what"]] for n in order]
+    parts.append(html_table(["feature", "out-of-fold AUC [CI]", "", "values", "what it is"], rows, numeric_from=1,
+                            row_class={i: "highlight" for i, n in enumerate(order) if feats[n]["flagged"]}))
+    if audit.get("skipped"):
+        parts.append(f"<p class='note'>Constant or absent here (not scored): {escape(', '.join(audit['skipped']))}.</p>")
+    for feature, per in (strata or {}).items():
+        metric_names = sorted({k for v in per.values() for k, e in v.items() if isinstance(e, dict)})
+        srows = [[stratum, v.get("n", ""), v.get("n_pos", ""), *[_ci_text(v.get(m)) for m in metric_names],
+                  v.get("note", "")] for stratum, v in per.items()]
+        parts.append(f"<h3>The model within each {escape(feature)} stratum (out of fold)</h3>"
+                     + html_table(["stratum", "n", "positives", *metric_names, ""], srows, numeric_from=1))
+    parts.append(f"<p class='note'>Metadata-only models (one per feature: its smoothed target rate per value or "
+                 f"quantile bin; all together: gradient boosting) fitted on the run's own folds; AUC over pairs "
+                 f"within a fold, {audit.get('ci', 0.95):.0%} CI from {audit.get('n_bootstrap')} group-bootstrap "
+                 f"resamples; flagged when the CI's lower end exceeds {level:g} (data.audit.level).</p>")
+    return "".join(parts)
 
 
 def write_page(run: RunDir, info: dict[str, Any], *, default_title: str, summary_html: str,

@@ -25,6 +25,8 @@ class TaskKind(Protocol):
             group, label, fold.
         fold_metric: (result.json key of the fold's validation score, its name on the console).
         folds_need_both_classes: Whether every validation fold must hold both image labels.
+        audit_target: What the samples table's ``label`` is, in words, for the shortcut audit
+            (classification: "label"; detection: "object present").
         fold_task: ``(shared, k, out_dir) -> result``: fits fold ``k`` from what :meth:`prepare`
             returned and writes its files into ``out_dir`` (module-level: picklable for Ray).
         objectives: Metrics of metrics.json a sweep can maximise.
@@ -35,6 +37,7 @@ class TaskKind(Protocol):
     OOF_COLUMNS: tuple[str, ...]
     fold_metric: tuple[str, str]
     folds_need_both_classes: bool
+    audit_target: str
     fold_task: Any
     objectives: tuple[str, ...]
     pretrain_generators: tuple[str, ...]
@@ -62,6 +65,16 @@ class TaskKind(Protocol):
 
     def rescore(self, run: RunDir, policy: Any = None) -> dict[str, Any]:
         """metrics.json again from a finished run's files (``lepton-vision evaluate``)."""
+        ...
+
+    def read_oof(self, run: RunDir) -> Any:
+        """A finished run's out-of-fold predictions, as :meth:`collect_oof` returned them."""
+        ...
+
+    def stratum_metrics(self, resolved: Any, table: pd.DataFrame, oof: Any, metrics: dict[str, Any],
+                        sample_ids: list[str]) -> dict[str, Any]:
+        """The headline metrics with CIs on the samples ``sample_ids`` only (a stratum of a
+        feature the shortcut audit flagged); ``metrics`` is the run's metrics.json."""
         ...
 
     def objective(self, metrics: dict[str, Any], name: str) -> tuple[Any, Any, Any]:

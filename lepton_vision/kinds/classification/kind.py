@@ -84,6 +84,7 @@ class ClassificationKind:
     OOF_COLUMNS = OOF_COLUMNS
     fold_metric = ("best_val_auc", "val AUC")
     folds_need_both_classes = True
+    audit_target = "label"
     fold_task = staticmethod(fit_fold_task)
     build_model = staticmethod(build_model)
     #: Metrics a sweep can maximise (pooled out-of-fold, with CIs).
@@ -142,6 +143,20 @@ class ClassificationKind:
         from lepton_vision.kinds.classification.metrics import rescore
 
         return rescore(run, policy)
+
+    def read_oof(self, run: RunDir) -> pd.DataFrame:
+        """oof_predictions.csv of a finished run."""
+        return run.read_table(run.oof)
+
+    def stratum_metrics(self, resolved: Resolved, table: pd.DataFrame, oof: pd.DataFrame, metrics: dict[str, Any],
+                        sample_ids: list[str]) -> dict[str, Any]:
+        """ROC AUC, sensitivity and specificity (at each sample's fold threshold, as the pooled
+        metrics) with group-bootstrap CIs on the samples ``sample_ids``; a stratum of one class
+        gets only the rate it defines (specificity for negatives, sensitivity for positives)."""
+        from lepton_vision.kinds.classification.metrics import stratum_metrics
+
+        ev = resolved.recipe.evaluate
+        return stratum_metrics(oof, metrics, sample_ids, ev.n_bootstrap, ev.ci, resolved.recipe.seed)
 
     def objective(self, metrics: dict[str, Any], name: str) -> tuple[Any, Any, Any]:
         """(value, CI low, CI high) of a pooled out-of-fold metric in metrics.json (Nones when absent)."""

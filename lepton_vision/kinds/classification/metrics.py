@@ -597,6 +597,39 @@ def _policy_from_run(run: RunDir) -> Threshold | None:
     return None
 
 
+def stratum_metrics(oof: pd.DataFrame, metrics: dict[str, Any], sample_ids: list[str], n_bootstrap: int,
+                    ci: float, seed: int) -> dict[str, Any]:
+    """The pooled out-of-fold metrics on a subset of samples (a stratum of a shortcut feature).
+
+    Thresholds are each sample's fold threshold (``metrics["per_fold"]``), as for the pooled
+    metrics. Returns ``n``, ``n_pos``, and ``roc_auc``, ``sensitivity``, ``specificity`` as
+    {value, lo, hi} (None where the stratum lacks the class a metric needs).
+    """
+    from lepton_vision.evaluate.shortcuts import rate_with_ci
+
+    sub = oof[oof["sample_id"].astype(str).isin(set(sample_ids))]
+    y = sub["label"].to_numpy(np.int64)
+    s = sub["score"].to_numpy(np.float64)
+    thr_of = {int(f["fold"]): float(f["threshold"]) for f in metrics.get("per_fold", [])}
+    thr = np.array([thr_of.get(int(k), metrics.get("final_threshold", 0.5)) for k in sub["fold"]], np.float64)
+    groups = sub["group"].to_numpy() if "group" in sub.columns else None
+    pred = s >= thr
+    none = {"value": None, "lo": None, "hi": None}
+    out: dict[str, Any] = {"n_pos": int(y.sum()), "roc_auc": dict(none)}
+    pos, neg = y == 1, y == 0
+    gpos = groups[pos] if groups is not None else None
+    gneg = groups[neg] if groups is not None else None
+    out["sensitivity"] = rate_with_ci(pred[pos], gpos, n_bootstrap, ci, seed) if pos.any() else dict(none)
+    out["specificity"] = rate_with_ci(~pred[neg], gneg, n_bootstrap, ci, seed) if neg.any() else dict(none)
+    if pos.any() and neg.any():
+        m = binary_metrics(y, s, thr, where="stratum")
+        lo, hi = (None, None)
+        if n_bootstrap > 0:
+            lo, hi = bootstrap_ci(y, s, thr, groups, n_bootstrap, ci, seed)["intervals"]["roc_auc"]
+        out["roc_auc"] = {"value": m["roc_auc"], "lo": lo, "hi": hi}
+    return out
+
+
 def rescore(run_dir: str | Path | RunDir, policy: Threshold | str | None = None) -> dict[str, Any]:
     """Re-score a finished run from its files (what ``lepton-vision evaluate RUN`` calls).
 

@@ -185,6 +185,7 @@ class DetectionKind:
     fold_metric = ("best_val_ap50", "val AP50")
     #: A fold may lack empty frames (or frames with objects): AP needs neither.
     folds_need_both_classes = False
+    audit_target = "object present"
     fold_task = staticmethod(fit_fold_task)
     build_model = staticmethod(build_model)
     #: Metrics a sweep can maximise: name -> (path in metrics.json, key of its CI).
@@ -262,14 +263,43 @@ class DetectionKind:
         resolved = resolve_run(run)
         for need in (run.samples, run.root / OOF_DETECTIONS, run.oof):
             run.require(need, "Finish the run first")
-        oof = {"detections": pd.read_csv(run.root / OOF_DETECTIONS, dtype={"sample_id": str}),
-               "images": run.read_table(run.oof)}
+        oof = self.read_oof(run)
         if isinstance(policy, str):
             policy = parse_policy(policy)
         metrics = self.score(resolved, run.read_table(run.samples), oof, policy)
         metrics["folds"] = [json.loads(run.fold_done(k).read_text()) for k in range(resolved.recipe.cv.n_splits)
                             if run.fold_done(k).is_file()]
         return metrics
+
+    def read_oof(self, run: RunDir) -> dict[str, pd.DataFrame]:
+        """The out-of-fold boxes and image rows of a finished run."""
+        return {"detections": pd.read_csv(run.root / OOF_DETECTIONS, dtype={"sample_id": str}),
+                "images": run.read_table(run.oof)}
+
+    def stratum_metrics(self, resolved: Resolved, table: pd.DataFrame, oof: dict[str, pd.DataFrame],
+                        metrics: dict[str, Any], sample_ids: list[str]) -> dict[str, Any]:
+        """AP50 (and the image-level AUC when the stratum has empty frames) with CIs on the
+        frames ``sample_ids``, scored like the whole run (same box and image thresholds policy)."""
+        from lepton_vision.config.errors import DataError
+        from lepton_vision.kinds.detection.metrics import score_detection_oof
+
+        keep = set(map(str, sample_ids))
+        ev = resolved.recipe.evaluate
+        assert resolved.task.detection is not None
+        sub_table = table[table["sample_id"].astype(str).isin(keep)]
+        try:
+            m = score_detection_oof(sub_table, oof["detections"][oof["detections"]["sample_id"].astype(str).isin(keep)],
+                                    oof["images"][oof["images"]["sample_id"].astype(str).isin(keep)],
+                                    list(resolved.task.classes), resolved.task.detection, resolved.threshold,
+                                    min(ev.n_bootstrap, 300), ev.ci, resolved.recipe.seed)
+        except DataError as exc:
+            return {"note": f"not scored: {exc}"}
+        ap_lo, ap_hi = (m.get("ci") or {}).get("ap50", (None, None))
+        out = {"ap50": {"value": m["ap50"], "lo": ap_lo, "hi": ap_hi}}
+        if (m.get("image_level") or {}).get("available"):
+            lo, hi = (m.get("ci") or {}).get("image_auc", (None, None))
+            out["image_auc"] = {"value": m["image_level"].get("auc"), "lo": lo, "hi": hi}
+        return out
 
     def objective(self, metrics: dict[str, Any], name: str) -> tuple[Any, Any, Any]:
         """(value, CI low, CI high) of a cross-validated metric in metrics.json (Nones when absent);

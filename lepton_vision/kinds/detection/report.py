@@ -29,6 +29,7 @@ from lepton_vision.evaluate.report import (
     html_table,
     plot_training_curves,
     save_png,
+    shortcut_section,
     training_cost_section,
     write_page,
 )
@@ -353,6 +354,7 @@ def write_detection_report(
         ("Per class", _per_class_table(m)),
         ("Image level", _image_level_html(m)),
         ("Per fold", _per_fold_table(m)),
+        ("Shortcut audit", shortcut_section((info.get("data") or {}).get("shortcut_audit"), m.get("strata"))),
         ("Training cost", training_cost_section(run, histories, info.get("training_cost"))),
     ]
     return write_page(run, info, default_title="lepton-vision detection run", summary_html=summary,
