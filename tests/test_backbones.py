@@ -132,3 +132,54 @@ def test_bad_settings_are_recipe_errors():
         build_classifier("small_cnn", (32, 32), 3, weights="imagenet")
     with pytest.raises(RecipeError, match="input.channels"):
         build_classifier("small_cnn", (32, 32), 2)
+
+
+def _legacy_no_top_file(tmp_path, keras, builder, name: str, **kwargs):
+    """A keras.applications backbone written in the legacy HDF5 layout of the ImageNet
+    ``*_no_top.h5`` downloads (root attribute layer_names, one group per layer with weight_names)."""
+    import h5py
+
+    from keras.src.legacy.saving import legacy_h5_format
+
+    keras.utils.set_random_seed(11)
+    bare = builder(include_top=False, weights=None, input_shape=(32, 32, 3), **kwargs)
+    path = tmp_path / name
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, bare)
+    return bare, path
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_legacy_keras_applications_no_top_h5_loads_by_layer_name(tmp_path, channels):
+    from lepton_vision.models.backbones import is_legacy_h5
+    from lepton_vision.models.finetune import load_start_weights, resolve_weights_source
+
+    keras = _keras()
+    bare, path = _legacy_no_top_file(tmp_path, keras, keras.applications.MobileNetV2,
+                                     "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5", alpha=0.35)
+    assert is_legacy_h5(path) and not is_legacy_h5(tmp_path / "missing.h5")
+    assert resolve_weights_source(str(path), tmp_path) == path  # accepted as a start point
+    model = build_classifier("mobilenet_v2", (32, 32), channels, weights="none", width=0.35, seed=0)
+    loaded = load_start_weights(model, path)  # what lepton-vision train does with model.weights
+    assert loaded.startswith("backbone (") and "legacy .h5" in loaded
+    with_weights = [la for la in bare.layers if la.weights]
+    first_conv = with_weights[0]
+    assert len(with_weights) > 40
+    for layer in with_weights:
+        for a, b in zip(layer.get_weights(), model.get_layer(layer.name).get_weights()):
+            if channels == 1 and layer is first_conv and a.ndim == 4:
+                a = a.sum(axis=2, keepdims=True)  # grey input: RGB filters summed (= grey tiled to RGB)
+            np.testing.assert_array_equal(a, b)
+    # the grey model on a grey image computes what the RGB backbone computes on it tiled to RGB
+    if channels == 1:
+        x = _images(2, 1)
+        grey = keras.Model(model.input, model.get_layer("last_conv").output).predict(x, verbose=0)
+        rgb = bare.predict(np.repeat(x, 3, axis=-1), verbose=0)
+        np.testing.assert_allclose(grey, rgb, atol=1e-4)
+
+
+def test_legacy_h5_of_another_backbone_is_refused(tmp_path):
+    keras = _keras()
+    _, path = _legacy_no_top_file(tmp_path, keras, keras.applications.MobileNetV2, "mnv2_no_top.h5", alpha=0.35)
+    with pytest.raises(RecipeError, match="no layer of .*mnv2_no_top.h5.* by name"):
+        build_classifier("efficientnet_b0", (32, 32), 3, weights=str(path))

@@ -196,7 +196,8 @@ class ModelSpec(StrictModel):
         "none",
         description="Start point of every fold: 'none' (random init, or the pretrain stage's weights "
         "when the recipe has one), 'imagenet' (classifiers; Keras download/cache), a Keras "
-        ".weights.h5 file, or a previous run's export/ (or run) directory, whose model.keras is "
+        ".weights.h5 file, a legacy keras.applications ImageNet *_no_top.h5 file already on disk "
+        "(classifiers; loaded by layer name), or a previous run's export/ (or run) directory, whose model.keras is "
         "used. The whole model is loaded when it fits, else its backbone (what was loaded is "
         "recorded in start_weights.json and bundle.json).",
     )

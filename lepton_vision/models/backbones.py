@@ -131,8 +131,9 @@ def build_classifier(
         image_size_hw: Input (height, width) in pixels (>= 32 for the keras.applications ones).
         channels: 1 (grayscale) or 3 (RGB). Grayscale is tiled to 3 channels in the graph only
             for ``weights="imagenet"``; otherwise the first convolution takes 1 channel.
-        weights: ``"none"``, ``"imagenet"`` (downloaded and cached by Keras) or a path to a
-            ``.weights.h5`` file for the whole model or its backbone part.
+        weights: ``"none"``, ``"imagenet"`` (downloaded and cached by Keras), a path to a
+            ``.weights.h5`` file for the whole model or its backbone part, or a legacy
+            keras.applications ImageNet ``*_no_top.h5`` file (loaded by layer name).
         dropout: Dropout rate before the head.
         width: Width multiplier (small_cnn filters, MobileNet alpha; must be 1 for EfficientNet).
         seed: Seeds Keras' global generators (weight init, dropout) so builds are reproducible.
@@ -159,7 +160,8 @@ def build_classifier(
             raise RecipeError(
                 f"model.weights: weights file not found. Got {weights!r}. "
                 "Use 'none', 'imagenet', or the path of an existing .weights.h5 file "
-                "(e.g. a fold's best weights saved with model.save_weights)."
+                "(e.g. a fold's best weights saved with model.save_weights) or of a keras.applications "
+                "*_no_top.h5 ImageNet file."
             )
     _, keras = _import()
     layers = keras.layers
@@ -184,7 +186,8 @@ def build_classifier(
 
 
 def load_weights_file(model: Any, path: str | Path) -> str:
-    """Load a ``.weights.h5`` file into the whole model, else into its backbone part.
+    """Load a ``.weights.h5`` file into the whole model, else into its backbone part (a legacy
+    keras.applications ``.h5`` file goes to :func:`load_legacy_h5`).
 
     The whole-model load is strict (architecture must match). If it fails, layers are matched
     the way Keras names them in the file (snake-case class name + counter, in layer order),
@@ -207,6 +210,8 @@ def load_weights_file(model: Any, path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"model.weights: weights file not found. Got {str(path)!r}.")
+    if is_legacy_h5(path):
+        return load_legacy_h5(model, path)
     initial = model.get_weights()
     try:
         with warnings.catch_warnings():
@@ -277,3 +282,99 @@ def _read_weight_groups(h5py: Any, path: Path) -> dict[str, list[Any]]:
                 continue
             out[key] = [np.asarray(vars_group[str(i)]) for i in range(len(vars_group))]
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Legacy Keras-applications weight files (the ``*_no_top.h5`` ImageNet files)
+
+
+def _legacy_root(f: Any) -> Any:
+    """The group holding ``layer_names`` in a legacy Keras HDF5 file (weights-only, or a whole
+    saved model's ``model_weights``), or None for any other file."""
+    if "layer_names" in f.attrs:
+        return f
+    group = f.get("model_weights")
+    if group is not None and "layer_names" in group.attrs:
+        return group
+    return None
+
+
+def is_legacy_h5(path: str | Path) -> bool:
+    """Whether ``path`` is a legacy Keras HDF5 weights file (``layer_names`` at its root, as the
+    keras.applications ImageNet downloads ``*_weights_tf_dim_ordering_tf_kernels*_no_top.h5``)
+    rather than a Keras 3 ``.weights.h5`` file."""
+    path = Path(path)
+    if path.name.endswith(".weights.h5") or path.suffix.lower() not in (".h5", ".hdf5") or not path.is_file():
+        return False
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return _legacy_root(f) is not None
+    except OSError:
+        return False
+
+
+def _as_text(value: Any) -> str:
+    return value.decode("utf8") if isinstance(value, bytes) else str(value)
+
+
+def load_legacy_h5(model: Any, path: str | Path) -> str:
+    """Load a legacy Keras HDF5 weights file into the model's layers of the same names.
+
+    keras.applications backbones keep their layer names inside lepton-vision's classifier, so an
+    ImageNet ``*_no_top.h5`` file an air-gapped site already has loads into them layer by layer.
+    A grey (1-channel) model gets the first convolution's RGB kernel summed over its input
+    channels: the same as feeding the grey image three times, as ``weights: imagenet`` does.
+
+    Returns:
+        ``"backbone (N of M layers by name, legacy .h5)"``.
+
+    Raises:
+        RecipeError: Unreadable file, or no layer of the file fits the model.
+    """
+    import h5py
+    import numpy as np
+
+    path = Path(path)
+    by_name = {layer.name: layer for layer in model.layers}
+    loaded, mismatched = 0, []
+    try:
+        with h5py.File(path, "r") as f:
+            root = _legacy_root(f)
+            if root is None:
+                raise OSError("no 'layer_names' attribute: not a legacy Keras weights file")
+            names = [_as_text(n) for n in root.attrs["layer_names"]]
+            for name in names:
+                group = root[name]
+                arrays = [np.asarray(group[_as_text(w)]) for w in group.attrs.get("weight_names", [])]
+                layer = by_name.get(name)
+                if not arrays or layer is None:
+                    continue
+                if len(layer.weights) != len(arrays):
+                    mismatched.append(name)
+                    continue
+                fitted = []
+                for var, arr in zip(layer.weights, arrays):
+                    want = tuple(var.shape)
+                    if arr.shape != want and arr.ndim == 4 and arr.shape[2] == 3 and want[2] == 1 \
+                            and arr.shape[:2] + arr.shape[3:] == want[:2] + want[3:]:
+                        arr = arr.sum(axis=2, keepdims=True)  # RGB filters on a grey image tiled to RGB
+                    fitted.append(arr)
+                if all(a.shape == tuple(v.shape) for a, v in zip(fitted, layer.weights)):
+                    layer.set_weights(fitted)
+                    loaded += 1
+                else:
+                    mismatched.append(name)
+    except OSError as e:
+        raise RecipeError(f"model.weights: cannot read {str(path)!r} as a legacy Keras .h5 weights file ({e}).") from None
+    if loaded == 0:
+        raise RecipeError(
+            f"model.weights: no layer of {str(path)!r} fits the {model.name} model by name "
+            f"({len(names)} layers in the file, {len(mismatched)} with other shapes).",
+            hint="Use the keras.applications file of this backbone and width (e.g. "
+                 "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5 for mobilenet_v2 at width 1.0).",
+        )
+    with_weights = sum(1 for n in names if n in by_name and by_name[n].weights)
+    note = f", {len(mismatched)} with other shapes left as they were" if mismatched else ""
+    return f"backbone ({loaded} of {with_weights} named layers by name, legacy .h5{note})"

@@ -118,8 +118,9 @@ def layerwise_optimizer(optimizer: Any, model: Any, backbone_lr_scale: float, fr
 
 
 def resolve_weights_source(value: str, base_dir: Path) -> Path:
-    """The file behind ``model.weights``: a ``.weights.h5`` file, or the ``model.keras`` of a
-    previous run's export directory (or of the run directory holding ``export/``).
+    """The file behind ``model.weights``: a ``.weights.h5`` file, a legacy keras.applications
+    ``.h5`` file (ImageNet ``*_no_top.h5``), or the ``model.keras`` of a previous run's export
+    directory (or of the run directory holding ``export/``).
 
     Raises:
         RecipeError: Nothing usable at that path (says what was looked for).
@@ -137,10 +138,13 @@ def resolve_weights_source(value: str, base_dir: Path) -> Path:
             "or a .weights.h5 file.",
         )
     if p.is_file():
-        if p.name.endswith(".weights.h5") or p.suffix == ".keras":
+        from lepton_vision.models.backbones import is_legacy_h5
+
+        if p.name.endswith(".weights.h5") or p.suffix == ".keras" or is_legacy_h5(p):
             return p
         raise RecipeError(
-            f"model.weights: {str(p)!r} is neither a Keras .weights.h5 file nor a .keras model. Got {value!r}.",
+            f"model.weights: {str(p)!r} is neither a Keras .weights.h5 file, a legacy keras.applications .h5 "
+            f"file nor a .keras model. Got {value!r}.",
             hint="Save weights with model.save_weights('name.weights.h5'), or point at a run's export/.",
         )
     raise RecipeError(
@@ -210,6 +214,12 @@ def load_start_weights(model: Any, path: str | Path) -> str:
         except Exception as e:  # noqa: BLE001 - any load failure is a bad start point
             raise RecipeError(f"model.weights: cannot load {str(path)!r} as a Keras model ({type(e).__name__}: {e}).") from None
         return _load_from_model(model, src)
+    from lepton_vision.models.backbones import is_legacy_h5
+
+    if is_legacy_h5(path) and getattr(model, "backbone", None) is not None:
+        raise RecipeError(f"model.weights: {str(path)!r} is a legacy keras.applications .h5 file; those fit the "
+                          "classification backbones (mobilenet_v2, mobilenet_v3_small, efficientnet_b0), not a detector.",
+                          hint="Start a detector from 'none', a pretrain stage, a .weights.h5 file or a previous export.")
     if getattr(model, "backbone", None) is None:  # classifier: whole model, else by layer
         from lepton_vision.models.backbones import load_weights_file
 
