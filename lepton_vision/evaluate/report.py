@@ -269,6 +269,18 @@ def _cost_values(history: Any, column: str) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
+def _cost_totals(seconds: np.ndarray, speed: np.ndarray, rss: np.ndarray, gpu: np.ndarray) -> dict[str, Any]:
+    """Sum of seconds, median images/s, max peak RSS and (when logged) max GPU peak; None when empty."""
+    out: dict[str, Any] = {
+        "seconds": round(float(seconds.sum()), 1) if len(seconds) else None,
+        "median_images_per_s": round(float(np.median(speed)), 1) if len(speed) else None,
+        "peak_rss_mb": round(float(rss.max()), 1) if len(rss) else None,
+    }
+    if len(gpu):
+        out["peak_gpu_mb"] = round(float(gpu.max()), 1)
+    return out
+
+
 def history_cost(history: Any) -> dict[str, Any]:
     """The cost of one fit (a fold or the final model) from its history.csv frame.
 
@@ -278,16 +290,7 @@ def history_cost(history: Any) -> dict[str, Any]:
         costs are None for a history without the cost columns (made before they existed).
     """
     epochs = 0 if history is None else len(history)
-    seconds, speed, rss, gpu = (_cost_values(history, c) for c in COST_COLUMNS)
-    out: dict[str, Any] = {
-        "epochs": int(epochs),
-        "seconds": round(float(seconds.sum()), 1) if len(seconds) else None,
-        "median_images_per_s": round(float(np.median(speed)), 1) if len(speed) else None,
-        "peak_rss_mb": round(float(rss.max()), 1) if len(rss) else None,
-    }
-    if len(gpu):
-        out["peak_gpu_mb"] = round(float(gpu.max()), 1)
-    return out
+    return {"epochs": int(epochs), **_cost_totals(*(_cost_values(history, c) for c in COST_COLUMNS))}
 
 
 def training_cost_summary(folds: dict[int, Any], final: Any = None) -> dict[str, Any]:
@@ -305,18 +308,13 @@ def training_cost_summary(folds: dict[int, Any], final: Any = None) -> dict[str,
         the totals are None when nothing was recorded.
     """
     parts = [history for _, history in sorted(folds.items())] + ([final] if final is not None else [])
-    seconds, speed, rss, gpu = (np.concatenate([_cost_values(h, c) for h in parts] or [np.zeros(0)])
-                                for c in COST_COLUMNS)
-    out: dict[str, Any] = {
+    totals = _cost_totals(*(np.concatenate([_cost_values(h, c) for h in parts] or [np.zeros(0)]) for c in COST_COLUMNS))
+    return {
         "folds": [{"fold": int(k), **history_cost(h)} for k, h in sorted(folds.items())],
         "final_model": history_cost(final) if final is not None else None,
-        "total_seconds": round(float(seconds.sum()), 1) if len(seconds) else None,
-        "median_images_per_s": round(float(np.median(speed)), 1) if len(speed) else None,
-        "peak_rss_mb": round(float(rss.max()), 1) if len(rss) else None,
+        "total_seconds": totals.pop("seconds"),
+        **totals,
     }
-    if len(gpu):
-        out["peak_gpu_mb"] = round(float(gpu.max()), 1)
-    return out
 
 
 def plot_training_cost(histories: dict[str, Any], path: Path) -> bytes:

@@ -235,32 +235,15 @@ def judge(w: dict[str, Any], limits: Limits, ks_level: float | None) -> list[str
 
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
-    """Files in the order given; folders become their images (recursively, sorted).
+    """Files in the order given; folders become their images and videos (recursively, sorted).
 
     Raises:
-        LeptonError: A path that does not exist, or no image or video at all.
+        DataError: A path that does not exist, or a folder without images or videos.
     """
-    from lepton_vision.serve.media import is_video
-    from lepton_vision.serve.predictor import PREDICT_EXTENSIONS, list_images
+    from lepton_vision.serve.media import VIDEO_EXTENSIONS
+    from lepton_vision.serve.predictor import PREDICT_EXTENSIONS, collect_inputs
 
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = list_images(item, recursive=True)
-            files.extend(found)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise LeptonError(f"{item}: no such file or folder")
-    if not files:
-        raise LeptonError("no images or videos found in " + ", ".join(map(str, inputs)),
-                          hint="Supported: " + " ".join(PREDICT_EXTENSIONS) + " and videos")
-    unknown = [p for p in files if not is_video(p) and p.suffix.lower() not in PREDICT_EXTENSIONS]
-    if unknown:
-        raise LeptonError(f"{unknown[0]}: not an image or video this monitor reads"
-                          + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
-                          hint="Supported: " + " ".join(PREDICT_EXTENSIONS) + " and videos")
-    return files
+    return collect_inputs(inputs, tuple(PREDICT_EXTENSIONS) + VIDEO_EXTENSIONS, "images or videos", check_named=False)
 
 
 def observe_inputs(predictor: Any, files: list[Path], video_stride: int, progress: bool) -> tuple[list[dict], list[dict]]:

@@ -49,6 +49,35 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in PREDICT_EXTENSIONS)
 
 
+def collect_inputs(items: Iterable[str | Path], extensions: tuple[str, ...], what: str = "images",
+                   check_named: bool = True) -> list[Path]:
+    """Expand files and folders into the files to run, in order: a folder becomes its files with
+    one of ``extensions`` (recursively, sorted); a named file is kept as given.
+
+    ``check_named=False`` keeps a named file whatever its extension (DICOM files often have none;
+    the decoder sniffs the content and names the file if it cannot read it).
+
+    Raises:
+        DataError: A path does not exist, a named file has another extension (``check_named``),
+            or a folder holds none of ``what``.
+    """
+    out: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+            if not found:
+                raise DataError(f"no {what} in this folder. Read extensions: {' '.join(extensions)}.", file=str(item))
+            out += found
+        elif item.is_file():
+            if check_named and item.suffix.lower() not in extensions:
+                raise DataError(f"unsupported file type '{item.suffix or '(no extension)'}'. Expected {what}: "
+                                f"{' '.join(extensions)}.", file=str(item))
+            out.append(item)
+        else:
+            raise DataError("no such file or folder", file=str(item))
+    return out
+
+
 def read_kind_bundle(export_dir: Path, kind: str, required: tuple[str, ...]) -> dict[str, Any]:
     """bundle.json of an export of ``kind`` holding the ``required`` keys.
 

@@ -197,7 +197,7 @@ def predict_files(export_dir: Path, inputs: list[Path], *, out: Path, backend: s
         LeptonError: Detection-only options, a missing path, or no image found.
     """
     from lepton_vision.config.errors import LeptonError
-    from lepton_vision.serve.predictor import list_images
+    from lepton_vision.serve.predictor import PREDICT_EXTENSIONS, collect_inputs
 
     used = [flag for flag, given in (("--all", keep_all), ("--annotate", annotate is not None),
                                      ("--video-stride", video_stride is not None)) if given]
@@ -205,17 +205,7 @@ def predict_files(export_dir: Path, inputs: list[Path], *, out: Path, backend: s
         raise LeptonError(f"{export_dir}: {', '.join(used)} only apply to object-detection exports; "
                           "this is a classification export.")
     p = ClassificationPredictor.from_bundle(export_dir, backend=backend, threshold=threshold)
-    paths: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            paths.extend(list_images(item, recursive=True))
-        elif item.exists():
-            paths.append(item)
-        else:
-            raise LeptonError(f"{item}: no such file or folder")
-    if not paths:
-        raise LeptonError("no images found in " + ", ".join(map(str, inputs)),
-                          hint="Supported: .png .jpg .jpeg .bmp .tif .tiff .dcm")
+    paths = collect_inputs(inputs, PREDICT_EXTENSIONS, check_named=False)
     preds = p.predict_many(paths)
     write_predictions_csv(preds, out)
     n_pos = sum(1 for x in preds if x.decision)

@@ -33,6 +33,7 @@ from lepton_vision.serve.predictor import (
     Backend,
     BundlePredictor,
     Observation,
+    collect_inputs as collect_inputs_of,
     check_threshold_override,
     open_runner,
     read_kind_bundle,
@@ -258,35 +259,14 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 
 def collect_inputs(items: Iterable[str | Path]) -> list[Path]:
-    """Expand files and folders into the images and videos to run, in order.
-
-    Folders are scanned recursively for :data:`DET_IMAGE_EXTENSIONS` and
-    :data:`VIDEO_EXTENSIONS` (sorted); named files are kept as given.
+    """Expand files and folders into the images and videos to run, in order
+    (:func:`lepton_vision.serve.predictor.collect_inputs` with :data:`DET_IMAGE_EXTENSIONS` and videos).
 
     Raises:
         DataError: A path does not exist, a named file has an unsupported extension, or a
             folder holds no image or video.
     """
-    readable = DET_IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
-    out: list[Path] = []
-    for item in map(Path, items):
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in readable)
-            if not found:
-                raise DataError(f"no images or videos in this folder. Read extensions: {' '.join(readable)}.",
-                                file=str(item))
-            out += found
-        elif item.is_file():
-            if item.suffix.lower() not in readable:
-                raise DataError(
-                    f"unsupported file type '{item.suffix or '(no extension)'}'. Expected an image "
-                    f"or a video: {' '.join(readable)}.",
-                    file=str(item),
-                )
-            out.append(item)
-        else:
-            raise DataError("no such file or folder", file=str(item))
-    return out
+    return collect_inputs_of(items, DET_IMAGE_EXTENSIONS + VIDEO_EXTENSIONS, "images or videos")
 
 
 # -------------------------------------------------------------------------------------------
