@@ -59,6 +59,24 @@ def test_threshold_flags_about_the_stated_rate_of_new_images_and_catches_shifts(
     assert np.all(R.ood_scores(ref, new_f, small) > 1)
 
 
+def test_the_recipe_false_flag_rate_reaches_the_reference():
+    """export.ood_false_flag_rate is passed through fit_from_images: a higher rate flags more."""
+    from lepton_vision.config.recipe import ExportSpec
+
+    assert ExportSpec().ood_false_flag_rate == R.FALSE_FLAG_RATE
+    rng = np.random.default_rng(5)
+    images = [rng.integers(60, 200, (24, 24, 1), dtype=np.uint8) for _ in range(300)]
+    project = rng.normal(size=(24 * 24, 16))
+    kwargs = dict(prep_np=lambda im: im.astype(np.float32),
+                  features_np=lambda x: x.reshape(len(x), -1) @ project, seed=0, score_name="score")
+    groups = np.repeat(np.arange(100), 3)
+    loose, feats, stats = R.fit_from_images(images, groups, rng.random(300), false_flag_rate=0.2, **kwargs)
+    strict, _, _ = R.fit_from_images(images, groups, rng.random(300), **kwargs)
+    assert loose.summary["false_flag_rate"] == 0.2 and strict.summary["false_flag_rate"] == R.FALSE_FLAG_RATE
+    assert 0.1 <= loose.summary["held_back_flagged"] <= 0.2 + 1e-9
+    assert np.mean(R.ood_scores(loose, feats, stats) > 1) > np.mean(R.ood_scores(strict, feats, stats) > 1)
+
+
 def test_too_little_data_is_said_not_faked():
     rng = np.random.default_rng(0)
     feats, stats = _gaussian(rng, 10)

@@ -549,6 +549,11 @@ class ExportSpec(StrictModel):
         description="Largest acceptable drop of ROC AUC (classification) or AP50 (detection) from float32 to int8; "
         "beyond it the run warns and bundle.json marks model_int8.tflite recommended: false.",
     )
+    ood_false_flag_rate: float = Field(
+        0.02, gt=0.0, lt=0.5,
+        description="Share of held-back training images the out-of-distribution threshold flags (cross-fitted by "
+        "group); higher catches more foreign inputs at the cost of more false flags (docs/results.md).",
+    )
 
     @field_validator("formats")
     @classmethod

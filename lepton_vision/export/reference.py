@@ -406,7 +406,8 @@ def check_ood_export(export_dir: Path, sm_path: Path, ref: Reference, images: li
 
 
 def fit_from_images(images: list[np.ndarray], groups: Any, scores: np.ndarray, prep_np: Any, features_np: Any,
-                    seed: int, score_name: str, batch: int = 32) -> tuple[Reference, np.ndarray, np.ndarray]:
+                    seed: int, score_name: str, batch: int = 32,
+                    false_flag_rate: float = FALSE_FLAG_RATE) -> tuple[Reference, np.ndarray, np.ndarray]:
     """Features and statistics of training images, and the reference fitted on them.
 
     Args:
@@ -417,6 +418,7 @@ def fit_from_images(images: list[np.ndarray], groups: Any, scores: np.ndarray, p
         features_np: ``float32 [B, h, w, C] 0..255 -> [B, d]``.
         seed: Seed of the held-back split.
         score_name: What ``scores`` are.
+        false_flag_rate: Share of held-back training images to flag (``export.ood_false_flag_rate``).
 
     Returns:
         (reference, features ``[N, d]``, stats ``[N, 5]``).
@@ -425,4 +427,5 @@ def fit_from_images(images: list[np.ndarray], groups: Any, scores: np.ndarray, p
     stats = np.stack([image_stats(x, im.shape[:2]) for x, im in zip(xs, images)])
     feats = np.concatenate([np.asarray(features_np(np.stack(xs[i:i + batch])), np.float64)
                             for i in range(0, len(xs), batch)])
-    return fit_reference(feats, stats, np.asarray(groups), scores, seed, score_name=score_name), feats, stats
+    return (fit_reference(feats, stats, np.asarray(groups), scores, seed, false_flag_rate=false_flag_rate,
+                          score_name=score_name), feats, stats)

@@ -321,7 +321,7 @@ def _ood_reference(resolved: Resolved, run: RunDir, model: Any, table: pd.DataFr
         _uint8_images(resolved, rows["path"]), rows["group"].to_numpy(), scores,
         prep_np=lambda im: to_model_input(im, size) * np.float32(255.0),
         features_np=lambda x: feature_model(x / np.float32(255.0), training=False), seed=r.seed + 6,
-        score_name="score")
+        score_name="score", false_flag_rate=r.export.ood_false_flag_rate)
     return ref, feature_model
 
 

@@ -502,7 +502,8 @@ def _ood_reference(resolved: Resolved, run: RunDir, model: Any, table: pd.DataFr
     ref, _, _ = fit_from_images(
         frames, rows["group"].to_numpy(), scores,
         prep_np=lambda im: letterbox(im, size)[0].astype(np.float32),
-        features_np=lambda x: features(x, training=False), seed=r.seed + 6, score_name="image_score")
+        features_np=lambda x: features(x, training=False), seed=r.seed + 6, score_name="image_score",
+        false_flag_rate=r.export.ood_false_flag_rate)
     return ref, features
 
 
