@@ -250,12 +250,6 @@ def ood_ct_run(ood_data) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ood_person_export(ood_data) -> Path:
-    """The OOD tests' person export (tiny YOLOv8 on generated street scenes), shared."""
-    return cached_build("ood-person-export", ood_data.make_person_export) / "export"
-
-
-@pytest.fixture(scope="session")
 def ct_demo_export() -> dict:
     """A tiny CT classifier export with DICOM/PNG samples and a samples.csv (tests/demo_exports.py),
     built once per code version and shared by the serve, load and browser tests (read-only)."""

@@ -222,15 +222,21 @@ def make_det_export(root: Path) -> dict[str, Any]:
     return det_export_files(root)
 
 
+def det_reference_frames(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """Frames drawn like the demo's frames: 120x160 rectangle scenes, one in five empty (the
+    reference's training frames, and new frames of the same kind for the OOD tests)."""
+    return [_scene(rng, 120, 160)[0] if i % 5 else np.clip(rng.normal(150, 20, (120, 160, 3)), 0, 255).astype(np.uint8)
+            for i in range(n)]
+
+
 def _det_reference(model: Any, rng: np.random.Generator) -> tuple[Any, Any]:
-    """An OOD reference of 64 frames drawn like the demo's frames (120x160 rectangle scenes, one in
-    five empty; sequences of two)."""
+    """An OOD reference of 64 frames like the demo's frames (:func:`det_reference_frames`;
+    sequences of two)."""
     from lepton_vision.data.preprocess import letterbox
     from lepton_vision.export.reference import fit_from_images
     from lepton_vision.kinds.detection.kind import feature_model
 
-    frames = [_scene(rng, 120, 160)[0] if i % 5 else np.clip(rng.normal(150, 20, (120, 160, 3)), 0, 255).astype(np.uint8)
-              for i in range(64)]
+    frames = det_reference_frames(rng, 64)
     features = feature_model(model)
     ref, _, _ = fit_from_images(frames, [f"s{i // 2}" for i in range(64)], np.linspace(0.0, 0.5, 64),
                                 prep_np=lambda im: letterbox(im, DET_INPUT_HW)[0].astype(np.float32),

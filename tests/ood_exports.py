@@ -3,9 +3,10 @@
 * CT: a real ``lepton-vision train`` run of the CT baseline recipe on 40 generated patients x 6
   slices (64 px slices, 32 px input, 2 folds x 1 epoch): the export's reference is fitted by the
   training pipeline itself.
-* Person: a tiny YOLOv8 fitted for two epochs on generated street scenes and exported with the
-  real exporter; its reference is fitted the way the detection kind fits it (pooled P5 features
-  of the training frames, groups = sequences).
+* Person: the demo detector of tests/demo_exports.py (a tiny YOLOv8 fitted on generated
+  rectangle scenes, exported with the real exporter and a reference of 64 such frames fitted the
+  way the detection kind fits it: pooled P5 features, groups = sequences); new frames of the same
+  kind come from :func:`det_new_frames`.
 
 The images the tests score are generated here too: new patients and new street sequences (never
 seen by the reference), the other task's images (foreign input) and corruptions of the new
@@ -31,9 +32,8 @@ CT_WINDOW = (-600.0, 1500.0)  # the CT baseline recipe's window (level, width)
 CT_OVERRIDES = ["train.epochs=1", "cv.n_splits=2", "input.image_size=[32, 32]", "evaluate.n_bootstrap=50",
                 "export.parity_samples=8", "export.formats=[saved_model, tflite]", "train.verbose=false"]
 
-#: Street frames the person reference is fitted on (sequences of 2: 80 groups) and new frames.
-STREET_TRAIN, STREET_NEW, STREET_FRAME, STREET_SEQ = 160, 80, (160, 120), 2
-DET_INPUT_HW = (64, 96)
+#: Street frames (the CT export's foreign input).
+STREET_FRAME, STREET_SEQ = (160, 120), 2
 
 #: Corruption levels the tests state: additive Gaussian noise (grey levels, sigma) and Gaussian
 #: blur (pixels, sigma, at the image's own resolution).
@@ -71,7 +71,7 @@ def new_ct_slices() -> list[np.ndarray]:
 
 
 #: The monitor tests' stream: slices of new patients in patient order, and how its drifted twin darkens.
-MONITOR_PATIENTS, MONITOR_WINDOW = 100, 120
+MONITOR_PATIENTS, MONITOR_WINDOW = 60, 120
 #: Brightness factor at the stream's start and end (linear in between) of the drifted stream.
 DRIFT_BRIGHTNESS = (1.0, 0.3)
 
@@ -98,6 +98,20 @@ def street_frames(start: int, stop: int) -> list[np.ndarray]:
     from lepton_vision.data.synthetic.scenes import iter_scene_frames
 
     return [rgb for rgb, _, _ in iter_scene_frames(_street_spec(stop), start, stop)]
+
+
+#: New frames the person OOD test scores against the demo detector's reference (never in it).
+DET_NEW_FRAMES = 80
+
+
+def det_new_frames(n: int = DET_NEW_FRAMES, seed: int = 1234) -> list[np.ndarray]:
+    """New 120x160 frames like the demo detector's reference frames (tests/demo_exports.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lepton_demo_exports_ood", Path(__file__).with_name("demo_exports.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    return demo.det_reference_frames(np.random.default_rng(seed), n)
 
 
 def noisy(images: list[np.ndarray], sigma: float, seed: int = 0) -> list[np.ndarray]:
@@ -134,58 +148,3 @@ def make_ct_run(folder: Path) -> None:
             else:
                 os.environ[k] = v
     assert rc == 0, "the OOD CT run failed"
-
-
-def make_person_export(folder: Path) -> None:
-    """A tiny YOLOv8 on generated street scenes, exported with an OOD reference (see the module doc)."""
-    import keras
-
-    from lepton_vision.config.cards import DetectionPolicy
-    from lepton_vision.config.recipe import DetectorSpec
-    from lepton_vision.data.preprocess import letterbox
-    from lepton_vision.export.reference import fit_from_images
-    from lepton_vision.kinds.detection.export import export_detector
-    from lepton_vision.kinds.detection.kind import feature_model
-    from lepton_vision.data.synthetic.scenes import iter_scene_frames
-    from lepton_vision.models.detectors import adapter_for
-
-    frames, boxes_l = [], []
-    for rgb, boxes, _ in iter_scene_frames(_street_spec(STREET_TRAIN), 0, STREET_TRAIN):
-        frames.append(rgb)
-        boxes_l.append(boxes)
-    groups = [f"seq{i // STREET_SEQ}" for i in range(STREET_TRAIN)]
-    n_fit = 64
-    x = np.zeros((n_fit, *DET_INPUT_HW, 3), np.float32)
-    boxes = -np.ones((n_fit, 8, 4), np.float32)
-    classes = -np.ones((n_fit, 8), np.float32)
-    for i in range(n_fit):
-        lb, (sx, sy) = letterbox(frames[i], DET_INPUT_HW)
-        x[i] = lb
-        b = boxes_l[i][:8] * np.array([sx, sy, sx, sy], np.float32)
-        boxes[i, : len(b)], classes[i, : len(b)] = b, 0
-    spec = DetectorSpec(size="tiny")
-    adapter = adapter_for(spec)
-    model = adapter.build(spec, 1, DET_INPUT_HW, 0)
-    adapter.compile(model, spec, keras.optimizers.Adam(2e-3))
-    model.fit(x, {"boxes": boxes, "classes": classes}, batch_size=16, epochs=2, verbose=0)
-    features = feature_model(model)
-    ref, _, _ = fit_from_images(frames, groups, np.zeros(0),
-                                prep_np=lambda im: letterbox(im, DET_INPUT_HW)[0].astype(np.float32),
-                                features_np=lambda b: features(b, training=False), seed=3, score_name="image_score")
-    parity = folder / "parity"
-    parity.mkdir(parents=True)
-    paths = []
-    for i in (0, 1):
-        paths.append(str(parity / f"f{i}.png"))
-        cv2.imwrite(paths[-1], cv2.cvtColor(frames[i], cv2.COLOR_RGB2BGR))
-    export_detector(
-        model, folder / "export", input_hw=DET_INPUT_HW, score_threshold=0.05, image_threshold=0.1,
-        policy=DetectionPolicy(),
-        bundle_info={"task": "person_detection", "kind": "object_detection", "classes": ["person"],
-                     "title": "Person detection (OOD test export)", "intended_use": "Test fixture.",
-                     "threshold_policy": {"policy": "max_f1", "value": None},
-                     "detection": DetectionPolicy().model_dump(mode="json"),
-                     "metrics": {}, "dataset": {"name": "synthetic_street", "fingerprint": "00" * 32,
-                                                "n_samples": STREET_TRAIN}},
-        parity_paths=paths, calibration_paths=paths, formats=("saved_model",), ood=(ref, features),
-    )

@@ -256,6 +256,7 @@ def test_ct_demo_warns_on_an_out_of_distribution_upload(browser, ct, det, ct_ser
     assert "unlike the training images" in page.inner_text("#ct-details")
     page.screenshot(path=str(artifacts / "ct_ood_warning.png"), full_page=True)
     # a CT slice afterwards: the warning block goes away with the new result
+    _remove(page, "ct-file")
     _upload(page, "ct-file", ct["dicoms"][1])
     page.wait_for_function("() => !document.querySelector('#ct-ood-warning')", timeout=60_000)
     _only_local(requests, ct_server)

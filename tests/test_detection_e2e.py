@@ -178,14 +178,17 @@ def test_evaluate_rescores_without_tensorflow_and_export_reexports(project, tmp_
     assert "HEAVY []" in out.stdout
     after = json.loads((copy / "metrics.json").read_text())
     assert after["ap50"] == before["ap50"] and after["ci"]["ap50"] == before["ci"]["ap50"]
-    (copy / "export/bundle.json").unlink()
-    assert main(["export", str(copy)]) == 0
-    bundle = json.loads((copy / "export/bundle.json").read_text())
-    assert bundle["kind"] == "object_detection"
-    # best_fold export: int8 is judged on that fold's validation frames, which it never saw.
-    q = bundle["quantization"]
+    # best_fold export (the run's own): int8 is judged on that fold's validation frames, which it never saw.
+    exported = json.loads((copy / "export/bundle.json").read_text())
+    q = exported["quantization"]
     assert q["evaluated_on"].startswith("held out") and q["change"]["metric"] == "ap50"
-    assert bundle["files"]["tflite_int8"]["metric_change"]["drop"] == q["change"]["drop"]
+    assert exported["files"]["tflite_int8"]["metric_change"]["drop"] == q["change"]["drop"]
+    # re-export from final/model.keras (the SavedModel alone: the LiteRT conversions are the run's)
+    (copy / "export/bundle.json").unlink()
+    assert main(["export", str(copy), "--format", "saved_model"]) == 0
+    bundle = json.loads((copy / "export/bundle.json").read_text())
+    assert bundle["kind"] == "object_detection" and set(bundle["files"]) == {"saved_model"}
+    assert bundle["score_threshold"] == exported["score_threshold"] and bundle["reference"]["n_fit"] == exported["reference"]["n_fit"]
 
 
 def test_compare_a_run_with_itself_matches_its_metrics(project):

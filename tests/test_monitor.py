@@ -1,9 +1,9 @@
 """``lepton-vision monitor``: drift statistics per window, and a CT export watching a stream.
 
 The numpy tests check PSI, the windows and the limits; the tf test runs the CLI on a CT export of
-generated data (tests/ood_exports.py) with two streams of the same 600 slices of 100 new
+generated data (tests/ood_exports.py) with two streams of the same 360 slices of 60 new
 patients in patient order: unchanged (must stay quiet) and with its brightness falling linearly
-from 100 % to 30 % (must alarm by window 1 of 120 slices, where brightness is 72-86 %).
+from 100 % to 30 % (must alarm by window 1 of 120 slices, where brightness is 53-77 %).
 """
 
 from __future__ import annotations
@@ -159,3 +159,21 @@ def test_monitor_refuses_bad_options_in_one_line(streams, capsys, tmp_path):
     assert main(["monitor", export, str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 1
     assert "no such file or folder" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.tf
+def test_detector_monitor_reads_video_frames_in_order_and_reports_the_alarm_rate(det_demo_export, tmp_path):
+    export = det_demo_export["dir"]
+    video = det_demo_export["video"]
+    result = M.monitor(export, [*det_demo_export["frames"], video], tmp_path / "mon", window=10,
+                       video_stride=2, progress=False)
+    m = json.loads((tmp_path / "mon" / "monitor.json").read_text())
+    obs = pd.read_csv(tmp_path / "mon" / "observations.csv")
+    frames = obs["input"][obs["input"].str.contains("#")].tolist()
+    assert frames and [int(f.rsplit("#", 1)[1]) for f in frames] == list(range(0, 2 * len(frames), 2))
+    assert obs["input"].iloc[0].endswith("f0.png") and len(obs) == result.n_inputs == m["n_inputs"]
+    assert m["reference"]["positive_name"] == "alarm" and set(obs["positive"]) <= {0, 1}
+    rate = m["reference"]["reference_positive_rate"]
+    assert rate is None or 0.0 <= rate <= 1.0
+    assert all(0.0 <= w["positive_rate"] <= 1.0 for w in m["windows"])
+    assert "alarm rate" in (tmp_path / "mon" / "monitor.html").read_text()

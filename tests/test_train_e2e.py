@@ -167,10 +167,11 @@ def test_export_command_re_exports(project, tmp_path):
     run = _copy(shared, tmp_path / "run")
     before = json.loads((run / "export/bundle.json").read_text())
     shutil.rmtree(run / "export")
-    assert main(["export", str(run)]) == 0
+    # (the recipe's own formats are what the run exported: test_run_directory_holds_every_artefact)
+    assert main(["export", str(run), "--format", "saved_model"]) == 0
     after = json.loads((run / "export/bundle.json").read_text())
-    assert after["threshold"] == before["threshold"]
-    assert (run / "export/model.tflite").is_file()
+    assert after["threshold"] == before["threshold"] and after["reference"]["n_fit"] == before["reference"]["n_fit"]
+    assert not (run / "export/model.tflite").exists() and "tflite" not in after["files"]
     # --format replaces the recipe's formats: ONNX added, float TFLite left out.
     assert main(["export", str(run), "--format", "tflite_int8,onnx"]) == 0
     again = json.loads((run / "export/bundle.json").read_text())

@@ -331,7 +331,7 @@ def monitor(export_dir: str | Path, inputs: list[str | Path], out_dir: str | Pat
     bounds = window_bounds(len(obs), window)
     ks_level = None if limits.ks_alpha is None else limits.ks_alpha / len(bounds)
     threshold = predictor.positive_threshold
-    ref_rate = None if threshold is None else float(np.mean(ref.scores >= threshold))
+    ref_rate = None if threshold is None or len(ref.scores) == 0 else float(np.mean(ref.scores >= threshold))
     windows = []
     for i, (s, e) in enumerate(bounds):
         part = obs.iloc[s:e]
