@@ -76,11 +76,30 @@ def spec_json(spec: Any) -> dict[str, Any]:
     return {"dtype": spec.dtype.name, "shape": shape}
 
 
-def signatures_json(sm_path: Path) -> dict[str, Any]:
-    """Describe the signatures as TensorFlow sees them after reloading (not as we meant them)."""
+_LOADED: dict[tuple[str, int, int], Any] = {}
+
+
+def load_saved_model(sm_path: Path) -> Any:
+    """``tf.saved_model.load`` of a freshly written SavedModel, loaded once per export.
+
+    The export's checks (signatures, parity, the OOD parity) each need the reloaded model; loading
+    a detector's SavedModel takes 5-10 s on 2 cores, so the last one loaded is kept, keyed by its
+    path and its saved_model.pb's size and modification time (a rewrite is loaded afresh).
+    """
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(sm_path))
+    pb = Path(sm_path) / "saved_model.pb"
+    st = pb.stat()
+    key = (str(Path(sm_path).resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = tf.saved_model.load(str(sm_path))
+    return _LOADED[key]
+
+
+def signatures_json(sm_path: Path) -> dict[str, Any]:
+    """Describe the signatures as TensorFlow sees them after reloading (not as we meant them)."""
+    loaded = load_saved_model(sm_path)
     out: dict[str, Any] = {}
     for name, fn in sorted(loaded.signatures.items()):
         _, kwargs = fn.structured_input_signature

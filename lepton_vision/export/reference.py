@@ -375,7 +375,9 @@ def check_ood_export(export_dir: Path, sm_path: Path, ref: Reference, images: li
 
     from lepton_vision.runio import atomic_write_bytes
 
-    serve = tf.saved_model.load(str(sm_path)).signatures[OOD_SIGNATURE]
+    from lepton_vision.export.bundle import load_saved_model
+
+    serve = load_saved_model(sm_path).signatures[OOD_SIGNATURE]
     got = {"saved_model": np.array([float(serve(image=tf.constant(im))["ood_score"]) for im in images])}
     files = {"signature": OOD_SIGNATURE}
     out_path = Path(export_dir) / OOD_TFLITE_FILE

@@ -577,7 +577,7 @@ def _parity(model: Any, sm_path: Path, tflite_path: Path | None, images: list[np
         from lepton_vision.kinds.classification.metrics import apply_temperature
 
         scores["keras"] = np.asarray(apply_temperature(scores["keras"], float(temperature)), np.float64)
-    serve = tf.saved_model.load(str(sm_path)).signatures[bundle_io.DEFAULT_SIGNATURE]
+    serve = bundle_io.load_saved_model(sm_path).signatures[bundle_io.DEFAULT_SIGNATURE]
     scores["saved_model"] = np.array(
         [float(serve(image=tf.constant(img))["score"][0]) for img in images]
     )

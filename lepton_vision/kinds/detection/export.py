@@ -223,7 +223,7 @@ def _parity(model: Any, sm_path: Path, tfl: dict[str, Path], frames: list[np.nda
     from lepton_vision.data.preprocess import boxes_to_original, letterbox
 
     predict = make_predict_fn(model, ADAPTERS["yolov8"], policy.max_detections, policy.nms_iou, policy.min_score)
-    serve = tf.saved_model.load(str(sm_path)).signatures[bundle_io.DEFAULT_SIGNATURE]
+    serve = bundle_io.load_saved_model(sm_path).signatures[bundle_io.DEFAULT_SIGNATURE]
     runners = {name: bundle_io.tflite_runner(p) for name, p in tfl.items()}
     per: dict[str, list[dict[str, Any]]] = {f"saved_model_vs_{k}": [] for k in ["keras", *runners]}
     for img in frames:
@@ -470,7 +470,7 @@ def _onnx_parity(onnx_path: Path, sm_path: Path, frames: list[np.ndarray], score
     from lepton_vision.export import onnx as onnx_export
 
     sess = onnx_export.session(onnx_path)
-    serve = tf.saved_model.load(str(sm_path)).signatures[bundle_io.DEFAULT_SIGNATURE]
+    serve = bundle_io.load_saved_model(sm_path).signatures[bundle_io.DEFAULT_SIGNATURE]
     rows = [_match(_as_numpy(serve(image=tf.constant(img))), onnx_export.run(sess, img), score_threshold,
                    FLOAT_TOLERANCE["near_threshold"]) for img in frames]
     same = sum(r["count_ok"] for r in rows) / max(1, len(rows))
