@@ -210,7 +210,8 @@ def best_fold_calibrated(project, tmp_path_factory):
     _, recipe, _ = project
     run = tmp_path_factory.mktemp("bf") / "run"
     args = ["train", str(recipe), *sum((["--set", s] for s in TINY), []), "--set", "final.mode=best_fold",
-            "--set", "evaluate.temperature_scaling=true", "--set", "train.epochs=1", "--out", str(run)]
+            "--set", "evaluate.temperature_scaling=true", "--set", "train.epochs=1",
+            "--set", "export.formats=[saved_model]", "--out", str(run)]
     assert main(args) == 0
     return run
 
@@ -264,7 +265,8 @@ def test_volume_recipes_report_slice_and_patient_level(project, tmp_path, recipe
     root, _, _ = project
     run = tmp_path / recipe_name
     args = ["train", str(root / f"recipes/ct_screening/{recipe_name}.yaml"),
-            *sum((["--set", s] for s in TINY), []), "--set", "train.epochs=1", "--out", str(run)]
+            *sum((["--set", s] for s in TINY), []), "--set", "train.epochs=1", "--set", "export.formats=[saved_model]",
+            "--out", str(run)]
     assert main(args) == 0
     m = json.loads((run / "metrics.json").read_text())
     for level in (m["pooled"], m["patient"]["pooled"]):

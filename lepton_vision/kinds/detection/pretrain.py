@@ -47,13 +47,14 @@ def setup(resolved: Any, pre: Any, n_classes: int, per_epoch: int, epochs: int) 
     """The compiled detector to pretrain (one class per generator class), the recipe's box
     augmentation, and the padding batches need."""
     from lepton_vision.engine.optim import make_optimizer
-    from lepton_vision.kinds.detection.train import box_augment
+    from lepton_vision.kinds.detection.train import box_augment, eager_if_small
     from lepton_vision.models.detectors import adapter_for
 
     spec = pre.model.detector
     adapter = adapter_for(spec)
     model = adapter.build(spec, n_classes, tuple(pre.input.image_size), pre.seed)
     adapter.compile(model, spec, make_optimizer(pre, per_epoch, epochs))
+    eager_if_small(model, max(1, per_epoch // int(pre.train.batch_size)) * int(epochs))
     return model, box_augment(pre), {"max_boxes": spec.max_boxes, "min_box_size": spec.min_box_size}
 
 
