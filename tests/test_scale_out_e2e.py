@@ -306,7 +306,7 @@ def test_sweep_of_two_trials_writes_results_and_a_best_recipe(project, cluster, 
     space.write_text("train.optimizer.learning_rate: {loguniform: [1.0e-4, 1.0e-2]}\n"
                      "model.backbone: {choice: [small_cnn, mobilenet_v3_small]}\n")
     sweep = tmp_path / "sweep"
-    tiny = [s for s in TINY if not s.startswith("train.epochs")] + ["train.epochs=1"]
+    tiny = [s for s in TINY if not s.startswith("train.epochs")] + ["train.epochs=1", "export.formats=[saved_model]"]
     assert main(["tune", str(recipe), "--space", str(space), "--trials", "2", *_sets(tiny), "--out", str(sweep)]) == 0
     table = pd.read_csv(sweep / "results.csv")
     assert len(table) == 2 and (table["status"] == "ok").all() and table["metric"].eq("roc_auc").all()
