@@ -66,7 +66,7 @@ def cached_build(name: str, build: Callable[[Path], None], *key_parts: str) -> P
     return folder
 
 
-#: Modules that take minutes (CI stage 2, measured): collected first, so that with pytest-xdist's
+#: Modules that take minutes (CI stage 2, measured): collected first in that stage, so that with pytest-xdist's
 #: loadscope the longest start first and the short ones fill in at the end (a long module picked
 #: up last left the other worker idle for minutes).
 LONGEST_FIRST = ("test_scale_out_e2e.py", "test_baseline_slow.py", "test_detection_e2e.py", "test_interruption.py")
@@ -75,9 +75,11 @@ LONGEST_FIRST = ("test_scale_out_e2e.py", "test_baseline_slow.py", "test_detecti
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Longest modules first (:data:`LONGEST_FIRST`); ``full`` tests (the unmodified default
     recipe, minutes) run only when asked for: ``-m full``."""
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a module kept
-    if "full" in (config.getoption("markexpr") or ""):
+    markexpr = config.getoption("markexpr") or ""
+    if "slow" in markexpr and "not slow" not in markexpr:  # the second stage only; stage 1 keeps file order
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a module kept
+    if "full" in markexpr:
         return
     skip = pytest.mark.skip(reason="the unmodified default recipe, about 8 min on 2 cores: run it with pytest -m full")
     for item in items:
