@@ -93,7 +93,7 @@ class EpochLog(keras.callbacks.Callback):
             try:
                 tf.config.experimental.reset_memory_stats(device)
             except (ValueError, RuntimeError, tf.errors.OpError):
-                pass
+                pass  # on_train_begin kept only devices that keep statistics; one that stops just reports its running peak
         self._t_steps = None
         self._t0 = time.perf_counter()
 

@@ -407,6 +407,18 @@ def check_ood_export(export_dir: Path, sm_path: Path, ref: Reference, images: li
     return {**ref.summary, "files": {"reference": ref.summary["file"], **files}, "parity": parity}
 
 
+def reference_or_none(fit: Any) -> Any:
+    """``fit()`` (a kind's reference fit), or None, said on the console, when the training data
+    is too small for a reference (:class:`TooFewImages`): the export goes on without one."""
+    from lepton_vision.console import console
+
+    try:
+        return fit()
+    except TooFewImages as e:
+        console().print(f"[bold]no OOD reference in this export[/bold]: {e.message}")
+        return None
+
+
 def fit_from_images(images: list[np.ndarray], groups: Any, scores: np.ndarray, prep_np: Any, features_np: Any,
                     seed: int, score_name: str, batch: int = 32,
                     false_flag_rate: float = FALSE_FLAG_RATE) -> tuple[Reference, np.ndarray, np.ndarray]:

@@ -476,15 +476,10 @@ def feature_model(model: Any) -> Any:
 
 
 def _ood_or_none(resolved: Resolved, run: RunDir, model: Any, table: pd.DataFrame) -> tuple[Any, Any] | None:
-    """:func:`_ood_reference`, or None (said on the console) when the data is too small for one."""
-    from lepton_vision.console import console
-    from lepton_vision.export.reference import TooFewImages
+    """:func:`_ood_reference`, or None when the data is too small for one (:func:`reference_or_none`)."""
+    from lepton_vision.export.reference import reference_or_none
 
-    try:
-        return _ood_reference(resolved, run, model, table)
-    except TooFewImages as e:
-        console().print(f"[bold]no OOD reference in this export[/bold]: {e.message}")
-        return None
+    return reference_or_none(lambda: _ood_reference(resolved, run, model, table))
 
 
 def _ood_reference(resolved: Resolved, run: RunDir, model: Any, table: pd.DataFrame) -> tuple[Any, Any]:
