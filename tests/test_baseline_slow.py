@@ -5,7 +5,7 @@ used nor touched) and trains ``recipes/ct_screening/baseline.yaml``. The unmodif
 grouped folds of 25 epochs, refit, 1000 bootstrap resamples, three export formats) takes about
 8 minutes on 2 cores, beyond CI's budget: it is the opt-in ``full`` tier (``pytest -m full``).
 CI's slow tier runs the same recipe file on the same data with a shorter schedule (2 folds of 8
-epochs: about 2.5 minutes with the data generation).
+epochs, the best fold exported instead of a refit: about 2 minutes with the data generation).
 
 The pooled out-of-fold ROC-AUC must be clearly better than chance but not trivially perfect: the
 synthetic data is meant to be learnable yet hard (nodules next to look-alike vessels), and a
@@ -67,7 +67,8 @@ def test_default_ct_recipe_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.slow
 def test_default_ct_recipe_learns_on_a_short_schedule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same recipe file and data, 2 folds of 8 epochs: measured 0.831 [0.776, 0.883]."""
+    """The same recipe file and data, 2 folds of 8 epochs, the best fold exported (no refit):
+    measured 0.831 [0.776, 0.883] (the out-of-fold number does not depend on the final model)."""
     run = _train(tmp_path, monkeypatch, "cv.n_splits=2", "train.epochs=8", "evaluate.n_bootstrap=200",
-                 "export.formats=[saved_model, tflite]")
+                 "export.formats=[saved_model, tflite]", "final.mode=best_fold")
     _check(run, RUN_FILES, 0.75, 0.97)

@@ -89,3 +89,11 @@ def test_recipe_threshold_overrides_task_policy(repo):
     assert resolved.threshold.policy == "max_f1"
     default = load_resolved(repo / "recipes/ct_screening/baseline.yaml")
     assert default.threshold.policy == "min_sensitivity" and default.threshold.value == 0.95
+
+
+def test_format_normalisation_is_refused_for_detection(repo):
+    with pytest.raises(CardError) as e:
+        load_resolved(repo / "recipes/person_detection/baseline.yaml", ["input.reencode={codec: jpeg}"])
+    assert "input.reencode" in str(e.value) and "object_detection" in str(e.value)
+    assert load_resolved(repo / "recipes/ct_screening/baseline.yaml",
+                         ["input.reencode={codec: png, size: [64, 64]}"]).recipe.input.reencode.size == (64, 64)

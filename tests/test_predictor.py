@@ -217,3 +217,31 @@ def test_predictor_refuses_wrong_arrays_with_a_data_error(bundle, array, expect,
     with pytest.raises(DataError, match=expect) as err:
         pred.predict(array)
     assert "image array" in str(err.value)
+
+
+@pytest.mark.parametrize("backend", ["saved_model", "tflite"])
+def test_format_normalisation_in_the_bundle_runs_before_the_model(bundle, tmp_path, backend):
+    """An export trained with ``input.reencode`` (bundle ``input.reencode``): the Predictor applies
+    the same resample + JPEG round trip (preprocess.reencode, the documented pre-step) before the
+    model, for files and arrays alike, so it scores what training saw."""
+    import shutil
+
+    from lepton_vision import Predictor
+
+    spec = {"codec": "jpeg", "quality": 40, "size": [20, 24]}
+    export = tmp_path / "export"
+    shutil.copytree(bundle["dir"], export)
+    meta = json.loads((export / "bundle.json").read_text())
+    meta["input"]["reencode"] = {**spec, "pre_step": "lepton_vision.data.preprocess.reencode"}
+    (export / "bundle.json").write_text(json.dumps(meta))
+    plain = Predictor.from_bundle(bundle["dir"], backend=backend, ood=False)
+    normalised = Predictor.from_bundle(export, backend=backend, ood=False)
+    for path in bundle["pngs"]:
+        seen = preprocess.reencode(preprocess.to_uint8(preprocess.read_image(path), 3, WINDOW), spec)
+        assert seen.shape == (20, 24, 3)
+        want = float(np.asarray(bundle["model"](preprocess.to_model_input(seen, SIZE)[None], training=False)).reshape(-1)[0])
+        got = normalised.predict(path).score
+        assert got == pytest.approx(want, abs=1e-5)
+        rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        assert normalised.predict(rgb).score == pytest.approx(got, abs=1e-6)
+        assert abs(plain.predict(path).score - got) > 1e-6  # the pre-step changes what the model sees

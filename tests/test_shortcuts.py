@@ -114,7 +114,8 @@ def test_rate_with_ci_and_numeric_strata():
 def test_a_run_on_confounded_data_reports_the_audit_and_strata(tmp_path, monkeypatch, repo):
     """A real train (stopped after metrics) on 40 patients whose abnormal slices are JPEGs: the
     audit is in data_report.json, the per-stratum metrics in metrics.json (and again from
-    ``evaluate``), and the report section shows both."""
+    ``evaluate``), and the report section shows both; with input.reencode the audit of what the
+    model is given is there too."""
     import shutil
 
     import yaml
@@ -139,7 +140,8 @@ def test_a_run_on_confounded_data_reports_the_audit_and_strata(tmp_path, monkeyp
     recipe.parent.mkdir()
     recipe.write_text(yaml.safe_dump({
         "schema_version": 1, "name": "confounded", "task": "ct_screening", "dataset": "confounded", "seed": 1,
-        "input": {"image_size": [32, 32], "channels": 1}, "model": {"backbone": "small_cnn"},
+        "input": {"image_size": [32, 32], "channels": 1,
+                  "reencode": {"codec": "jpeg", "quality": 90, "size": [40, 40]}}, "model": {"backbone": "small_cnn"},
         "train": {"epochs": 1, "batch_size": 16, "verbose": False}, "cv": {"n_splits": 2},
         "evaluate": {"n_bootstrap": 50}, "data": {"audit": {"n_bootstrap": 100}}}))
     monkeypatch.setenv("LEPTON_DATA_ROOT", str(data_root))
@@ -159,3 +161,102 @@ def test_a_run_on_confounded_data_reports_the_audit_and_strata(tmp_path, monkeyp
     assert again["strata"] == metrics["strata"]
     html = shortcut_section(audit, metrics["strata"])
     assert "Shortcut warning" in html and "<b>file_format</b>" in html and "file_format stratum" in html
+    # input.reencode: the audit again on what the model is given (every image 40x40, JPEG q90)
+    seen = json.loads((run / "data_report.json").read_text())["shortcut_audit_seen"]
+    assert {"file_format", "jpeg_quality", "file_size_kb", "width", "height"} <= set(seen["skipped"])
+    assert set(seen["features"]) <= set(S.PIXEL_FEATURES) and set(seen["flagged"]) <= set(S.PIXEL_FEATURES)
+    assert seen["input"]["reencode"] == {"codec": "jpeg", "quality": 90, "size": [40, 40]}
+    html = shortcut_section(audit, metrics["strata"], seen)
+    assert "after the format normalisation (input.reencode: codec jpeg, quality 90, size [40, 40])" in html
+
+
+def _smooth_dataset(folder: Path, jpeg_class: int | None, seed: int = 0) -> pd.DataFrame:
+    """Like :func:`_dataset` but smooth images (JPEG q80 keeps their intensity statistics), so the
+    only trace of the format is in the file and in the 8x8 block pattern of the pixels."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for g in range(40):
+        label = g % 2
+        for i in range(3):
+            img = np.clip(cv2.GaussianBlur(rng.normal(120, 60, (48, 48)), (0, 0), 2.0), 0, 255).astype(np.uint8)
+            ext = ".jpg" if jpeg_class is not None and label == jpeg_class else ".png"
+            path = folder / f"p{g:02d}_{i}{ext}"
+            cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 80] if ext == ".jpg" else [])
+            rows.append({"sample_id": path.name, "path": str(path), "label": label, "group": f"p{g:02d}"})
+    table = pd.DataFrame(rows)
+    table["fold"] = table["group"].map({f"p{g:02d}": g % 5 for g in range(40)})
+    return table
+
+
+def test_reencode_resamples_then_round_trips_through_one_codec():
+    from lepton_vision.data.preprocess import reencode
+
+    rng = np.random.default_rng(0)
+    gray = np.clip(cv2.GaussianBlur(rng.normal(120, 60, (50, 70)), (0, 0), 2.0), 0, 255).astype(np.uint8)[..., None]
+    assert reencode(gray, None) is gray
+    out = reencode(gray, {"codec": "none", "quality": 90, "size": [32, 40]})
+    assert out.shape == (32, 40, 1) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[..., 0], cv2.resize(gray[..., 0], (40, 32), interpolation=cv2.INTER_AREA))
+    lossless = reencode(gray, {"codec": "png", "quality": 90, "size": None})
+    np.testing.assert_array_equal(lossless, gray)
+    ok, buf = cv2.imencode(".jpg", gray[..., 0], [cv2.IMWRITE_JPEG_QUALITY, 30])
+    jpeg = reencode(gray, {"codec": "jpeg", "quality": 30, "size": None})
+    np.testing.assert_array_equal(jpeg[..., 0], cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE))
+    assert not np.array_equal(jpeg, gray)
+    rgb = np.repeat(gray, 3, axis=2)
+    rgb[..., 0] = 255 - rgb[..., 0]  # channels differ: the RGB order must survive the BGR codec
+    back = reencode(rgb, {"codec": "jpeg", "quality": 95, "size": [25, 35]})
+    assert back.shape == (25, 35, 3)
+    assert np.abs(back[..., 0].astype(int) - (255 - back[..., 1].astype(int))).mean() < 6
+
+
+def test_jpeg_blockiness_sees_a_jpeg_history_in_the_pixels():
+    from lepton_vision.data.preprocess import jpeg_blockiness
+
+    rng = np.random.default_rng(1)
+    img = np.clip(cv2.GaussianBlur(rng.normal(120, 60, (64, 64)), (0, 0), 2.0), 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 60])
+    jpeg = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+    assert jpeg_blockiness(img) == pytest.approx(1.0, abs=0.1)
+    assert jpeg_blockiness(jpeg) > jpeg_blockiness(img) + 0.2
+    # resampled to another size, the block grid no longer falls on the 8-pixel lattice
+    moved = cv2.resize(jpeg, (52, 52), interpolation=cv2.INTER_AREA)
+    assert jpeg_blockiness(moved) < jpeg_blockiness(jpeg) - 0.15
+
+
+def test_the_audit_of_what_the_model_sees_shows_the_format_signal_gone(tmp_path):
+    """One class stored as JPEG q80: the file audit flags the format; after input.reencode with a
+    resample (every image 40x40, JPEG q90) nothing is flagged and the file-level features do not
+    reach the model; a re-encode at the stored size keeps the old 8x8 grid in the pixels, and
+    the audit says so (jpeg_blockiness flagged)."""
+    table = _smooth_dataset(tmp_path / "confounded", jpeg_class=1)
+    raw = S.audit_table(table, target_name="label", level=0.65, n_bootstrap=100, ci=0.95, seed=0)
+    assert {"file_format", "jpeg_blockiness"} <= set(raw["flagged"])
+    seen_of = {"channels": 1, "window": None}
+    resampled = S.audit_table(table, target_name="label", level=0.65, n_bootstrap=100, ci=0.95, seed=0,
+                              seen={**seen_of, "reencode": {"codec": "jpeg", "quality": 90, "size": [40, 40]}})
+    assert resampled["flagged"] == [] and not resampled["combined"]["flagged"]
+    assert {"file_format", "jpeg_quality", "file_size_kb", "width"} <= set(resampled["skipped"])
+    assert resampled["input"]["reencode"]["size"] == [40, 40]
+    assert any(line.startswith("shortcut audit of the model's input (after input.reencode) (ok)")
+               for line in S.summary_lines(resampled))
+    same_size = S.audit_table(table, target_name="label", level=0.65, n_bootstrap=100, ci=0.95, seed=0,
+                              seen={**seen_of, "reencode": {"codec": "jpeg", "quality": 90, "size": None}})
+    assert same_size["flagged"] == ["jpeg_blockiness"]
+    assert any(line.startswith("WARNING shortcut left after input.reencode: jpeg_blockiness")
+               for line in S.summary_lines(same_size))
+
+
+def test_reencode_in_a_recipe_is_validated(tmp_path):
+    from lepton_vision.config.errors import RecipeError
+    from lepton_vision.config.recipe import recipe_from_text
+
+    head = "schema_version: 1\nname: t\ntask: ct_screening\ndataset: synthetic_ct\n"
+    r = recipe_from_text(head, ["input.reencode={codec: jpeg, quality: 85, size: [256, 256]}"])
+    assert r.input.reencode_spec() == {"codec": "jpeg", "quality": 85, "size": [256, 256]}
+    assert recipe_from_text(head).input.reencode_spec() is None
+    with pytest.raises(RecipeError, match=r"input\.reencode\.quality"):
+        recipe_from_text(head, ["input.reencode={codec: jpeg, quality: 0}"])
+    with pytest.raises(RecipeError, match=r"input\.reencode\.codec"):
+        recipe_from_text(head, ["input.reencode={codec: webp}"])

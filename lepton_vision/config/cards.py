@@ -435,6 +435,16 @@ def resolve(recipe: Recipe, recipe_path: str | Path) -> Resolved:
         problems.append(
             Problem("model.detector", f"task '{task.name}' is {task.kind}: remove model.detector")
         )
+    if det_task and recipe.final.mode == "average":
+        problems.append(
+            Problem("final.mode", f"task '{task.name}' is object_detection: 'average' (the mean of the fold "
+                    "models' scores) is for classification; use refit or best_fold")
+        )
+    if det_task and recipe.input.reencode is not None:
+        problems.append(
+            Problem("input.reencode", f"task '{task.name}' is object_detection: format normalisation is "
+                    "for classification (a resample would move the boxes); remove input.reencode")
+        )
     special = {IGNORE, DROP} if ds.is_detection else set()
     mapped = {ds.task_label(c) for c in ds.classes} - special
     for c in sorted(mapped - set(task.classes)):

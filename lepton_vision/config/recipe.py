@@ -84,6 +84,25 @@ class Window(StrictModel):
         return WINDOW_PRESETS[self.preset]
 
 
+class ReencodeSpec(StrictModel):
+    """Remove a file-format signal (e.g. one class stored as JPEG, the other as PNG).
+
+    After decoding (and the CT window), every image is resampled to one size and/or encoded and
+    decoded again through one codec at one quality, before the network's own resize. Applied
+    identically in training, evaluation, the export's checks and the Predictor (the exported
+    SavedModel takes the re-encoded image: the documented pre-step,
+    ``lepton_vision.data.preprocess.reencode``; bundle.json ``input.reencode``).
+    """
+
+    codec: Literal["jpeg", "png", "none"] = Field(
+        "jpeg", description="jpeg: every image gets the same JPEG history (the same quantisation); "
+        "png: lossless (only the size is made equal); none: no encoding, only the resampling.")
+    quality: int = Field(90, ge=1, le=100, description="JPEG quality (libjpeg scale) of the re-encoding.")
+    size: tuple[Annotated[int, Field(ge=16, le=4096)], Annotated[int, Field(ge=16, le=4096)]] | None = Field(
+        None, description="[height, width] every image is resampled to first (area interpolation), so "
+        "that the stored resolution carries no signal; null: keep each image's size.")
+
+
 class InputSpec(StrictModel):
     """What the network sees."""
 
@@ -116,6 +135,15 @@ class InputSpec(StrictModel):
             if self.channels != 3:
                 raise ValueError("window: three windows make three channels; set channels: 3")
         return self
+
+    reencode: ReencodeSpec | None = Field(
+        None, description="Format normalisation (classification): resample every image to one size "
+        "and/or re-encode it through one codec and quality before the network, in training, "
+        "evaluation and the Predictor. null: images as stored.")
+
+    def reencode_spec(self) -> dict[str, Any] | None:
+        """``input.reencode`` as the plain dict bundle.json and :func:`preprocess.reencode` take."""
+        return None if self.reencode is None else self.reencode.model_dump(mode="json")
 
     def window_spec(self) -> tuple[float, float] | tuple[tuple[float, float], ...]:
         """(level, width) in HU, or one (level, width) per channel for multi-window input."""
@@ -520,8 +548,10 @@ class EvaluateSpec(StrictModel):
 class FinalSpec(StrictModel):
     """The model that gets exported."""
 
-    mode: Literal["refit", "best_fold"] = Field(
-        "refit", description="refit: train on all data for the median best epoch; best_fold: the fold model with the best val AUC."
+    mode: Literal["refit", "best_fold", "average"] = Field(
+        "refit", description="refit: train on all data for the median best epoch; best_fold: the fold model with "
+        "the best val AUC; average (classification): one model whose score is the mean of the k fold models' "
+        "scores (k times the compute per image, no refit)."
     )
 
 
@@ -591,6 +621,7 @@ EXECUTION_FIELDS: tuple[str, ...] = (
 _LATER_FIELDS: dict[str, Any] = {
     "pretrain": None,
     "pretrain.image_size": None,
+    "input.reencode": None,
     "train.optimizer.ema_momentum": None,
     "model.detector.dfl_loss_weight": 0.0,
     "train.finetune": {"freeze_backbone_epochs": 0.0, "backbone_lr_scale": 1.0},

@@ -183,6 +183,7 @@ def load_images(
     window: tuple[float, float] | None,
     max_pixels: int,
     progress: bool = True,
+    reencode_spec: dict | None = None,
 ) -> np.ndarray:
     """Decode and resize every image once, into one float32 array reused by all folds.
 
@@ -193,6 +194,7 @@ def load_images(
         window: CT window (level, width) in HU for DICOM, or None.
         max_pixels: Refuse images larger than this (see ``preprocess.read_image``).
         progress: Show a rich progress bar.
+        reencode_spec: Recipe ``input.reencode`` (format normalisation), or None.
 
     Returns:
         float32 ``[N, h, w, C]`` in ``[0, 1]``.
@@ -218,7 +220,7 @@ def load_images(
         task = bar.add_task("decode", total=len(paths))
     try:
         for i, p in enumerate(paths):
-            out[i] = load_for_model(p, (h, w), int(channels), window, max_pixels)
+            out[i] = load_for_model(p, (h, w), int(channels), window, max_pixels, reencode_spec)
             if bar is not None:
                 bar.advance(task)
     finally:

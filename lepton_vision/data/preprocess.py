@@ -1,7 +1,8 @@
 """Deterministic per-image operations shared by training, export and the predictor.
 
 There is one preprocessing truth (house rule 6): decode -> raw pixels (:func:`read_image`) ->
-uint8 HxWxC (:func:`to_uint8`: CT window, 16-bit scaling, channel conversion) -> float32
+uint8 HxWxC (:func:`to_uint8`: CT window, 16-bit scaling, channel conversion) -> optional format
+normalisation (:func:`reencode`: one size, one codec) -> float32
 [0, 1] at the network size (:func:`to_model_input`). The exported graph repeats the last step
 with ``tf.image.resize(..., "bilinear", antialias=False) / 255``, which equals
 ``cv2.resize(..., INTER_LINEAR) / 255`` exactly, so training and serving see the same pixels.
@@ -244,6 +245,67 @@ def to_uint8(
     return _round_half_up(gray)[:, :, None]
 
 
+def reencode(img_uint8: np.ndarray, spec: dict | None) -> np.ndarray:
+    """Format normalisation (recipe ``input.reencode``, bundle.json ``input.reencode``).
+
+    Removes what the file format and the stored resolution say about an image: first a resample
+    to ``spec["size"]`` (height, width; ``cv2.INTER_AREA``) when given, then an encode/decode
+    round trip through ``spec["codec"]`` ("jpeg" at ``spec["quality"]``, "png", or "none").
+    This is the documented pre-step of an export whose bundle has ``input.reencode``: the
+    Predictor applies it before the SavedModel's ``serve_uint8``; a caller of the plain
+    SavedModel applies this function (OpenCV) first.
+
+    Args:
+        img_uint8: uint8 HxWxC (C = 1 or 3, RGB order) from :func:`to_uint8`.
+        spec: ``{"codec", "quality", "size"}`` or None (the image unchanged).
+
+    Returns:
+        uint8 HxWxC (the new size when ``size`` is given).
+    """
+    if not spec:
+        return img_uint8
+    img = np.asarray(img_uint8)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    channels = img.shape[2]
+    size = spec.get("size")
+    if size is not None and (img.shape[0], img.shape[1]) != (int(size[0]), int(size[1])):
+        img = cv2.resize(img, (int(size[1]), int(size[0])), interpolation=cv2.INTER_AREA)
+        if img.ndim == 2:
+            img = img[:, :, None]
+    codec = spec.get("codec", "none")
+    if codec in ("jpeg", "png"):
+        bgr = img[:, :, 0] if channels == 1 else cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR)
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(spec.get("quality", 90))] if codec == "jpeg" else []
+        ok, buf = cv2.imencode(".jpg" if codec == "jpeg" else ".png", np.ascontiguousarray(bgr), params)
+        if not ok:
+            raise ValueError(f"OpenCV could not encode a {img.shape} image as {codec}")
+        back = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR)
+        img = back[:, :, None] if channels == 1 else cv2.cvtColor(back, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(img)
+
+
+def jpeg_blockiness(img: np.ndarray) -> float:
+    """How much stronger pixel steps are on the 8-pixel JPEG block grid than off it (1: none).
+
+    The trace a JPEG history leaves in the pixels, whatever the file is stored as now: the mean
+    absolute difference between neighbouring pixels across block boundaries (columns/rows 7|8,
+    15|16, ...) over the mean difference elsewhere, averaged over both directions. A resample to
+    another size moves the grid off the pixels and brings the ratio back towards 1.
+    """
+    g = np.asarray(img, np.float32)
+    if g.ndim == 3:
+        g = g.mean(axis=2)
+    ratios = []
+    for d in (np.abs(np.diff(g, axis=1)), np.abs(np.diff(g, axis=0)).T):
+        if d.shape[1] < 16:
+            continue
+        on = (np.arange(d.shape[1]) % 8) == 7
+        off_mean = float(d[:, ~on].mean())
+        ratios.append(float(d[:, on].mean()) / max(off_mean, 1e-3))
+    return float(np.mean(ratios)) if ratios else 1.0
+
+
 def to_model_input(img_uint8: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """Resize a uint8 HxWxC image to the network size and scale to [0, 1].
 
@@ -273,13 +335,15 @@ def load_for_model(
     channels: int,
     window: tuple[float, float] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    reencode_spec: dict | None = None,
 ) -> np.ndarray:
-    """Read a file and return the network input: float32 hxwxC in [0, 1].
+    """Read a file and return the network input: float32 hxwxC in [0, 1] (after the format
+    normalisation :func:`reencode` when ``reencode_spec`` is given).
 
     Raises:
         DataError: The file cannot be read (see :func:`read_image`).
     """
-    return to_model_input(to_uint8(read_image(path, max_pixels), channels, window), size_hw)
+    return to_model_input(reencode(to_uint8(read_image(path, max_pixels), channels, window), reencode_spec), size_hw)
 
 
 def content_hash(path: str | Path) -> str:

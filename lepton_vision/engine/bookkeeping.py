@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lepton_vision.config.errors import TrainError
 from lepton_vision.console import console as _console
 from lepton_vision.runio import RunDir, atomic_save_model, atomic_write_json
 
@@ -52,11 +53,12 @@ def read_history(fdir: Path) -> pd.DataFrame:
 
 
 def final_model(run: RunDir, recipe: Any, results: dict[int, dict[str, Any]], score_key: str,
-                n_images: int, refit: Callable[[int], Any], load: Callable[[Path], Any]) -> Any:
+                n_images: int, refit: Callable[[int], Any], load: Callable[[Path], Any],
+                average: Callable[[list[Any]], Any] | None = None) -> Any:
     """The final model of a run, for every kind: loaded when finished earlier, else the best fold's
-    model (``final.mode: best_fold``, best by ``score_key``) or ``refit(epochs)`` on all images
-    for the median best epoch; saved atomically with ``final/final.json``. ``load`` is the
-    kind's model loader.
+    model (``final.mode: best_fold``, best by ``score_key``), the kind's ``average`` of every
+    fold's model (``final.mode: average``) or ``refit(epochs)`` on all images for the median
+    best epoch; saved atomically with ``final/final.json``. ``load`` is the kind's model loader.
     """
     final_path = run.final_dir / "model.keras"
     if final_path.is_file():
@@ -67,6 +69,13 @@ def final_model(run: RunDir, recipe: Any, results: dict[int, dict[str, Any]], sc
         src = run.fold_dir(best["fold"]) / "best.keras"
         model = load(src)
         info = {"mode": "best_fold", "fold": best["fold"], "source": str(src)}
+    elif recipe.final.mode == "average":
+        if average is None:
+            raise TrainError("final.mode 'average' is not available for this kind; use refit or best_fold")
+        folds = sorted(results)
+        _console().print(f"final model: the mean of the {len(folds)} fold models' scores")
+        model = average([load(run.fold_dir(k) / "best.keras") for k in folds])
+        info = {"mode": "average", "folds": folds, "sources": [str(run.fold_dir(k) / "best.keras") for k in folds]}
     else:
         epochs = max(1, int(np.median([r["best_epoch"] for r in results.values()])))
         _console().print(f"final model: refit on all {n_images} images for {epochs} epochs (median best epoch)")

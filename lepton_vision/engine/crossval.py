@@ -153,10 +153,24 @@ def _shortcut_audit(resolved: Resolved, kind: Any, table: Any, data_report: dict
                         progress=resolved.recipe.train.verbose, max_pixels=resolved.recipe.data.max_image_pixels)
     audit["seconds"] = round(time.time() - t0, 1)
     data_report["shortcut_audit"] = audit
+    audits = [audit]
+    inp = resolved.recipe.input
+    if inp.reencode is not None and not audit.get("not_applicable"):
+        # The same audit on what the model is given after the format normalisation: the file-level
+        # features no longer reach it; what is left in the pixels is scored again.
+        t0 = time.time()
+        seen = audit_table(table, target_name=kind.audit_target, level=spec.level, n_bootstrap=spec.n_bootstrap,
+                           ci=resolved.recipe.evaluate.ci, seed=resolved.recipe.seed,
+                           progress=resolved.recipe.train.verbose, max_pixels=resolved.recipe.data.max_image_pixels,
+                           seen={"channels": inp.channels, "window": inp.window_spec(),
+                                 "reencode": inp.reencode_spec()})
+        seen["seconds"] = round(time.time() - t0, 1)
+        data_report["shortcut_audit_seen"] = seen
+        audits.append(seen)
     atomic_write_json(run.data_report, data_report)
     if audit.get("not_applicable"):
         console.print(f"shortcut audit: not applicable, {escape(audit['not_applicable'])}")
-    for line in summary_lines(audit) if not audit.get("not_applicable") else []:
+    for line in [ln for a in audits for ln in summary_lines(a)] if not audit.get("not_applicable") else []:
         console.print(f"[bold red]{escape(line)}[/]" if line.startswith("WARNING") else escape(line))
     return audit
 
@@ -229,7 +243,8 @@ def run_stages(resolved: Resolved, run: RunDir, t_start: float, tracker: Any, st
 
     # ---- final model, export, report ---------------------------------------------------------
     model = final_model(run, recipe, results, key, len(table),
-                        refit=lambda epochs: kind.refit(resolved, run, data, epochs), load=kind.load_model)
+                        refit=lambda epochs: kind.refit(resolved, run, data, epochs), load=kind.load_model,
+                        average=kind.average_models)
     export_summary = kind.export(resolved, run, model, table, metrics, fingerprint)
     report_export(export_summary)
     info = run_info(resolved, fingerprint, t_start)

@@ -176,7 +176,7 @@ def data_section(data: dict[str, Any]) -> str:
     """Counts as a key/value table (nested dicts flattened) and the excluded files as a table."""
     rows: list[list[Any]] = []
     for key, value in data.items():
-        if key in ("excluded", "shortcut_audit"):  # the audit has its own section
+        if key in ("excluded", "shortcut_audit", "shortcut_audit_seen"):  # the audit has its own section
             continue
         if isinstance(value, dict):
             rows += [[f"{key}.{k}", render_plain(v)] for k, v in value.items()]
@@ -415,7 +415,8 @@ def _ci_text(entry: dict[str, Any] | None) -> str:
     return f"{entry['value']:.3f} [{entry['lo']:.3f}, {entry['hi']:.3f}]"
 
 
-def shortcut_section(audit: dict[str, Any] | None, strata: dict[str, Any] | None) -> str:
+def shortcut_section(audit: dict[str, Any] | None, strata: dict[str, Any] | None,
+                     seen: dict[str, Any] | None = None) -> str:
     """The report's "Shortcut audit" section, the same for every kind: how well metadata alone
     predicts the target out of fold (per feature and combined, with CIs), the flagged features in
     red, and the model's own metrics within each stratum of a flagged feature.
@@ -423,7 +424,23 @@ def shortcut_section(audit: dict[str, Any] | None, strata: dict[str, Any] | None
     Args:
         audit: data_report.json's ``shortcut_audit`` (None: the audit was off or the run predates it).
         strata: metrics.json's ``strata``.
+        seen: data_report.json's ``shortcut_audit_seen``: the same audit on the images the model is
+            given after the recipe's format normalisation (``input.reencode``), or None.
     """
+    html = _audit_html(audit, strata)
+    if seen:
+        spec = (seen.get("input") or {}).get("reencode") or {}
+        how = ", ".join(f"{k} {v}" for k, v in spec.items() if v is not None)
+        html += (f"<h3>What the model is given, after the format normalisation (input.reencode: {escape(how)})</h3>"
+                 "<p class='note'>The same audit on the decoded, normalised pixels the network receives: the "
+                 "file-level features (format, JPEG tables, file size, bit depth, DICOM tags) no longer reach it; "
+                 "size, intensity statistics and the JPEG block pattern left in the pixels are scored again.</p>"
+                 + _audit_html(seen, None))
+    return html
+
+
+def _audit_html(audit: dict[str, Any] | None, strata: dict[str, Any] | None) -> str:
+    """One audit's table, warnings and strata (see :func:`shortcut_section`)."""
     if not audit:
         return "<p class='note'>No shortcut audit in this run (data.audit.enabled: false, or a run made before the audit existed).</p>"
     if audit.get("not_applicable"):

@@ -40,7 +40,13 @@ FEATURES: dict[str, tuple[str, str]] = {
     "dicom_slice_thickness": ("numeric", "DICOM SliceThickness (mm)"),
     "intensity_mean": ("numeric", "mean pixel value (HU for DICOM/NIfTI)"),
     "intensity_std": ("numeric", "standard deviation of the pixel values"),
+    "jpeg_blockiness": ("numeric", "pixel steps on the 8x8 JPEG block grid over those elsewhere (a JPEG "
+                                   "history left in the pixels, whatever the file is stored as)"),
 }
+
+#: Features of the pixels themselves: the only ones the audit of what the model sees
+#: (:func:`seen_table`, after ``input.reencode``) can score; the file-level ones do not reach the model.
+PIXEL_FEATURES = ("width", "height", "aspect_ratio", "channels", "intensity_mean", "intensity_std", "jpeg_blockiness")
 
 #: The IJG (libjpeg) standard luminance quantisation table, in zig-zag order, at quality 50.
 _STD_LUMA = np.array([
@@ -139,23 +145,54 @@ def file_metadata(path: str | Path, max_pixels: int | None = None) -> dict[str, 
         px = preprocess.read_image(path, **kwargs)
     except Exception:  # noqa: BLE001 - DataError, or a decoder error the loader already reported
         return out
-    out["height"], out["width"] = float(px.shape[0]), float(px.shape[1])
-    out["aspect_ratio"] = out["width"] / max(out["height"], 1.0)
-    if out["channels"] is None:
-        out["channels"] = float(px.shape[2]) if px.ndim == 3 else 1.0
     if out["bit_depth"] is None and fmt not in ("dicom", "nifti"):
         out["bit_depth"] = float(px.dtype.itemsize * 8)
-    grey = px.astype(np.float32).mean(axis=2) if px.ndim == 3 else px.astype(np.float32)
-    out["intensity_mean"], out["intensity_std"] = float(grey.mean()), float(grey.std())
+    _pixel_features(px, out)
     return out
 
 
-def metadata_table(paths: list[str], progress: bool = False, max_pixels: int | None = None) -> pd.DataFrame:
-    """One row of :func:`file_metadata` per path, in order."""
+def _pixel_features(px: np.ndarray, out: dict[str, Any]) -> None:
+    """Size, channels, intensity statistics and JPEG blockiness of decoded pixels, into ``out``."""
+    from lepton_vision.data.preprocess import jpeg_blockiness
+
+    out["height"], out["width"] = float(px.shape[0]), float(px.shape[1])
+    out["aspect_ratio"] = out["width"] / max(out["height"], 1.0)
+    if out.get("channels") is None:
+        out["channels"] = float(px.shape[2]) if px.ndim == 3 else 1.0
+    grey = px.astype(np.float32).mean(axis=2) if px.ndim == 3 else px.astype(np.float32)
+    out["intensity_mean"], out["intensity_std"] = float(grey.mean()), float(grey.std())
+    out["jpeg_blockiness"] = round(jpeg_blockiness(grey), 4) if px.dtype == np.uint8 else None
+
+
+def seen_metadata(path: str | Path, channels: int, window: Any, reencode_spec: dict | None,
+                  max_pixels: int | None = None) -> dict[str, Any]:
+    """:data:`PIXEL_FEATURES` of the image the model is given: decoded, CT-windowed, channel-
+    converted and format-normalised (``input.reencode``); the file-level features stay None."""
+    from lepton_vision.data import preprocess
+
+    out: dict[str, Any] = dict.fromkeys(FEATURES)
+    try:
+        kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
+        img = preprocess.reencode(preprocess.to_uint8(preprocess.read_image(path, **kwargs), channels, window),
+                                  reencode_spec)
+    except Exception:  # noqa: BLE001 - the sample loader has already reported unreadable files
+        return out
+    _pixel_features(img, out)
+    return out
+
+
+def metadata_table(paths: list[str], progress: bool = False, max_pixels: int | None = None,
+                   seen: dict[str, Any] | None = None) -> pd.DataFrame:
+    """One row of :func:`file_metadata` per path, in order; with ``seen`` (``{"channels",
+    "window", "reencode"}``), :func:`seen_metadata` of what the model is given instead."""
     from lepton_vision.data.sampleset import with_progress
 
-    rows = [file_metadata(p, max_pixels) for p in with_progress(list(paths), progress,
-                                                                f"Shortcut audit: reading {len(paths)} files")]
+    what = "files" if seen is None else "model inputs"
+    paths = with_progress(list(paths), progress, f"Shortcut audit: reading {len(paths)} {what}")
+    if seen is None:
+        rows = [file_metadata(p, max_pixels) for p in paths]
+    else:
+        rows = [seen_metadata(p, seen["channels"], seen["window"], seen["reencode"], max_pixels) for p in paths]
     return pd.DataFrame(rows, columns=list(FEATURES))
 
 
@@ -375,14 +412,18 @@ def strata_of(values: pd.Series, kind: str, max_strata: int = 4) -> dict[str, li
 
 
 def summary_lines(audit: dict[str, Any]) -> list[str]:
-    """The console lines: one warning per flagged feature, or the all-clear with the highest AUC."""
+    """The console lines: one warning per flagged feature, or the all-clear with the highest AUC.
+    An audit of the model's input after ``input.reencode`` (it has ``input``) says so."""
     feats = audit["features"]
+    seen = audit.get("input") is not None
+    name_of = "shortcut audit of the model's input (after input.reencode)" if seen else "shortcut audit"
     if not feats:
-        return ["shortcut audit: no metadata varies across the samples (nothing to check)"]
+        return [f"{name_of}: no metadata varies across the samples (nothing to check)"]
     lines = []
     for name in audit["flagged"]:
         a = feats[name]["auc"]
-        lines.append(f"WARNING shortcut: {name} alone predicts the {audit['target']} with out-of-fold AUC "
+        lines.append(f"WARNING shortcut{' left after input.reencode' if seen else ''}: {name} alone predicts the "
+                     f"{audit['target']} with out-of-fold AUC "
                      f"{a['value']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}] (> {audit['level']:g}): the model can learn "
                      f"{feats[name]['what']} instead of the image content. The model's metrics within each "
                      f"{name} stratum are in metrics.json ('strata') and report.html ('Shortcut audit').")
@@ -391,7 +432,7 @@ def summary_lines(audit: dict[str, Any]) -> list[str]:
         a = c["auc"]
         state = "FLAGGED" if c["flagged"] else "ok"
         best = max(feats, key=lambda n: feats[n]["auc"]["value"] or 0)
-        lines.append(f"shortcut audit ({state}): metadata alone predicts the {audit['target']} with out-of-fold AUC "
+        lines.append(f"{name_of} ({state}): metadata alone predicts the {audit['target']} with out-of-fold AUC "
                      f"{a['value']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}] (all {len(c['features'])} varying features; "
                      f"strongest: {best} {feats[best]['auc']['value']:.3f}; flag level {audit['level']:g})")
     return lines
@@ -402,12 +443,15 @@ def summary_lines(audit: dict[str, Any]) -> list[str]:
 
 
 def audit_table(table: pd.DataFrame, *, target_name: str, level: float, n_bootstrap: int, ci: float, seed: int,
-                progress: bool = False, max_pixels: int | None = None) -> dict[str, Any]:
+                progress: bool = False, max_pixels: int | None = None,
+                seen: dict[str, Any] | None = None) -> dict[str, Any]:
     """:func:`run_audit` of a run's samples table (``path``, ``label``, ``group``, ``fold``).
 
     Strata are stored as row positions in the table (samples.csv order). A target with one
     class only (a detection dataset whose every image has objects) cannot be predicted: the
-    audit says so instead of scoring.
+    audit says so instead of scoring. With ``seen`` (``{"channels", "window", "reencode"}``) the
+    features are those of the images the model is given after the format normalisation
+    (:func:`seen_metadata`): the audit that shows whether ``input.reencode`` removed a signal.
     """
     y = table["label"].to_numpy(np.int64)
     if len(np.unique(y)) < 2:
@@ -415,10 +459,13 @@ def audit_table(table: pd.DataFrame, *, target_name: str, level: float, n_bootst
                 "skipped": list(FEATURES), "strata": {}, "n_samples": int(len(y)),
                 "not_applicable": f"every sample has the same {target_name} ({int(y[0]) if len(y) else '-'}): "
                                   "there is nothing for metadata to predict"}
-    meta = metadata_table(list(table["path"]), progress=progress, max_pixels=max_pixels)
+    meta = metadata_table(list(table["path"]), progress=progress, max_pixels=max_pixels, seen=seen)
     groups = table["group"].to_numpy() if "group" in table.columns else None
-    return run_audit(meta, y, table["fold"].to_numpy(), groups, level=level, n_bootstrap=n_bootstrap, ci=ci,
-                     seed=seed, target_name=target_name)
+    audit = run_audit(meta, y, table["fold"].to_numpy(), groups, level=level, n_bootstrap=n_bootstrap, ci=ci,
+                      seed=seed, target_name=target_name)
+    if seen is not None:
+        audit["input"] = {"reencode": seen["reencode"], "features": list(PIXEL_FEATURES)}
+    return audit
 
 
 def rate_with_ci(hits: np.ndarray, groups: Any, n_bootstrap: int, ci: float, seed: int) -> dict[str, Any]:

@@ -31,6 +31,8 @@ class TaskKind(Protocol):
             returned and writes its files into ``out_dir`` (module-level: picklable for Ray).
         objectives: Metrics of metrics.json a sweep can maximise.
         pretrain_generators: Synthetic generators whose labels this kind can pretrain on.
+        average_models: ``[fold models] -> one model`` for ``final.mode: average``, or None when
+            the kind cannot combine its fold models into one (the recipe check refuses the mode).
     """
 
     name: str
@@ -41,6 +43,7 @@ class TaskKind(Protocol):
     fold_task: Any
     objectives: tuple[str, ...]
     pretrain_generators: tuple[str, ...]
+    average_models: Any
 
     def build_model(self, recipe: Any, weights: str | None = None, seed: int | None = None,
                     n_classes: int = 2) -> Any:

@@ -91,6 +91,15 @@ def gradcam_with_scores(
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 4:
         raise LeptonError(f"Grad-CAM: input must be float32 [N, h, w, C]. Got shape {x.shape}.")
+    if layer not in _layer_names(model):
+        from lepton_vision.kinds.classification.model import ensemble_members
+
+        members = ensemble_members(model)
+        if members:  # final.mode average: the mean of the fold models' maps, the ensemble's score
+            maps = [gradcam_with_scores(m, x, layer)[0] for m in members]
+            heat = np.stack([_normalise(np.mean([mp[i] for mp in maps], axis=0)) for i in range(len(x))]) \
+                if len(x) else np.zeros((0, *x.shape[1:3]), np.float32)
+            return heat, np.asarray(model(x, training=False), np.float64).reshape(-1)
     grad_model, head = _grad_model(model, layer)
     h, w = x.shape[1:3]
     heats: list[np.ndarray] = []
@@ -176,11 +185,13 @@ def overlay(display: np.ndarray, heat: np.ndarray, alpha: float = OVERLAY_ALPHA)
 
 
 def _display_and_input(
-    path: str | Path, size_hw: tuple[int, int], channels: int, window: tuple[float, float] | None
+    path: str | Path, size_hw: tuple[int, int], channels: int, window: tuple[float, float] | None,
+    reencode_spec: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The uint8 image a person sees and the float model input, by the training preprocessing."""
+    """The uint8 image a person sees and the float model input, by the training preprocessing
+    (format normalisation included: the person sees what the model saw)."""
     from lepton_vision.config.errors import DataError
-    from lepton_vision.data.preprocess import read_image, to_model_input, to_uint8
+    from lepton_vision.data.preprocess import read_image, reencode, to_model_input, to_uint8
 
     raw = read_image(path)
     try:
@@ -191,6 +202,7 @@ def _display_and_input(
             "read DICOM Hounsfield units",
             file=str(path),
         ) from None
+    disp = reencode(disp, reencode_spec)
     return disp, to_model_input(disp, size_hw)
 
 
@@ -206,6 +218,7 @@ class Explainer:
         threshold: Operating threshold of the run/export, if known.
         source: The run or export directory it came from.
         layer: The layer Grad-CAM explains.
+        reencode: Format normalisation (recipe/bundle ``input.reencode``), or None.
     """
 
     model: Any
@@ -215,6 +228,7 @@ class Explainer:
     threshold: float | None
     source: Path
     layer: str = DEFAULT_LAYER
+    reencode: dict | None = None
 
     def explain(self, image_path: str | Path) -> tuple[float, np.ndarray, np.ndarray]:
         """Score one image file and explain the score.
@@ -226,7 +240,7 @@ class Explainer:
         Raises:
             DataError: The file cannot be read (the message names it).
         """
-        disp, x = _display_and_input(image_path, self.size_hw, self.channels, self.window)
+        disp, x = _display_and_input(image_path, self.size_hw, self.channels, self.window, self.reencode)
         heat, scores = gradcam_with_scores(self.model, x[None], self.layer)
         return float(scores[0]), heat[0], overlay(disp, heat[0])
 
@@ -255,6 +269,7 @@ def load_explainer(source: str | Path, layer: str = DEFAULT_LAYER) -> Explainer:
         size_hw = (int(inp["image_size"][0]), int(inp["image_size"][1]))
         channels = int(inp["channels"])
         threshold = float(bundle["threshold"]["value"])
+        reencode_spec = inp.get("reencode")
         hint = ("Exports made before Grad-CAM support lack model.keras: re-export with "
                 "`lepton-vision export RUN_DIR`, or pass the run directory instead.")
     elif RunDir(source).recipe.is_file():
@@ -267,6 +282,7 @@ def load_explainer(source: str | Path, layer: str = DEFAULT_LAYER) -> Explainer:
         window = recipe.input.window_spec()
         size_hw = (int(recipe.input.image_size[0]), int(recipe.input.image_size[1]))
         channels = int(recipe.input.channels)
+        reencode_spec = recipe.input.reencode_spec()
         threshold = None
         if run.metrics.is_file():
             threshold = json.loads(run.metrics.read_text()).get("final_threshold")
@@ -283,7 +299,7 @@ def load_explainer(source: str | Path, layer: str = DEFAULT_LAYER) -> Explainer:
     model = keras.models.load_model(model_path, compile=False)
     return Explainer(model=model, size_hw=size_hw, channels=channels, window=window,
                      threshold=None if threshold is None else float(threshold), source=source,
-                     layer=layer)
+                     layer=layer, reencode=reencode_spec)
 
 
 def _short_name(path: str) -> str:
@@ -315,6 +331,7 @@ def write_gradcam_panel(
     per_group: int = 4,
     seed: int = 0,
     layer: str = DEFAULT_LAYER,
+    reencode_spec: dict | None = None,
 ) -> dict[str, Any]:
     """Draw Grad-CAM for true positives, false positives and false negatives in one PNG.
 
@@ -334,6 +351,7 @@ def write_gradcam_panel(
         per_group: Examples per row at most.
         seed: Breaks ties between equal scores.
         layer: The layer Grad-CAM explains.
+        reencode_spec: The recipe's format normalisation (``input.reencode``), or None.
 
     Returns:
         ``{"tp": n, "fp": n, "fn": n, "path": str, "skipped": [message, ...]}``; files that
@@ -356,7 +374,7 @@ def write_gradcam_panel(
             if taken >= per_group:
                 break
             try:
-                disp, x = _display_and_input(r["path"], size_hw, channels, window)
+                disp, x = _display_and_input(r["path"], size_hw, channels, window, reencode_spec)
             except DataError as e:
                 # A moved or deleted file must not cost the whole report; the next one stands in.
                 skipped.append(e.render())

@@ -625,6 +625,7 @@ def _bundle(sm_path: Path, tflite_path: Path | None, size_hw: tuple[int, int], c
             info: dict[str, Any]) -> dict[str, Any]:
     info = dict(info)
     policy = info.pop("threshold_policy", None)
+    reencode_spec = info.pop("reencode", None)
     files: dict[str, Any] = {
         "saved_model": {"path": bundle_io.SAVED_MODEL_DIR, "default_signature": bundle_io.DEFAULT_SIGNATURE},
         "parity": {"path": bundle_io.PARITY_FILE},
@@ -678,4 +679,11 @@ def _bundle(sm_path: Path, tflite_path: Path | None, size_hw: tuple[int, int], c
                 f"Got {key}={value!r}. Remove it from bundle_info."
             )
         bundle[key] = value
+    if reencode_spec:
+        bundle["input"]["reencode"] = {
+            **reencode_spec,
+            "pre_step": "lepton_vision.data.preprocess.reencode(image, input.reencode) on the uint8 image "
+                        "(after the CT window) before serve_uint8: resample to size (area), then an "
+                        "encode/decode round trip through codec at quality (OpenCV)",
+        }
     return bundle

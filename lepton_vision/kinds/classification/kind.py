@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from lepton_vision.config.cards import Resolved
-from lepton_vision.kinds.classification.model import build_model
+from lepton_vision.kinds.classification.model import average_models, build_model
+from lepton_vision.kinds.classification.model import feature_model as pooled_features
 from lepton_vision.runio import RunDir, atomic_write_csv
 
 #: Columns this kind writes to oof_predictions.csv besides sample_id, path, group, label, fold.
@@ -91,6 +92,8 @@ class ClassificationKind:
     objectives = ("roc_auc", "pr_auc", "f1", "balanced_accuracy")
     #: Generators whose labels fit this kind when pretraining (slice labels, no boxes).
     pretrain_generators = ("ct_phantom",)
+    #: final.mode average: one model scoring the mean of the fold models' scores.
+    average_models = staticmethod(average_models)
 
     # ---- data ------------------------------------------------------------------------------
     def data_report(self, resolved: Resolved, sample_set: Any, fingerprint: str) -> tuple[dict[str, Any], str]:
@@ -115,7 +118,7 @@ class ClassificationKind:
         recipe = resolved.recipe
         images = load_images(
             list(table["path"]), tuple(recipe.input.image_size), recipe.input.channels, recipe.input.window_spec(),
-            recipe.data.max_image_pixels, progress=recipe.train.verbose,
+            recipe.data.max_image_pixels, progress=recipe.train.verbose, reencode_spec=recipe.input.reencode_spec(),
         )
         return {"resolved": resolved, "images": images, "labels": table["label"].to_numpy(dtype=np.int64),
                 "table": table[["sample_id", "path", "group", "label", "fold"]]}
@@ -217,6 +220,7 @@ class ClassificationKind:
             "metrics": {"pooled": metrics["pooled"], "mean_sd": metrics["mean_sd"], "ci": metrics["ci"],
                         "bootstrap_unit": metrics["bootstrap_unit"]},
             **bundle_provenance(resolved, run, fingerprint, len(table)),
+            **({"reencode": r.input.reencode_spec()} if r.input.reencode is not None else {}),
         }
         # The window is part of the exported contract only when the model was trained on HU data:
         # 8-bit slices (e.g. figure crops without HU) are used as they are and must not be windowed.
@@ -246,6 +250,7 @@ class ClassificationKind:
         write_gradcam_panel(
             model, oof, float(metrics["final_threshold"]), tuple(r.input.image_size), r.input.channels,
             r.input.window_spec(), run.plots_dir / "gradcam.png", per_group=4, seed=r.seed,
+            reencode_spec=r.input.reencode_spec(),
         )
         return write_report(run, metrics, oof, histories, info)
 
@@ -285,11 +290,14 @@ def _sample_rows(table: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 
 def _uint8_images(resolved: Resolved, paths: Any) -> list[np.ndarray]:
-    """Images as the model's input contract takes them (uint8 H x W x C, CT window applied)."""
-    from lepton_vision.data.preprocess import read_image, to_uint8
+    """Images as the model's input contract takes them (uint8 H x W x C, CT window applied, and
+    the format normalisation ``input.reencode`` when the recipe has one: the export's pre-step)."""
+    from lepton_vision.data.preprocess import read_image, reencode, to_uint8
 
     r = resolved.recipe
-    return [to_uint8(read_image(p, r.data.max_image_pixels), r.input.channels, r.input.window_spec()) for p in paths]
+    spec = r.input.reencode_spec()
+    return [reencode(to_uint8(read_image(p, r.data.max_image_pixels), r.input.channels, r.input.window_spec()), spec)
+            for p in paths]
 
 
 def _ood_or_none(resolved: Resolved, run: RunDir, model: Any, table: pd.DataFrame) -> tuple[Any, Any] | None:
@@ -302,14 +310,12 @@ def _ood_or_none(resolved: Resolved, run: RunDir, model: Any, table: pd.DataFram
 def _ood_reference(resolved: Resolved, run: RunDir, model: Any, table: pd.DataFrame) -> tuple[Any, Any]:
     """The export's reference of "normal input": the final model's pooled features and the image
     statistics of (up to 1024) training images, the out-of-fold scores (:mod:`lepton_vision.export.reference`)."""
-    from lepton_vision.backend import import_keras
     from lepton_vision.data.preprocess import to_model_input
     from lepton_vision.export.reference import MAX_IMAGES, fit_from_images
 
-    _, keras = import_keras()
     r = resolved.recipe
     rows = _sample_rows(table, MAX_IMAGES, r.seed + 5)
-    feature_model = keras.Model(model.input, model.get_layer("pool").output)
+    feature_model = pooled_features(model)
     size = tuple(r.input.image_size)
     scores = run.read_table(run.oof)["score"].to_numpy(float) if run.oof.is_file() else np.zeros(0)
     ref, _, _ = fit_from_images(

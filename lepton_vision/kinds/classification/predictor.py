@@ -76,6 +76,8 @@ class ClassificationPredictor(BundlePredictor):
         else:
             self.window = (float(win["level"]), float(win["width"]))
         self.classes = list(bundle["classes"])
+        #: Format normalisation the model was trained with (bundle ``input.reencode``), or None.
+        self.reencode = inp.get("reencode")
 
     # ---------------------------------------------------------------------------------------
     @classmethod
@@ -107,7 +109,8 @@ class ClassificationPredictor(BundlePredictor):
 
     # ---------------------------------------------------------------------------------------
     def to_uint8(self, image_or_path: str | Path | np.ndarray) -> np.ndarray:
-        """The uint8 HxWxC image the model is given (file decode, CT window, channels)."""
+        """The uint8 HxWxC image the model is given (file decode, CT window, channels, and the
+        format normalisation of bundle ``input.reencode`` when the model was trained with one)."""
         if isinstance(image_or_path, (str, Path)):
             path = Path(image_or_path)
             raw = preprocess.read_image(path)  # raises DataError naming the file
@@ -125,7 +128,7 @@ class ClassificationPredictor(BundlePredictor):
         if raw.ndim in (2, 3):
             preprocess.check_size(raw.shape[0], raw.shape[1], where)
         try:
-            return preprocess.to_uint8(raw, self.channels, self.window)
+            return preprocess.reencode(preprocess.to_uint8(raw, self.channels, self.window), self.reencode)
         except ValueError as exc:
             raise DataError(
                 f"cannot convert pixels for the model: {exc}. Got dtype {raw.dtype}, shape "

@@ -381,7 +381,8 @@ def write_report(
         ("Operating point", html_table(["", ""], op_rows, numeric_from=2, row_class=highlight)),
         ("Calibration", _calibration_html(metrics)),
         ("Per fold", _per_fold_table(metrics)),
-        ("Shortcut audit", shortcut_section((info.get("data") or {}).get("shortcut_audit"), metrics.get("strata"))),
+        ("Shortcut audit", shortcut_section((info.get("data") or {}).get("shortcut_audit"), metrics.get("strata"),
+                                            (info.get("data") or {}).get("shortcut_audit_seen"))),
         ("Training cost", training_cost_section(run_dir, histories, info.get("training_cost"))),
     ]
     return write_page(run_dir, info, default_title="lepton-vision run", summary_html=summary, sections=sections,

@@ -198,6 +198,8 @@ class DetectionKind:
     objectives = tuple(OBJECTIVES)
     #: Generators whose labels fit this kind when pretraining (boxes).
     pretrain_generators = ("street_scenes", "road_scenes")
+    #: Detectors' outputs (boxes after NMS) do not average: final.mode average is refused at resolve.
+    average_models = None
 
     # ---- data ------------------------------------------------------------------------------
     def data_report(self, resolved: Resolved, sample_set: Any, fingerprint: str) -> tuple[dict[str, Any], str]:
