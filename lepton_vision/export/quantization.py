@@ -31,6 +31,11 @@ def evaluation_rows(table: pd.DataFrame, final_json: Path, n_max: int, seed: int
         rows = table[table["fold"].astype(int) == int(info["fold"])]
         what = (f"held out: validation images of fold {int(info['fold']) + 1}, the fold whose model "
                 "was exported (it never trained on them)")
+    elif info.get("mode") == "average":
+        rows = table
+        what = ("in-sample: the exported model averages the fold models, each trained on all images but "
+                "its fold's, so every image trained most of it; the change between float and int8 is the "
+                "figure, not the level")
     else:
         rows = table
         what = ("in-sample: the exported model was refit on all images, so these are training "
