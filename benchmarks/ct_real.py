@@ -147,6 +147,19 @@ def plain_keras_scores(table: pd.DataFrame, seed: int, epochs: int) -> tuple[np.
     return scores, time.time() - t0
 
 
+def cached(path: Path, table: pd.DataFrame, compute) -> tuple[np.ndarray, float | None]:
+    """Out-of-fold scores from ``path`` (sample_id, score, wall_s) when an earlier run wrote them
+    for the same samples, else ``compute(table)`` written there."""
+    if path.is_file():
+        old = pd.read_csv(path, keep_default_na=False)
+        if list(old["sample_id"].astype(str)) == list(table["sample_id"].astype(str)):
+            print(f"  {path.name}: computed earlier, reused", flush=True)
+            return old["score"].to_numpy(float), float(old["wall_s"].iloc[0])
+    scores, seconds = compute(table)
+    pd.DataFrame({"sample_id": table["sample_id"], "score": scores, "wall_s": seconds}).to_csv(path, index=False)
+    return scores, seconds
+
+
 def run_scores(run: Path, table: pd.DataFrame) -> np.ndarray:
     """A run's out-of-fold scores in ``table``'s order."""
     oof = pd.read_csv(run / "oof_predictions.csv", dtype={"group": str}, keep_default_na=False)
@@ -188,11 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     scores: dict[str, tuple[np.ndarray, float | None, str]] = {}
     if "floor" not in skip:
         print("== floor: pixels -> PCA -> logistic regression", flush=True)
-        s, t = floor_scores(table, 1234)
+        s, t = cached(args.out / "floor_oof.csv", table, lambda t: floor_scores(t, 1234))
         scores["floor (PCA + LR)"] = (s, t, "64 px grey pixels, PCA 50, logistic regression (C 0.1, balanced)")
     if "keras" not in skip:
         print(f"== plain Keras CNN, {args.keras_epochs} epochs", flush=True)
-        s, t = plain_keras_scores(table, 1234, args.keras_epochs)
+        s, t = cached(args.out / f"keras_{args.keras_epochs}ep_oof.csv", table,
+                      lambda t: plain_keras_scores(t, 1234, args.keras_epochs))
         scores["plain Keras CNN"] = (s, t, f"hand-written small CNN, 96 px, flips, {args.keras_epochs} epochs")
     if "old" not in skip:
         scores["old recipe"] = (run_scores(old, table), old_s, "covid_ct.yaml, out of fold (folds only)")

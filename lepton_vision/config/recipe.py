@@ -660,7 +660,8 @@ class AuditSpec(StrictModel):
     """The shortcut audit run before training (lepton_vision.evaluate.shortcuts)."""
 
     enabled: bool = Field(True, description="Fit metadata-only models (file format, JPEG quality, size, bit depth, "
-                          "DICOM tags, intensity statistics) on the run's folds and report how well they predict the label.")
+                          "DICOM tags, intensity statistics, JPEG block pattern) on the run's folds and report how "
+                          "well they predict the label; with input.reencode, again on what the model is given.")
     level: float = Field(0.65, gt=0.5, lt=1.0, description="Warn about a feature whose out-of-fold AUC CI lies "
                          "above this (its lower end exceeds it); its strata get their own metrics.")
     n_bootstrap: int = Field(300, ge=0, le=100000, description="Group-bootstrap resamples for the audit's CIs.")
