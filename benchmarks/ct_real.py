@@ -47,22 +47,11 @@ SENSITIVITY = 0.95
 
 
 def run_recipe(recipe: Path, out: Path, stop_after: str, overrides: list[str]) -> tuple[Path, float | None]:
-    """Train ``recipe`` into ``out`` (reused when finished, resumed when interrupted); wall seconds."""
-    from lepton_vision.engine.crossval import run_train
-    from lepton_vision.runio import atomic_write_json
+    """Train ``recipe`` into ``out``: reused when finished with the same recipe, resumed when
+    interrupted (``pretraining_gain.run_arm``); wall seconds."""
+    from pretraining_gain import run_arm
 
-    timing = out / "bench_time.json"
-    done = (out / "metrics.json").is_file() and (stop_after == "metrics" or (out / "export" / "bundle.json").is_file())
-    if done:
-        print(f"  {out.name}: finished earlier, reused", flush=True)
-        return out, json.loads(timing.read_text())["seconds"] if timing.is_file() else None
-    resume = out if (out / "recipe.resolved.yaml").is_file() else None
-    t0 = time.time()
-    run_train(recipe, overrides, out=None if resume else out, resume=resume, stop_after=stop_after)
-    seconds = time.time() - t0
-    if resume is None:
-        atomic_write_json(timing, {"seconds": round(seconds, 1)})
-    return out, seconds if resume is None else None
+    return run_arm(recipe, overrides, out, stop_after=stop_after)
 
 
 def is_png(path: str) -> bool:

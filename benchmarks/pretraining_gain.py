@@ -74,12 +74,13 @@ def scratch_overrides(overrides: list[str]) -> list[str]:
     return [o for o in overrides if parse_override(o)[0][0] != "pretrain"]
 
 
-def run_arm(recipe: Path, overrides: list[str], out: Path) -> tuple[Path, float | None]:
-    """Cross-validate one arm into ``out`` (reused when finished, resumed when interrupted)."""
+def run_arm(recipe: Path, overrides: list[str], out: Path, stop_after: str = "metrics") -> tuple[Path, float | None]:
+    """Cross-validate one arm into ``out`` (reused when finished with the same recipe, resumed
+    when interrupted); ``stop_after="all"`` also needs the export to count as finished."""
     from lepton_vision.engine.crossval import run_train
     from lepton_vision.runio import atomic_write_json
 
-    if (out / "metrics.json").is_file():
+    if (out / "metrics.json").is_file() and (stop_after == "metrics" or (out / "export" / "bundle.json").is_file()):
         from lepton_vision.config.cards import load_resolved
         from lepton_vision.config.errors import LeptonError
         from lepton_vision.config.recipe import recipe_from_text, result_sha256
@@ -92,7 +93,7 @@ def run_arm(recipe: Path, overrides: list[str], out: Path) -> tuple[Path, float 
         return out, _wall(out)
     resume = out if (out / "recipe.resolved.yaml").is_file() else None
     t0 = time.time()
-    run_train(recipe, overrides, out=None if resume else out, resume=resume, stop_after="metrics")
+    run_train(recipe, overrides, out=None if resume else out, resume=resume, stop_after=stop_after)
     seconds = time.time() - t0
     if resume is None:
         atomic_write_json(out / "bench_time.json", {"seconds": round(seconds, 1)})
