@@ -1,4 +1,5 @@
-"""detectors: YOLOv8's distribution focal loss (DFL), which keras-cv's YOLOv8 trains without."""
+"""detectors: YOLOv8's distribution focal loss (DFL), which keras-cv's YOLOv8 trains without, and
+Ultralytics' head bias initialisation."""
 
 from __future__ import annotations
 
@@ -89,6 +90,45 @@ def test_dfl_off_by_default_keeps_old_keys(tmp_path, monkeypatch):
     assert "dfl_loss_weight" not in p_off["model"]["detector"] and p_on["model"]["detector"]["dfl_loss_weight"] == 1.5
     assert k_off != k_on
     assert _LATER_FIELDS["model.detector.dfl_loss_weight"] == 0.0
+    assert result_sha256(off.recipe) != result_sha256(on.recipe)
+
+
+def test_prior_head_biases_start_near_five_objects_per_image(tmp_path, monkeypatch):
+    """head_bias_init prior: each head's class logits at Ultralytics' log(5 / nc / (640 / s)^2), box
+    logits 1.0, the rest of the network as with zeros; the initial scores are then tiny instead
+    of 0.5. The default keeps keras-cv's zeros and the old hash and pretrain key."""
+    import math
+    from pathlib import Path
+
+    from lepton_vision.config.cards import load_resolved
+    from lepton_vision.config.recipe import result_sha256
+    from lepton_vision.engine.pretrain import pretrain_key
+    from lepton_vision.models.detectors import HEAD_STRIDES, YoloV8Adapter
+
+    adapter = YoloV8Adapter()
+    zeros = adapter.build(DetectorSpec(size="tiny"), 3, (64, 96), 0)
+    prior = adapter.build(DetectorSpec(size="tiny", head_bias_init="prior"), 3, (64, 96), 0)
+    for i, stride in enumerate(HEAD_STRIDES, start=1):
+        cls_bias = prior.get_layer(f"yolo_v8_head_{i}_class_3_conv").get_weights()[1]
+        assert cls_bias.shape == (3,)
+        np.testing.assert_allclose(cls_bias, math.log(5 / 3 / (640 / stride) ** 2), rtol=1e-6)
+        np.testing.assert_array_equal(prior.get_layer(f"yolo_v8_head_{i}_box_3_conv").get_weights()[1], 1.0)
+        assert not zeros.get_layer(f"yolo_v8_head_{i}_class_3_conv").get_weights()[1].any()
+    # same seed: every other weight is identical
+    changed = [w.path for w, v in zip(prior.weights, zeros.weights)
+               if not np.array_equal(np.asarray(w), np.asarray(v))]
+    assert changed and all("_3_conv" in name and "bias" in name for name in changed)
+    x, _ = _batch()
+    assert float(np.asarray(zeros(x)["classes"]).mean()) == pytest.approx(0.5, abs=0.1)
+    assert float(np.asarray(prior(x)["classes"]).max()) < 0.05
+
+    monkeypatch.setenv("LEPTON_GENERATED_ROOT", str(tmp_path / "generated"))
+    recipe = Path(__file__).resolve().parents[1] / "recipes/obstacle_detection/baseline.yaml"
+    base = ["pretrain.dataset=synthetic_road", "pretrain.images=32", "model.detector.head_bias_init=zeros"]
+    off = load_resolved(recipe, base)
+    on = load_resolved(recipe, [*base[:2], "model.detector.head_bias_init=prior"])
+    (k_off, p_off), (k_on, _) = pretrain_key(off), pretrain_key(on)
+    assert "head_bias_init" not in p_off["model"]["detector"] and k_off != k_on
     assert result_sha256(off.recipe) != result_sha256(on.recipe)
 
 

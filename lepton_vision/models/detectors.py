@@ -62,9 +62,12 @@ class YoloV8Adapter:
             activation="swish",
             input_shape=(int(input_hw[0]), int(input_hw[1]), 3),
         )
-        return keras_cv.models.YOLOV8Detector(
+        model = keras_cv.models.YOLOV8Detector(
             num_classes=n_classes, bounding_box_format="xyxy", backbone=backbone, fpn_depth=fpn_depth
         )
+        if spec.head_bias_init == "prior":
+            prior_head_biases(model, n_classes)
+        return model
 
     def compile(self, model: Any, spec: DetectorSpec, optimizer: Any) -> None:
         model.compile(
@@ -94,6 +97,31 @@ class YoloV8Adapter:
         anchors, strides = get_anchors(image_shape=tuple(int(d) for d in x.shape[1:3]))
         boxes = dist2bbox(dist, anchors) * tf.expand_dims(strides, -1)
         return boxes, raw["classes"]
+
+
+#: Strides of keras-cv YOLOv8's three heads (P3, P4, P5), in the order of their layer names.
+HEAD_STRIDES = (8, 16, 32)
+
+
+def prior_head_biases(model: Any, n_classes: int) -> None:
+    """Set the head's last biases as Ultralytics' ``Detect.bias_init`` does.
+
+    keras-cv leaves them at zero, so every one of the thousands of anchors starts at class score
+    0.5 and the first epochs of BCE mostly push background down. Ultralytics starts the class
+    logits of stride ``s`` at ``log(5 / n_classes / (640 / s) ** 2)`` (about five objects per
+    640-pixel image; the constant 640 is theirs, whatever the input size) and the box logits at 1.0.
+    """
+    import math
+
+    import numpy as np
+
+    for i, stride in enumerate(HEAD_STRIDES, start=1):
+        cls = model.get_layer(f"yolo_v8_head_{i}_class_3_conv")
+        kernel, bias = cls.get_weights()
+        cls.set_weights([kernel, np.full_like(bias, math.log(5.0 / n_classes / (640.0 / stride) ** 2))])
+        box = model.get_layer(f"yolo_v8_head_{i}_box_3_conv")
+        kernel, bias = box.get_weights()
+        box.set_weights([kernel, np.ones_like(bias)])
 
 
 def _add_dfl(model: Any, weight: float) -> None:
