@@ -202,6 +202,13 @@ class DetectorSpec(StrictModel):
         description="Weight of YOLOv8's distribution focal loss on the box-edge distance bins "
         "(Ultralytics uses 1.5; keras-cv trains without it). 0: off.",
     )
+    head_bias_init: Literal["zeros", "prior"] = Field(
+        "zeros",
+        description="Initial biases of the head's last convolutions. zeros: keras-cv's (every anchor "
+        "starts at class score 0.5); prior: Ultralytics' (class logits at log(5 / classes / (640 / "
+        "stride)^2), about 5 objects per 640-pixel image, box logits 1.0), so the first steps are not "
+        "spent pushing thousands of background anchors down.",
+    )
     min_box_size: float = Field(
         2.0, ge=0,
         description="Boxes narrower or shorter than this many pixels after augmentation and "
@@ -476,6 +483,31 @@ class CVSpec(StrictModel):
         "auto",
         description="auto = stratified_group when the dataset card declares a group column, else stratified.",
     )
+    folds: list[int] | None = Field(
+        None,
+        description="Train and score only these folds (numbers as printed, 1..n_splits; at least two, so "
+        "thresholds stay cross-fitted); null = all. The splits are the same as with every fold, the "
+        "metrics are out of fold on those folds' images only (metrics.json cv_subset says which), and "
+        "the final model still uses every image. For a CPU budget: e.g. n_splits 5, folds [1, 2] and "
+        "final refit trains 2 x 80 % + 100 % of the data instead of 5 x 80 % + 100 %.",
+    )
+
+    @model_validator(mode="after")
+    def _check_folds(self) -> CVSpec:
+        if self.folds is not None:
+            bad = [k for k in self.folds if not 1 <= k <= self.n_splits]
+            if bad:
+                raise ValueError(f"folds: {bad} not between 1 and n_splits ({self.n_splits})")
+            if len(set(self.folds)) != len(self.folds):
+                raise ValueError(f"folds: {self.folds} names a fold twice")
+            if len(self.folds) < 2:
+                raise ValueError(f"folds: {self.folds}: name at least two folds (thresholds are chosen on "
+                                 "the other folds' out-of-fold scores), or null for all")
+        return self
+
+    def fold_indices(self) -> list[int]:
+        """The folds to train and score, 0-based, in order."""
+        return sorted(k - 1 for k in self.folds) if self.folds is not None else list(range(self.n_splits))
 
 
 class Threshold(StrictModel):
@@ -624,6 +656,8 @@ _LATER_FIELDS: dict[str, Any] = {
     "input.reencode": None,
     "train.optimizer.ema_momentum": None,
     "model.detector.dfl_loss_weight": 0.0,
+    "model.detector.head_bias_init": "zeros",
+    "cv.folds": None,
     "train.finetune": {"freeze_backbone_epochs": 0.0, "backbone_lr_scale": 1.0},
 }
 

@@ -20,16 +20,16 @@ from lepton_vision.console import console as _console
 from lepton_vision.runio import RunDir, atomic_save_model, atomic_write_json
 
 
-def fold_bookkeeping(run: RunDir, k_total: int, tracker: Any, key: str, label: str) -> tuple[
-        dict[int, dict[str, Any]], list[int], Any]:
+def fold_bookkeeping(run: RunDir, k_total: int, tracker: Any, key: str, label: str,
+                     folds: list[int] | None = None) -> tuple[dict[int, dict[str, Any]], list[int], Any]:
     """Folds finished earlier (their result.json, said on the console), the folds still to run,
     and the callback that records a fold when it finishes: result.json written last, then the
     tracker and the console. ``key``/``label``: the fold's validation metric (``best_val_auc``,
-    "val AUC")."""
+    "val AUC"); ``folds``: the 0-based folds the run trains (``cv.folds``; default all)."""
     console = _console()
     results: dict[int, dict[str, Any]] = {}
     pending = []
-    for k in range(k_total):
+    for k in (range(k_total) if folds is None else folds):
         if run.fold_done(k).is_file():
             results[k] = json.loads(run.fold_done(k).read_text())
             console.print(f"fold {k + 1}/{k_total}: finished earlier ({label} {results[k][key]:.3f}), skipped")

@@ -225,16 +225,23 @@ def run_stages(resolved: Resolved, run: RunDir, t_start: float, tracker: Any, st
 
     # ---- folds (train.executor: here, or Ray tasks) -------------------------------------------
     k_total = recipe.cv.n_splits
+    ks = recipe.cv.fold_indices()
+    if len(ks) < k_total:
+        console.print(f"cv.folds: training folds {[k + 1 for k in ks]} of {k_total}; the metrics are out of fold "
+                      f"on their {int(table['fold'].isin(ks).sum())} of {len(table)} samples")
     key, label = kind.fold_metric
-    results, pending, fold_done = fold_bookkeeping(run, k_total, tracker, key, label)
+    results, pending, fold_done = fold_bookkeeping(run, k_total, tracker, key, label, ks)
     run_folds(kind.fold_task, data, pending, run.fold_dir, recipe, fold_done, run.root)
-    histories = {k: read_history(run.fold_dir(k)) for k in range(k_total)}
-    oof = kind.collect_oof(resolved, run, table, k_total)
+    histories = {k: read_history(run.fold_dir(k)) for k in ks}
+    scored = scored_table(table, ks)
+    oof = kind.collect_oof(resolved, run, scored, ks)
 
     # ---- metrics (no TensorFlow) -------------------------------------------------------------
-    metrics = kind.score(resolved, table, oof)
-    metrics["folds"] = [results[k] for k in range(k_total)]
-    metrics["strata"] = stratified(audit, table, lambda ids: kind.stratum_metrics(resolved, table, oof, metrics, ids))
+    metrics = kind.score(resolved, scored, oof)
+    metrics["folds"] = [results[k] for k in ks]
+    if len(ks) < k_total:
+        metrics["cv_subset"] = cv_subset(ks, k_total, scored, table)
+    metrics["strata"] = stratified(audit, scored, lambda ids: kind.stratum_metrics(resolved, scored, oof, metrics, ids))
     atomic_write_json(run.metrics, metrics)
     tracker.log_metrics(metrics)
     if stop_after == "metrics":
@@ -255,14 +262,36 @@ def run_stages(resolved: Resolved, run: RunDir, t_start: float, tracker: Any, st
     info["training_cost"] = training_cost_summary(
         histories, read_history(run.final_dir) if final_history.is_file() else None)
     atomic_write_json(run.run_info, info)
-    kind.write_report(resolved, run, model, metrics, table, oof, histories,
-                      report_info(resolved, data_report, folds, info, run))
+    rinfo = report_info(resolved, data_report, folds, info, run)
+    rinfo["cv_subset"] = metrics.get("cv_subset")
+    kind.write_report(resolved, run, model, metrics, scored, oof, histories, rinfo)
     tracker.log_outputs(run)
     kind.print_summary(metrics, console)
+    if metrics.get("cv_subset"):
+        console.print(f"folds: {metrics['cv_subset']['note']}")
     for line in (summary_lines(audit) if audit and audit.get("flagged") else []):
         console.print(f"[bold red]{escape(line)}[/]" if line.startswith("WARNING") else escape(line))
     console.print(f"report: {run.report}   export: {run.export_dir}   ({info['seconds']:.0f} s)")
     return run.root
+
+
+def _oof_ids(oof: Any) -> list[str]:
+    """Sample ids with out-of-fold rows (a kind's ``read_oof``: a frame, or a dict with ``images``)."""
+    frame = oof["images"] if isinstance(oof, dict) else oof
+    return frame["sample_id"].astype(str).tolist()
+
+
+def scored_table(table: Any, folds: list[int]) -> Any:
+    """The rows of ``table`` (with its ``fold`` column) whose fold is trained and scored."""
+    return table[table["fold"].isin(folds)].reset_index(drop=True)
+
+
+def cv_subset(folds: list[int], n_splits: int, scored: Any, table: Any) -> dict[str, Any]:
+    """metrics.json ``cv_subset`` of a run with ``cv.folds``: which folds, how many samples."""
+    return {"folds": [k + 1 for k in folds], "n_splits": int(n_splits), "n_scored": len(scored),
+            "n_samples": len(table),
+            "note": (f"out of fold on folds {[k + 1 for k in folds]} of {n_splits} only "
+                     f"({len(scored)} of {len(table)} samples); the final model uses all {len(table)}")}
 
 
 def rescore_run(run_dir: Path, policy: Any = None) -> dict[str, Any]:
@@ -276,9 +305,19 @@ def rescore_run(run_dir: Path, policy: Any = None) -> dict[str, Any]:
     kind = kind_of(run.task_kind)
     metrics = kind.rescore(run, policy)
     audit = json.loads(run.data_report.read_text()).get("shortcut_audit") if run.data_report.is_file() else None
+    resolved = resolve_run(run)
+    if resolved.recipe.cv.folds is not None:
+        from lepton_vision.data.folds import read_folds
+
+        table = run.read_table(run.samples)
+        folds = read_folds(run.folds)
+        table = table.assign(fold=table["sample_id"].map(dict(zip(folds["sample_id"], folds["fold"]))))
+        ks = resolved.recipe.cv.fold_indices()
+        metrics["cv_subset"] = cv_subset(ks, resolved.recipe.cv.n_splits, scored_table(table, ks), table)
     if audit and audit.get("flagged"):
-        resolved = resolve_run(run)
-        table, oof = run.read_table(run.samples), kind.read_oof(run)
+        oof = kind.read_oof(run)
+        table = run.read_table(run.samples)
+        table = table[table["sample_id"].astype(str).isin(set(_oof_ids(oof)))].reset_index(drop=True)
         metrics["strata"] = stratified(audit, table, lambda ids: kind.stratum_metrics(resolved, table, oof, metrics, ids))
     return metrics
 

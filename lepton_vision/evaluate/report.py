@@ -491,7 +491,7 @@ def write_page(run: RunDir, info: dict[str, Any], *, default_title: str, summary
         info: Optional keys: ``title``, ``recipe_name`` (or ``recipe``), ``run_dir``, ``date``
             (default: now), ``intended_use``, ``seconds``, ``training_start``, ``export``,
             ``data`` (data_report.json), ``versions``, ``recipe_yaml`` (default: the run's
-            recipe.resolved.yaml).
+            recipe.resolved.yaml), ``cv_subset`` (metrics.json's, when only some folds ran).
         default_title: The title when ``info`` has none.
         summary_html: The paragraph under the title (the headline numbers).
         sections: ``(heading, html)`` of the kind's own sections, in order.
@@ -522,6 +522,8 @@ def write_page(run: RunDir, info: dict[str, Any], *, default_title: str, summary
         + (f" · {escape(info['seconds'])} s" if info.get("seconds") is not None else "") + "</p>",
         *([f"<p class='note'>{escape(info['intended_use'])}</p>"] if info.get("intended_use") else []),
         summary_html,
+        *([f"<p class='note'><b>Folds:</b> {escape(info['cv_subset']['note'])} (cv.folds)</p>"]
+          if info.get("cv_subset") else []),
         *(f"<h2>{escape(heading)}</h2>\n{body}" for heading, body in [*sections, *common]),
         "<h2>Plots</h2><div class='plots'>",
         *(img_html(name, data, captions[name]) for name, data in images.items()),

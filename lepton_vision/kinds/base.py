@@ -58,8 +58,9 @@ class TaskKind(Protocol):
         """Decode the data once; what the fold task, the refit and the export share."""
         ...
 
-    def collect_oof(self, resolved: Any, run: RunDir, table: pd.DataFrame, k_total: int) -> Any:
-        """Gather the folds' out-of-fold files into the run's (oof_predictions.csv, ...)."""
+    def collect_oof(self, resolved: Any, run: RunDir, table: pd.DataFrame, folds: list[int]) -> Any:
+        """Gather the out-of-fold files of ``folds`` (0-based; ``table`` holds their samples only)
+        into the run's (oof_predictions.csv, ...)."""
         ...
 
     def score(self, resolved: Any, table: pd.DataFrame, oof: Any, policy: Any = None) -> dict[str, Any]:

@@ -124,10 +124,10 @@ class ClassificationKind:
                 "table": table[["sample_id", "path", "group", "label", "fold"]]}
 
     # ---- out-of-fold predictions and metrics (no TensorFlow) ----------------------------------
-    def collect_oof(self, resolved: Resolved, run: RunDir, table: pd.DataFrame, k_total: int) -> pd.DataFrame:
+    def collect_oof(self, resolved: Resolved, run: RunDir, table: pd.DataFrame, folds: list[int]) -> pd.DataFrame:
         """oof_predictions.csv from the folds' oof.csv files."""
         parts = [pd.read_csv(run.fold_dir(k) / "oof.csv", dtype={"group": str}, keep_default_na=False)
-                 for k in range(k_total)]
+                 for k in folds]
         oof = pd.concat(parts).sort_values("sample_id").reset_index(drop=True)
         atomic_write_csv(run.oof, oof)
         return oof

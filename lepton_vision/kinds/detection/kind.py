@@ -235,9 +235,9 @@ class DetectionKind:
                 "fold_of": table["fold"].to_numpy()}
 
     # ---- out-of-fold predictions and metrics (no TensorFlow) ----------------------------------
-    def collect_oof(self, resolved: Resolved, run: RunDir, table: pd.DataFrame, k_total: int) -> dict[str, pd.DataFrame]:
-        """oof_detections.csv (every box) and oof_predictions.csv (one row per image)."""
-        parts = [pd.read_csv(run.fold_dir(k) / OOF_DETECTIONS, dtype={"sample_id": str}) for k in range(k_total)]
+    def collect_oof(self, resolved: Resolved, run: RunDir, table: pd.DataFrame, folds: list[int]) -> dict[str, pd.DataFrame]:
+        """oof_detections.csv (every box) and oof_predictions.csv (one row per image of ``table``)."""
+        parts = [pd.read_csv(run.fold_dir(k) / OOF_DETECTIONS, dtype={"sample_id": str}) for k in folds]
         dets = pd.concat(parts).sort_values(["sample_id", "score"], ascending=[True, False]).reset_index(drop=True)
         atomic_write_csv(run.root / OOF_DETECTIONS, dets)
         images = image_table(table, dets, list(resolved.task.classes))
@@ -268,7 +268,10 @@ class DetectionKind:
         oof = self.read_oof(run)
         if isinstance(policy, str):
             policy = parse_policy(policy)
-        metrics = self.score(resolved, run.read_table(run.samples), oof, policy)
+        table = run.read_table(run.samples)
+        # cv.folds: only the trained folds' images have out-of-fold rows.
+        table = table[table["sample_id"].astype(str).isin(set(oof["images"]["sample_id"].astype(str)))]
+        metrics = self.score(resolved, table.reset_index(drop=True), oof, policy)
         metrics["folds"] = [json.loads(run.fold_done(k).read_text()) for k in range(resolved.recipe.cv.n_splits)
                             if run.fold_done(k).is_file()]
         return metrics
