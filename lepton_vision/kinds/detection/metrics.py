@@ -893,26 +893,47 @@ def paired_bootstrap(run_a: Any, run_b: Any, *, merge_classes: bool = False, n_b
                      seed: int = 0) -> Any:
     """AP50 (mean over classes, or every class as one with ``merge_classes``) of two runs of the
     same folds, on the same resamples of images or sequences (:class:`~lepton_vision.evaluate.paired.Paired`)."""
-    import json
-
     from lepton_vision.config.cards import resolve_run
-    from lepton_vision.evaluate.paired import Paired, read_run_csv
+    from lepton_vision.evaluate.paired import read_run_csv
 
     a, b = run_a.root, run_b.root
     resolved = resolve_run(run_a)
-    policy = resolved.task.detection
-    names = list(resolved.task.classes)
-    samples = read_run_csv(a, "samples.csv")
+    assert resolved.task.detection is not None
+    return paired_ap50(read_run_csv(a, "samples.csv"),
+                       [(read_run_csv(r, "oof_detections.csv"), read_run_csv(r, "oof_predictions.csv")) for r in (a, b)],
+                       list(resolved.task.classes), resolved.task.detection.max_detections,
+                       merge_classes=merge_classes, n_bootstrap=n_bootstrap, seed=seed)
+
+
+def paired_ap50(samples: pd.DataFrame, sides: list[tuple[pd.DataFrame, pd.DataFrame]], class_names: list[str],
+                max_detections: int, *, merge_classes: bool = False, n_bootstrap: int = 1000, seed: int = 0) -> Any:
+    """AP50 of two sets of out-of-fold boxes on the same images, on the same resamples.
+
+    Args:
+        samples: The D1 sample table of the images both sides are scored on.
+        sides: Two ``(detections, image rows)`` pairs (``oof_detections.csv`` and
+            ``oof_predictions.csv`` layouts) of other models on exactly those images.
+        class_names: The task's classes; ``merge_classes`` scores every class as one.
+        max_detections: Boxes per image and class that count (COCO ``maxDets``).
+
+    Returns:
+        :class:`~lepton_vision.evaluate.paired.Paired` (``ap50`` or ``ap50_merged``); resampling
+        units are the images' groups when they have them, else the images.
+    """
+    import json
+
+    from lepton_vision.evaluate.paired import Paired
+
+    names = list(class_names)
     if merge_classes:
         samples = samples.assign(classes=[json.dumps([0] * len(json.loads(c))) for c in samples["classes"]])
         names = ["object"]
     datas = []
-    for run in (a, b):
-        dets = read_run_csv(run, "oof_detections.csv")
+    for dets, images in sides:
         if merge_classes:
             dets = dets.assign(class_id=0)
-        datas.append(prepare(samples, dets, read_run_csv(run, "oof_predictions.csv"), names))
-    matched = [match_detections(d, [(0.5, 0.5)], policy.max_detections) for d in datas]
+        datas.append(prepare(samples, dets, images, names))
+    matched = [match_detections(d, [(0.5, 0.5)], max_detections) for d in datas]
 
     def ap50(i: int, w: np.ndarray) -> np.ndarray:
         out, order = matched[i]
