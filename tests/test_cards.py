@@ -97,3 +97,11 @@ def test_format_normalisation_is_refused_for_detection(repo):
     assert "input.reencode" in str(e.value) and "object_detection" in str(e.value)
     assert load_resolved(repo / "recipes/ct_screening/baseline.yaml",
                          ["input.reencode={codec: png, size: [64, 64]}"]).recipe.input.reencode.size == (64, 64)
+
+
+def test_int8_float_layers_is_refused_for_classification(repo):
+    with pytest.raises(CardError) as e:
+        load_resolved(repo / "recipes/ct_screening/baseline.yaml", ["export.int8_float_layers=[conv]"])
+    assert "export.int8_float_layers" in str(e.value) and "classification" in str(e.value)
+    resolved = load_resolved(repo / "recipes/person_detection/baseline.yaml", ["export.int8_float_layers=[yolo_v8_head]"])
+    assert resolved.recipe.export.int8_float_layers == ["yolo_v8_head"]

@@ -404,3 +404,34 @@ def test_detector_signature_refuses_wrong_inputs_at_the_boundary(det_export, arr
     with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError), match=expect) as err:
         serve(image=tf.constant(array))
     assert "ResizeBilinear" not in str(err.value) and "conv" not in str(err.value).lower()
+
+
+def test_int8_float_layers_keep_those_layers_float(det_export, tmp_path):
+    """export.int8_float_layers: the named layers' ops join letterbox/decode/NMS on the float32 list,
+    and in the converted file their convolutions keep float32 weights while the rest of the
+    network's are int8."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from lepton_vision.kinds.detection.export import NETWORK_SCOPE, _convert_tflite, _float_only_nodes
+
+    float_file = det_export / "model.tflite"
+    base = _float_only_nodes(float_file)
+    head = _float_only_nodes(float_file, ["yolo_v8_head"])
+    extra = set(head) - set(base)
+    assert set(base) < set(head) and all("yolo_v8_head" in n and NETWORK_SCOPE in n for n in extra)
+    assert not any(NETWORK_SCOPE + "/" in n.split(";")[0] for n in base)
+
+    frames = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted((det_export.parent / "frames").glob("*.png"))]
+    out = _convert_tflite(det_export / "saved_model", tmp_path / "head_float.tflite", frames,
+                          float_tflite=float_file, float_layers=["yolo_v8_head"])
+    interp = Interpreter(model_path=str(out))
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    conv_weights = {}
+    for op in interp._get_ops_details():
+        if op["op_name"] == "CONV_2D":
+            name = tensors[op["outputs"][0]]["name"]
+            conv_weights[name] = tensors[op["inputs"][1]]["dtype"]
+    head_convs = [d for n, d in conv_weights.items() if "yolo_v8_head" in n]
+    other_convs = [d for n, d in conv_weights.items() if "yolo_v8_head" not in n]
+    assert head_convs and all(d == np.float32 for d in head_convs)
+    assert other_convs and all(d == np.int8 for d in other_convs)

@@ -440,6 +440,11 @@ def resolve(recipe: Recipe, recipe_path: str | Path) -> Resolved:
             Problem("final.mode", f"task '{task.name}' is object_detection: 'average' (the mean of the fold "
                     "models' scores) is for classification; use refit or best_fold")
         )
+    if not det_task and recipe.export.int8_float_layers:
+        problems.append(
+            Problem("export.int8_float_layers", f"task '{task.name}' is {task.kind}: keeping layers float in "
+                    "the int8 file is for detectors so far; remove it")
+        )
     if det_task and recipe.input.reencode is not None:
         problems.append(
             Problem("input.reencode", f"task '{task.name}' is object_detection: format normalisation is "

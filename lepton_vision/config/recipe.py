@@ -611,6 +611,12 @@ class ExportSpec(StrictModel):
         description="Largest acceptable drop of ROC AUC (classification) or AP50 (detection) from float32 to int8; "
         "beyond it the run warns and bundle.json marks model_int8.tflite recommended: false.",
     )
+    int8_float_layers: list[StrictStr] = Field(
+        default_factory=list,
+        description="Detection: layers of the network kept float32 in model_int8.tflite, by part of "
+        "their name (e.g. yolo_v8_head: the whole head; _3_conv: the last box and class convolutions). "
+        "Letterbox, box decoding and NMS are always float32. Empty: the whole network in int8.",
+    )
     ood_false_flag_rate: float = Field(
         0.02, gt=0.0, lt=0.5,
         description="Share of held-back training images the out-of-distribution threshold flags (cross-fitted by "
@@ -658,6 +664,7 @@ _LATER_FIELDS: dict[str, Any] = {
     "model.detector.dfl_loss_weight": 0.0,
     "model.detector.head_bias_init": "zeros",
     "cv.folds": None,
+    "export.int8_float_layers": [],
     "train.finetune": {"freeze_backbone_epochs": 0.0, "backbone_lr_scale": 1.0},
 }
 

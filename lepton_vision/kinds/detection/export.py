@@ -115,9 +115,11 @@ def build_endpoints(model: Any, input_hw: tuple[int, int], policy: Any, score_th
     return {"serve_uint8": serve_uint8, "serve_bytes": serve_bytes}
 
 
-def _float_only_nodes(float_tflite: Path) -> list[str]:
-    """Ops of a converted graph outside :data:`NETWORK_SCOPE` (letterbox, decode, NMS), by the
-    name of their first output tensor — the node names the TFLite quantiser understands."""
+def _float_only_nodes(float_tflite: Path, float_layers: Sequence[str] = ()) -> list[str]:
+    """Ops of a converted graph outside :data:`NETWORK_SCOPE` (letterbox, decode, NMS), and those
+    inside it whose name contains one of ``float_layers`` (Keras layer names appear in the op
+    names), by the name of their first output tensor — the node names the TFLite quantiser
+    understands."""
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_path=str(float_tflite))
@@ -127,13 +129,16 @@ def _float_only_nodes(float_tflite: Path) -> list[str]:
         if not len(op["outputs"]):
             continue
         name = names[op["outputs"][0]]
-        if not any(part.startswith(NETWORK_SCOPE + "/") for part in name.split(";")):
+        parts = name.split(";")
+        if not any(part.startswith(NETWORK_SCOPE + "/") for part in parts):
+            out.append(name)
+        elif float_layers and any(layer in part for part in parts for layer in float_layers):
             out.append(name)
     return out
 
 
 def _convert_tflite(sm_path: Path, out: Path, calibration: Sequence[np.ndarray] | None,
-                    float_tflite: Path | None = None) -> Path:
+                    float_tflite: Path | None = None, float_layers: Sequence[str] = ()) -> Path:
     """serve_uint8 -> TFLite with builtin ops.
 
     With ``calibration`` frames: int8. Only the network is quantised; the ops of
@@ -168,7 +173,7 @@ def _convert_tflite(sm_path: Path, out: Path, calibration: Sequence[np.ndarray] 
                     flat = conv.convert()
             else:
                 options = tf.lite.experimental.QuantizationDebugOptions(
-                    denylisted_nodes=_float_only_nodes(float_tflite))
+                    denylisted_nodes=_float_only_nodes(float_tflite, float_layers))
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
                     debugger = tf.lite.experimental.QuantizationDebugger(
@@ -278,6 +283,7 @@ def export_detector(
     quant_rows: Any = None,
     evaluated_on: str = "",
     int8_max_drop: float = 0.02,
+    int8_float_layers: Sequence[str] = (),
     ood: Any = None,
 ) -> dict[str, Any]:
     """Export a detector with letterbox, decode, NMS and thresholds inside the graph.
@@ -302,6 +308,8 @@ def export_detector(
             ``model_ood.tflite`` with ``tflite``), ``reference.npz`` and bundle.json's
             ``reference`` (:mod:`lepton_vision.export.reference`); ``feature_model`` maps
             letterboxed 0..255 frames to pooled backbone features.
+        int8_float_layers: Parts of layer names whose ops stay float32 in the int8 file
+            (``export.int8_float_layers``).
         int8_max_drop: Largest acceptable AP50 drop float32 -> int8; beyond it the run warns and
             the bundle marks model_int8.tflite ``recommended: false``.
 
@@ -348,7 +356,7 @@ def export_detector(
     if "tflite_int8" in formats:
         t = time.perf_counter()
         tfl["tflite_int8"] = _convert_tflite(sm_path, export_dir / bundle_io.TFLITE_INT8_FILE, frames(calibration_paths),
-                                             float_tflite=tfl["tflite"])
+                                             float_tflite=tfl["tflite"], float_layers=int8_float_layers)
         timings["tflite_int8"] = round(time.perf_counter() - t, 2)
     notes: list[str] = []
     from lepton_vision.export.onnx import check_or_reject, export_or_reject

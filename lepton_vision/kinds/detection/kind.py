@@ -429,6 +429,7 @@ class DetectionKind:
             quant_rows=quant_rows,
             evaluated_on=evaluated_on,
             int8_max_drop=r.export.int8_max_drop,
+            int8_float_layers=tuple(r.export.int8_float_layers),
             ood=_ood_or_none(resolved, run, model, table),
         )
 
