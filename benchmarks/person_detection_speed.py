@@ -20,7 +20,7 @@ is a sanity figure, not an accuracy measure: the video has people in nearly ever
 Usage:
     python benchmarks/person_detection_speed.py --export runs/<run>/export
         [--video PATH] [--frames 200] [--warmup 5] [--backends saved_model,tflite,tflite_int8]
-        [--hog-python PATH] [--threads N] [--json OUT]
+        [--hog-python PATH] [--threads N] [--ood] [--json OUT]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def default_video() -> Path:
 
 
 def run_worker(export: Path, backend: str, video: Path, n_frames: int, warmup: int,
-               threads: int | None) -> dict[str, Any]:
+               threads: int | None, ood: bool = False) -> dict[str, Any]:
     """One backend, in this process: decode, warm up, time (called in a subprocess)."""
     import numpy as np
 
@@ -65,7 +65,8 @@ def run_worker(export: Path, backend: str, video: Path, n_frames: int, warmup: i
 
     frames = [rgb for _, rgb in iter_video_frames(video, max_frames=n_frames)]
     t = time.perf_counter()
-    pred = DetPredictor.from_bundle(export, backend=backend, num_threads=threads)  # type: ignore[arg-type]
+    pred = DetPredictor.from_bundle(export, backend=backend, num_threads=threads,  # type: ignore[arg-type]
+                                    ood=ood)
     load_s = time.perf_counter() - t
     for f in frames[:warmup]:
         pred.predict_array(f)
@@ -90,6 +91,7 @@ def run_worker(export: Path, backend: str, video: Path, n_frames: int, warmup: i
         "frames_with_person": with_person,
         "alarm_frames": alarms if pred.image_threshold is not None else None,
         "score_threshold": pred.score_threshold,
+        "ood": bool(ood),
     }
 
 
@@ -132,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"a python with opencv-python-headless<5 (default {DEFAULT_HOG_PYTHON} if it exists)")
     ap.add_argument("--no-hog", action="store_true", help="skip the HOG baseline")
     ap.add_argument("--threads", type=int, default=None, help="LiteRT threads (default: LiteRT's choice)")
+    ap.add_argument("--ood", action="store_true",
+                    help="also score each frame's out-of-distribution score, as predict/monitor do (a second "
+                    "network pass per frame, model_ood.tflite); default: the detector alone")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per backend before giving up")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -139,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
     video = args.video or default_video()
     if args.worker:
-        print(json.dumps(run_worker(args.export, args.worker, video, args.frames, args.warmup, args.threads)))
+        print(json.dumps(run_worker(args.export, args.worker, video, args.frames, args.warmup, args.threads,
+                                    args.ood)))
         return 0
     if not video.is_file():
         print(f"skipped: video {video} not found (pass --video or set LEPTON_DATA_ROOT).")
@@ -160,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, __file__, "--worker", backend, "--export", str(args.export), *common]
         if args.threads is not None:
             cmd += ["--threads", str(args.threads)]
+        if args.ood:
+            cmd.append("--ood")
         r = _subprocess_json(cmd, args.timeout)
         rows.append({"backend": backend, **r})
 
