@@ -42,6 +42,7 @@ def test_fold_indices_and_hash():
 
 
 @pytest.mark.tf
+@pytest.mark.slow
 def test_a_run_with_two_of_three_folds(tmp_path, tiny_ct_project):
     """Folds 1 and 3 of 3 train; fold 2 does not. Out-of-fold rows, metrics, report and evaluate are
     on those folds' samples only, and say so; the final model is refit on every sample."""
@@ -81,6 +82,7 @@ def test_a_run_with_two_of_three_folds(tmp_path, tiny_ct_project):
 
 
 @pytest.mark.tf
+@pytest.mark.slow  # the shared tiny detection run is built in the second CI stage anyway
 def test_detection_collects_only_the_trained_folds(tmp_path, tiny_det_run):
     """The detection kind's out-of-fold tables for one fold of the shared two-fold run: boxes and
     image rows of that fold's frames only."""
