@@ -89,6 +89,7 @@ def det_export(tmp_path_factory) -> Path:
         bundle_info={"task": "person_detection", "kind": "object_detection", "classes": ["person"]},
         parity_paths=[str(p) for p in frames[:3]], calibration_paths=[str(p) for p in frames[:3]],
         formats=("saved_model", "tflite", "tflite_int8", "onnx"), quant_rows=rows, evaluated_on="test frames",
+        int8_float_layers=("yolo_v8_head",),  # export.int8_float_layers (checked in the int8 file below)
     )
     (root / "export_result.json").write_text(json.dumps({"rows": rows.to_dict(orient="list"),
                                                          "warnings": result["warnings"]}))
@@ -406,13 +407,13 @@ def test_detector_signature_refuses_wrong_inputs_at_the_boundary(det_export, arr
     assert "ResizeBilinear" not in str(err.value) and "conv" not in str(err.value).lower()
 
 
-def test_int8_float_layers_keep_those_layers_float(det_export, tmp_path):
-    """export.int8_float_layers: the named layers' ops join letterbox/decode/NMS on the float32 list,
-    and in the converted file their convolutions keep float32 weights while the rest of the
-    network's are int8."""
+def test_int8_float_layers_keep_those_layers_float(det_export):
+    """export.int8_float_layers (the fixture keeps the head float): the named layers' ops join
+    letterbox/decode/NMS on the float32 list, and in model_int8.tflite their convolutions keep
+    float32 weights while the rest of the network's are int8."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from lepton_vision.kinds.detection.export import NETWORK_SCOPE, _convert_tflite, _float_only_nodes
+    from lepton_vision.kinds.detection.export import NETWORK_SCOPE, _float_only_nodes
 
     float_file = det_export / "model.tflite"
     base = _float_only_nodes(float_file)
@@ -421,10 +422,7 @@ def test_int8_float_layers_keep_those_layers_float(det_export, tmp_path):
     assert set(base) < set(head) and all("yolo_v8_head" in n and NETWORK_SCOPE in n for n in extra)
     assert not any(NETWORK_SCOPE + "/" in n.split(";")[0] for n in base)
 
-    frames = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted((det_export.parent / "frames").glob("*.png"))]
-    out = _convert_tflite(det_export / "saved_model", tmp_path / "head_float.tflite", frames,
-                          float_tflite=float_file, float_layers=["yolo_v8_head"])
-    interp = Interpreter(model_path=str(out))
+    interp = Interpreter(model_path=str(det_export / "model_int8.tflite"))
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
     conv_weights = {}
     for op in interp._get_ops_details():
