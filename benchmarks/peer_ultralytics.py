@@ -58,10 +58,10 @@ VENV_HINT = ("python3 -m venv benchmarks/.venv-ultralytics && "
 sys.path.insert(0, str(HERE))
 
 
-def write_yolo_fold(samples: Any, fold_of: dict[str, int], k: int, dest: Path) -> tuple[Path, Path, dict[str, str]]:
+def write_yolo_fold(samples: Any, fold_of: dict[str, int], k: int, dest: Path) -> tuple[Path, Path]:
     """A YOLO dataset of fold ``k`` (train = the other folds, val = fold ``k``) under ``dest``.
 
-    Returns ``(data.yaml, val.txt, {image path written: sample_id})``. Images are links to the
+    Returns ``(data.yaml, val.txt)``; val.txt lists fold ``k``'s images in sample-table order. Images are links to the
     originals unless they have ignore regions, which are painted with the letterbox grey (as
     lepton-vision's training does) in a copy; labels are ``class cx cy w h`` in 0..1.
     """
@@ -71,7 +71,6 @@ def write_yolo_fold(samples: Any, fold_of: dict[str, int], k: int, dest: Path) -
     from lepton_vision.data.readers.detection import boxes_of
     from lepton_vision.models.detectors import PAD_VALUE
 
-    names: dict[str, str] = {}
     val_paths: list[str] = []
     for split in ("train", "val"):
         (dest / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -94,10 +93,9 @@ def write_yolo_fold(samples: Any, fold_of: dict[str, int], k: int, dest: Path) -
         lines = [f"{int(c)} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} "
                  f"{(b[2] - b[0]) / w:.6f} {(b[3] - b[1]) / h:.6f}" for b, c in zip(boxes, classes)]
         (dest / "labels" / split / f"{i:05d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
-        names[str(img.resolve() if not img.is_symlink() else img.absolute())] = sid
         if split == "val":
             val_paths.append(str(img.absolute()))
-    return _data_yaml(dest), _val_list(dest, val_paths), names
+    return _data_yaml(dest), _val_list(dest, val_paths)
 
 
 def _data_yaml(dest: Path) -> Path:
@@ -233,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             info = json.loads(result_file.read_text())
             print(f"fold {k + 1}: Ultralytics finished earlier, reused ({info['train_seconds'] / 60:.1f} min)")
         else:
-            data_yaml, val_txt, _ = write_yolo_fold(samples, fold_of, k, dest)
+            data_yaml, val_txt = write_yolo_fold(samples, fold_of, k, dest)
             cmd = [str(args.python), str(SIDE_SCRIPT), "--data", str(data_yaml), "--predict", str(val_txt),
                    "--out", str(dest / "ultra"), "--imgsz", str(args.imgsz), "--model", args.model,
                    "--threads", str(args.threads), "--seed", str(resolved.recipe.seed)]
