@@ -346,7 +346,7 @@ def ood_endpoint(ref: Reference, prep: Any, features: Any, channels: int) -> Any
     def serve_ood(image: Any) -> dict[str, Any]:
         image = tf.ensure_shape(image, [None, None, channels], name="expect_HxWxC_uint8")
         x = prep(image)
-        f = tf.reshape(features(x[None]), [-1])
+        f = tf.reshape(features(tf.expand_dims(x, 0)), [-1])
         out = ood_graph(ref, f, x, tf.cast(tf.shape(image)[:2], tf.float32))
         return {**out, "features": f}
 

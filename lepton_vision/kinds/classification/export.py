@@ -362,7 +362,7 @@ def _build_endpoints(model: Any, size_hw: tuple[int, int], channels: int,
     def serve_uint8(image: tf.Tensor) -> dict[str, tf.Tensor]:
         # A wrong rank or channel count fails here, naming the expected shape, not deep inside.
         image = tf.ensure_shape(image, [None, None, channels], name="expect_HxWxC_uint8")
-        return head(prep(image)[None])
+        return head(tf.expand_dims(prep(image), 0))
 
     endpoints["serve_uint8"] = serve_uint8
 
@@ -399,7 +399,7 @@ def _build_endpoints(model: Any, size_hw: tuple[int, int], channels: int,
             u8 = tf.concat([win(hu64, lv, wd) for lv, wd in pairs], axis=-1)
             if len(pairs) == 1 and channels == 3:
                 u8 = tf.tile(u8, [1, 1, 3])
-            return head(prep(u8)[None])
+            return head(tf.expand_dims(prep(u8), 0))
 
         endpoints["serve_hu"] = serve_hu
     return endpoints
