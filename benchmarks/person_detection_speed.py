@@ -107,18 +107,22 @@ def _subprocess_json(cmd: list[str], timeout: float) -> dict[str, Any]:
 
 
 def _table(rows: list[dict[str, Any]], hog: dict[str, Any] | None) -> str:
+    """The side-by-side table: each backend's speed and its ratio to the HOG baseline and to the
+    float TFLite file (the int8 file's speed-up is the last column of its row)."""
     hog_fps = hog.get("fps") if hog and "fps" in hog else None
+    float_fps = next((r["fps"] for r in rows if r.get("backend") == "tflite" and "fps" in r), None)
     head = (f"{'backend':<14}{'frames/s':>10}{'ms med':>9}{'ms p90':>9}{'peak RSS MB':>13}"
-            f"{'frames MB':>11}{'w/ person':>11}{'x HOG':>8}")
+            f"{'frames MB':>11}{'w/ person':>11}{'x HOG':>8}{'x tflite':>10}")
     out = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
             out.append(f"{r['backend']:<14}  failed: {r['error']}")
             continue
         ratio = f"{r['fps'] / hog_fps:.2f}" if hog_fps else "n/a"
+        vs_float = f"{r['fps'] / float_fps:.2f}" if float_fps else "n/a"
         out.append(f"{r['backend']:<14}{r['fps']:>10.2f}{r['ms_median']:>9.1f}{r['ms_p90']:>9.1f}"
                    f"{r['peak_rss_mb']:>13.0f}{r['frames_mb']:>11.0f}"
-                   f"{r['frames_with_person']:>6}/{r['n_frames']:<4}{ratio:>8}")
+                   f"{r['frames_with_person']:>6}/{r['n_frames']:<4}{ratio:>8}{vs_float:>10}")
     return "\n".join(out)
 
 
