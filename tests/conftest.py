@@ -269,6 +269,27 @@ def ct_demo_export() -> dict:
     return exports.ct_export_files(folder)
 
 
+def _image_slices(tflite_file: Path, frame_shape: tuple[int, ...], min_pixels: int) -> list[tuple[int, ...]]:
+    """Input shapes of the STRIDED_SLICE ops of ``tflite_file`` (its input resized to
+    ``frame_shape``) that are image-like: rank >= 3 with at least ``min_pixels`` elements per
+    channel. A STRIDED_SLICE copies element by element in LiteRT; indexing an image tensor in the
+    graph ([None], [0]) produces one (11.5 of 27 ms of the person detector on a 768x576 frame)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(tflite_file))
+    interp.resize_tensor_input(interp.get_input_details()[0]["index"], list(frame_shape))
+    interp.allocate_tensors()
+    shapes = {t["index"]: tuple(int(d) for d in t["shape"]) for t in interp.get_tensor_details()}
+    sliced = [shapes[op["inputs"][0]] for op in interp._get_ops_details() if op["op_name"] == "STRIDED_SLICE"]
+    return [s for s in sliced if len(s) >= 3 and np.prod(s) / s[-1] >= min_pixels]
+
+
+@pytest.fixture(scope="session")
+def image_slices():
+    """``image_slices(tflite_file, frame_shape, min_pixels)`` (see :func:`_image_slices`)."""
+    return _image_slices
+
+
 @pytest.fixture(scope="session")
 def det_demo_export() -> dict:
     """A tiny detector export with frames, a video and a samples.csv (tests/demo_exports.py), built
