@@ -27,8 +27,8 @@ CT_WINDOW = (-600.0, 1500.0)
 #: Between the fitted model's scores of the two labels' slices (about 0.94 and 0.996).
 CT_THRESHOLD = 0.97
 DET_INPUT_HW = (128, 128)
-DET_SCORE_THR = 0.05
-DET_IMAGE_THR = 0.1
+DET_SCORE_THR = 0.3
+DET_IMAGE_THR = 0.4
 
 CT_INFO: dict[str, Any] = {
     "task": "ct_screening",
@@ -167,10 +167,19 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = 5.0, fourcc: 
 
 
 def make_det_export(root: Path) -> dict[str, Any]:
-    """A 128 px YOLOv8 'tiny' person detector fitted for a few epochs on rectangles and exported
-    (SavedModel + float TFLite), with frames (with and without objects), a samples.csv, a short
-    video and a corrupt PNG."""
+    """The one tiny detector export of the suite: a 128 px YOLOv8 'tiny' person detector fitted for
+    a few epochs on rectangles and exported to every format (SavedModel, float and int8 TFLite
+    with the head kept float, ONNX) with an OOD reference. Around it: the demo's frames (with and
+    without objects), a samples.csv, a short video and a corrupt PNG; and, for the Predictor tests
+    (tests/test_det_predictor.py), labelled frames of three sizes in ``run/frames`` on which the
+    int8 AP50 change is measured (``run/export_result.json`` holds those rows).
+
+    An untrained YOLOv8 scores every anchor ~equally (ties make NMS, hence the backends' box
+    counts, arbitrary), so it is fitted briefly: scores then differ per box. One export serves
+    both the demo and the Predictor tests (it was two: ~2 min of CI worker time each).
+    """
     import keras
+    import pandas as pd
 
     from lepton_vision.config.cards import DetectionPolicy
     from lepton_vision.models.detectors import adapter_for
@@ -179,7 +188,7 @@ def make_det_export(root: Path) -> dict[str, Any]:
 
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    n = 24
+    n = 32
     x = np.zeros((n, *DET_INPUT_HW, 3), np.float32)
     boxes = -np.ones((n, 4, 4), np.float32)
     classes = -np.ones((n, 4), np.float32)
@@ -190,14 +199,23 @@ def make_det_export(root: Path) -> dict[str, Any]:
     adapter = adapter_for(spec)
     model = adapter.build(spec, 1, DET_INPUT_HW, 0)
     adapter.compile(model, spec, keras.optimizers.Adam(2e-3))
-    model.fit(x, {"boxes": boxes, "classes": classes}, batch_size=8, epochs=5, verbose=0)
+    model.fit(x, {"boxes": boxes, "classes": classes}, batch_size=8, epochs=8, verbose=0)
     ood = _det_reference(model, np.random.default_rng(99))
+    run = root / "run"
+    # The Predictor tests' labelled frames (three heights), also the parity and calibration frames.
+    labelled = [_scene(rng, 96 + 16 * (i % 3), 160) for i in range(8)]
+    labelled_paths = [write_png(run / "frames" / f"f{i}.png", img) for i, (img, _) in enumerate(labelled)]
+    quant_rows = pd.DataFrame({
+        "sample_id": [f"f{i}" for i in range(len(labelled))], "path": [str(p) for p in labelled_paths],
+        "label": 1, "boxes": [json.dumps(b.tolist()) for _, b in labelled],
+        "classes": [json.dumps([0] * len(b)) for _, b in labelled], "ignore": "[]",
+    })
     frames_dir = root / "frames"
     scenes = [_scene(rng, 120, 160) for _ in range(5)]
     frames = [write_png(frames_dir / f"f{i}.png", img) for i, (img, _) in enumerate(scenes)]
     empty = write_png(frames_dir / "empty.png", np.clip(rng.normal(150, 20, (120, 160, 3)), 0, 255).astype(np.uint8))
-    export_dir = root / "run" / "export"
-    export_detector(
+    export_dir = run / "export"
+    result = export_detector(
         model, export_dir, input_hw=DET_INPUT_HW, score_threshold=DET_SCORE_THR, image_threshold=DET_IMAGE_THR,
         policy=DetectionPolicy(),
         bundle_info={"task": "person_detection", "kind": "object_detection", "classes": ["person"],
@@ -207,13 +225,17 @@ def make_det_export(root: Path) -> dict[str, Any]:
                      "metrics": {"ap50": 0.4, "ap50_95": 0.1, "precision": 0.5, "recall": 0.4, "f1": 0.44,
                                  "ci": {"ap50": [0.3, 0.5]}, "bootstrap_unit": "group"},
                      "dataset": {"name": "test_street", "fingerprint": "ef" * 32, "n_samples": 6}},
-        parity_paths=[str(p) for p in frames[:2]], calibration_paths=[str(p) for p in frames[:2]],
-        formats=("saved_model", "tflite"), ood=ood,
+        parity_paths=[str(p) for p in labelled_paths[:3]], calibration_paths=[str(p) for p in labelled_paths[:3]],
+        formats=("saved_model", "tflite", "tflite_int8", "onnx"), ood=ood, quant_rows=quant_rows,
+        evaluated_on="test frames",
+        int8_float_layers=("yolo_v8_head",),  # export.int8_float_layers (checked in the int8 file)
     )
+    (run / "export_result.json").write_text(json.dumps({"rows": quant_rows.to_dict(orient="list"),
+                                                        "warnings": result["warnings"]}))
     rows = [{"sample_id": p.name, "path": str(p), "label": 1, "label_name": "objects", "group": f"s{i}"}
             for i, p in enumerate(frames)]
     rows.append({"sample_id": empty.name, "path": str(empty), "label": 0, "label_name": "empty", "group": "s9"})
-    _write_samples(root / "run" / "samples.csv", rows)
+    _write_samples(run / "samples.csv", rows)
     write_video(root / "clip.mp4", [img for img, _ in scenes] * 2)
     corrupt = root / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"this is not a PNG image" * 4)
@@ -251,7 +273,7 @@ def det_export_files(root: Path) -> dict[str, Any]:
         scenes = [(z[f"image{i}"], z[f"boxes{i}"]) for i in range(n)]
     return {"dir": root / "run" / "export", "frames": [root / "frames" / f"f{i}.png" for i in range(n)],
             "empty": root / "frames" / "empty.png", "video": root / "clip.mp4", "corrupt": root / "corrupt.png",
-            "root": root, "scenes": scenes}
+            "root": root, "scenes": scenes, "thresholds": (DET_SCORE_THR, DET_IMAGE_THR)}
 
 
 def _write_samples(path: Path, rows: list[dict[str, Any]]) -> None:

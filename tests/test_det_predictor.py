@@ -7,7 +7,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import pytest
 
 from lepton_vision.config.errors import DataError, ExportError
@@ -15,6 +14,7 @@ from lepton_vision.config.errors import DataError, ExportError
 pytestmark = pytest.mark.tf
 
 INPUT_HW = (128, 128)
+#: The export's thresholds (tests/demo_exports.py DET_SCORE_THR, DET_IMAGE_THR; checked by the fixture).
 SCORE_THR = 0.3
 IMAGE_THR = 0.4
 
@@ -48,52 +48,12 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: float = 5.0) -> Path
 
 
 @pytest.fixture(scope="session")
-def det_export(tmp_path_factory) -> Path:
-    """A 128 px YOLOv8 'tiny' person detector, fitted for a few epochs, exported to all formats.
-
-    An untrained YOLOv8 scores every anchor ~equally (ties make NMS, hence the backends'
-    box counts, arbitrary), so it is fitted briefly on rectangles: scores then differ per box.
-    """
-    import keras
-
-    from lepton_vision.config.cards import DetectionPolicy
-    from lepton_vision.models.detectors import adapter_for
-    from lepton_vision.kinds.detection.export import export_detector
-    from lepton_vision.config.recipe import DetectorSpec
-
-    root = tmp_path_factory.mktemp("det_export")
-    rng = np.random.default_rng(0)
-    n = 32
-    x = np.zeros((n, *INPUT_HW, 3), np.float32)
-    boxes = -np.ones((n, 4, 4), np.float32)
-    classes = -np.ones((n, 4), np.float32)
-    for i in range(n):
-        img, b = _scene(rng, *INPUT_HW)
-        x[i], boxes[i, : len(b)], classes[i, : len(b)] = img, b, 0
-    spec = DetectorSpec(size="tiny")
-    adapter = adapter_for(spec)
-    model = adapter.build(spec, 1, INPUT_HW, 0)
-    adapter.compile(model, spec, keras.optimizers.Adam(2e-3))
-    model.fit(x, {"boxes": boxes, "classes": classes}, batch_size=8, epochs=8, verbose=0)
-    scenes = [_scene(rng, 96 + 16 * (i % 3), 160) for i in range(8)]
-    frames = [_write_png(root / "frames" / f"f{i}.png", img) for i, (img, _) in enumerate(scenes)]
-    # Labelled frames the int8 model's AP50 change is measured on (sample-table rows).
-    rows = pd.DataFrame({
-        "sample_id": [f"f{i}" for i in range(len(frames))], "path": [str(p) for p in frames],
-        "label": 1, "boxes": [json.dumps(b.tolist()) for _, b in scenes],
-        "classes": [json.dumps([0] * len(b)) for _, b in scenes], "ignore": "[]",
-    })
-    result = export_detector(
-        model, root / "export", input_hw=INPUT_HW, score_threshold=SCORE_THR, image_threshold=IMAGE_THR,
-        policy=DetectionPolicy(),
-        bundle_info={"task": "person_detection", "kind": "object_detection", "classes": ["person"]},
-        parity_paths=[str(p) for p in frames[:3]], calibration_paths=[str(p) for p in frames[:3]],
-        formats=("saved_model", "tflite", "tflite_int8", "onnx"), quant_rows=rows, evaluated_on="test frames",
-        int8_float_layers=("yolo_v8_head",),  # export.int8_float_layers (checked in the int8 file below)
-    )
-    (root / "export_result.json").write_text(json.dumps({"rows": rows.to_dict(orient="list"),
-                                                         "warnings": result["warnings"]}))
-    return root / "export"
+def det_export(det_demo_export) -> Path:
+    """The suite's tiny exported YOLOv8 person detector (tests/demo_exports.py, shared with the demo,
+    monitor and OOD tests): 128 px, fitted briefly on rectangles, exported to every format with the
+    head kept float in int8; its labelled frames and the int8 rows are beside it in ``run/``."""
+    assert det_demo_export["thresholds"] == (SCORE_THR, IMAGE_THR)
+    return det_demo_export["dir"]
 
 
 @pytest.fixture(scope="session")
@@ -234,7 +194,9 @@ def test_coco_results(predictors, tmp_path):
     assert len(all_rows) == len(d.scores) >= len(rows)
     assert min(r["score"] for r in all_rows) >= 0.01  # the policy's min_score, applied in the graph
     for r in rows:
-        assert set(r) == {"file_name", "category_id", "category_name", "bbox", "score"}
+        # the export has an OOD reference: every row carries the frame's OOD score and verdict
+        assert set(r) == {"file_name", "category_id", "category_name", "bbox", "score", "ood_score", "in_distribution"}
+        assert r["ood_score"] == pytest.approx(d.ood_score, abs=1e-4) and r["in_distribution"] is d.in_distribution
         assert r["file_name"] == str(path) and r["category_id"] == 1 and r["category_name"] == "person"
         assert r["score"] >= SCORE_THR
     x1, y1, x2, y2 = d.boxes[0].tolist()

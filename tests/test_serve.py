@@ -481,7 +481,7 @@ def test_detect_equals_the_predictor_and_draws_the_boxes(det, det_demo):
         assert (r.count == 0) == np.array_equal(r.image, plain)
         assert r.latency_ms > 0
     md = det_demo.summary_markdown(det_demo.detect(str(det["frames"][0])))
-    assert "f0.png" in md and "(160×120)" in md and "at score ≥ 0.050" in md and "object present:" in md
+    assert "f0.png" in md and "(160×120)" in md and f"at score ≥ {demo_exports.DET_SCORE_THR:.3f}" in md and "object present:" in md
 
 
 @pytest.mark.tf
