@@ -70,15 +70,25 @@ def cached_build(name: str, build: Callable[[Path], None], *key_parts: str) -> P
 #: loadscope the longest start first and the short ones fill in at the end (a long module picked
 #: up last left the other worker idle for minutes).
 LONGEST_FIRST = ("test_scale_out_e2e.py", "test_baseline_slow.py", "test_detection_e2e.py", "test_interruption.py")
+#: CI stage 1: the modules that build a shared cached artefact (:func:`cached_build`) start first, one
+#: per worker, so that no two workers reach the same unbuilt artefact together (the second would
+#: wait on the lock, idle: 130 s for the detector export when xdist's order put test_serve beside
+#: test_det_predictor). Then the long modules; the many short ones fill in at the end. The order
+#: holds because addopts turns off xdist's reordering of modules by their number of tests.
+BUILDERS_FIRST = ("test_det_predictor.py",  # det-demo-export (later: serve, monitor, ood, browser)
+                  "test_train_e2e.py",      # tiny-ct-run (later: pretrain)
+                  "test_ood.py",            # ood-ct-run and ct-demo-export (later: monitor, serve, demo_load)
+                  "test_pretrain.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Longest modules first (:data:`LONGEST_FIRST`); ``full`` tests (the unmodified default
-    recipe, minutes) run only when asked for: ``-m full``."""
+    """Module order for pytest-xdist (:data:`LONGEST_FIRST` in the slow stage, :data:`BUILDERS_FIRST`
+    otherwise); ``full`` tests (the unmodified default recipe, minutes) run only when asked for:
+    ``-m full``."""
     markexpr = config.getoption("markexpr") or ""
-    if "slow" in markexpr and "not slow" not in markexpr:  # the second stage only; stage 1 keeps file order
-        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a module kept
+    first = LONGEST_FIRST if "slow" in markexpr and "not slow" not in markexpr else BUILDERS_FIRST
+    rank = {name: i for i, name in enumerate(first)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a module kept
     if "full" in markexpr:
         return
     skip = pytest.mark.skip(reason="the unmodified default recipe, about 8 min on 2 cores: run it with pytest -m full")
