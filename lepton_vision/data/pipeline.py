@@ -168,6 +168,13 @@ def _inline(ds: Any) -> Any:
     return ds.with_options(options)
 
 
+def sequential_input(ds: Any) -> Any:
+    """A dataset whose elements must be made in order (one Python iterator behind them): prefetched
+    where there is room (:func:`_parallel_input`), else inline with the autotuner off (:func:`_inline`)."""
+    tf, _ = import_keras()
+    return ds.prefetch(tf.data.AUTOTUNE) if _parallel_input() else _inline(ds)
+
+
 def _parallel_input() -> bool:
     """Overlap input with training only where there is room: a GPU, or more than 4 CPU cores."""
     import os

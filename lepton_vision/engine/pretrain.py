@@ -491,7 +491,29 @@ def _batch_dataset(tf: Any, images_stream: ImageStream, stream: StreamSpec, chun
                         augment.set_random_seed(int(np.random.default_rng([seed, c, r, k]).integers(2**31)))
                     yield steps.make_batch(data, idx, augment, [seed, c, r, k], extra, state)
 
-    return tf.data.Dataset.from_generator(batches, output_signature=steps.output_signature(tf, batch, stream, extra))
+    # The batches come from one Python iterator, called by tf.numpy_function over a range of batch
+    # numbers (sequentially, so the order is the iterator's). Dataset.from_generator over the same
+    # iterator made every training step 0.6 s slower on 2 cores (1.36-1.44 s against 0.78 s for
+    # 16 augmented 256 px frames; the batches themselves take 0.1-0.16 s to build).
+    signature = steps.output_signature(tf, batch, stream, extra)
+    flat_sig = tf.nest.flatten(signature)
+    total = sum(rounds * (sum(b - a for a, b in cb) // batch) for cb in chunk_bounds)
+    state: dict[str, Any] = {}
+
+    def next_batch(_: Any) -> list[np.ndarray]:
+        if "it" not in state:
+            state["it"] = batches()
+        return [np.asarray(v, dtype=sig.dtype.as_numpy_dtype) for v, sig in zip(tf.nest.flatten(next(state["it"])), flat_sig)]
+
+    def tf_next(i: Any) -> Any:
+        flat = tf.numpy_function(next_batch, [i], [sig.dtype for sig in flat_sig], stateful=True)
+        for t, sig in zip(flat, flat_sig):
+            t.set_shape(sig.shape)
+        return tf.nest.pack_sequence_as(signature, flat)
+
+    from lepton_vision.data.pipeline import sequential_input
+
+    return sequential_input(tf.data.Dataset.range(total).map(tf_next))
 
 
 def _progress(enabled: bool, label: str, total: int) -> tuple[Any, Any]:
