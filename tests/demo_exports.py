@@ -138,9 +138,10 @@ def ct_export_files(root: Path) -> dict[str, Any]:
             "text": data / "notes.txt", "root": root}
 
 
-def _scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """A grey frame with 1-3 dark upright rectangles ("people") and their xyxy boxes."""
-    img = np.clip(rng.normal(150, 20, (h, w, 3)), 0, 255)
+def scene(rng: np.random.Generator, h: int, w: int, noise: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
+    """A grey frame (pixel noise of SD ``noise``; 0: flat) with 1-3 dark upright rectangles
+    ("people") and their xyxy boxes."""
+    img = np.clip(rng.normal(150, noise, (h, w, 3)), 0, 255) if noise else np.full((h, w, 3), 150.0)
     boxes = []
     for _ in range(int(rng.integers(1, 4))):
         bw, bh = int(rng.integers(w // 10, w // 5)), int(rng.integers(h // 4, h // 2))
@@ -193,7 +194,7 @@ def make_det_export(root: Path) -> dict[str, Any]:
     boxes = -np.ones((n, 4, 4), np.float32)
     classes = -np.ones((n, 4), np.float32)
     for i in range(n):
-        img, b = _scene(rng, *DET_INPUT_HW)
+        img, b = scene(rng, *DET_INPUT_HW)
         x[i], boxes[i, : len(b)], classes[i, : len(b)] = img, b, 0
     spec = DetectorSpec(size="tiny")
     adapter = adapter_for(spec)
@@ -203,7 +204,7 @@ def make_det_export(root: Path) -> dict[str, Any]:
     ood = _det_reference(model, np.random.default_rng(99))
     run = root / "run"
     # The Predictor tests' labelled frames (three heights), also the parity and calibration frames.
-    labelled = [_scene(rng, 96 + 16 * (i % 3), 160) for i in range(8)]
+    labelled = [scene(rng, 96 + 16 * (i % 3), 160) for i in range(8)]
     labelled_paths = [write_png(run / "frames" / f"f{i}.png", img) for i, (img, _) in enumerate(labelled)]
     quant_rows = pd.DataFrame({
         "sample_id": [f"f{i}" for i in range(len(labelled))], "path": [str(p) for p in labelled_paths],
@@ -211,7 +212,7 @@ def make_det_export(root: Path) -> dict[str, Any]:
         "classes": [json.dumps([0] * len(b)) for _, b in labelled], "ignore": "[]",
     })
     frames_dir = root / "frames"
-    scenes = [_scene(rng, 120, 160) for _ in range(5)]
+    scenes = [scene(rng, 120, 160) for _ in range(5)]
     frames = [write_png(frames_dir / f"f{i}.png", img) for i, (img, _) in enumerate(scenes)]
     empty = write_png(frames_dir / "empty.png", np.clip(rng.normal(150, 20, (120, 160, 3)), 0, 255).astype(np.uint8))
     export_dir = run / "export"
@@ -247,7 +248,7 @@ def make_det_export(root: Path) -> dict[str, Any]:
 def det_reference_frames(rng: np.random.Generator, n: int) -> list[np.ndarray]:
     """Frames drawn like the demo's frames: 120x160 rectangle scenes, one in five empty (the
     reference's training frames, and new frames of the same kind for the OOD tests)."""
-    return [_scene(rng, 120, 160)[0] if i % 5 else np.clip(rng.normal(150, 20, (120, 160, 3)), 0, 255).astype(np.uint8)
+    return [scene(rng, 120, 160)[0] if i % 5 else np.clip(rng.normal(150, 20, (120, 160, 3)), 0, 255).astype(np.uint8)
             for i in range(n)]
 
 
@@ -273,7 +274,7 @@ def det_export_files(root: Path) -> dict[str, Any]:
         scenes = [(z[f"image{i}"], z[f"boxes{i}"]) for i in range(n)]
     return {"dir": root / "run" / "export", "frames": [root / "frames" / f"f{i}.png" for i in range(n)],
             "empty": root / "frames" / "empty.png", "video": root / "clip.mp4", "corrupt": root / "corrupt.png",
-            "root": root, "scenes": scenes, "thresholds": (DET_SCORE_THR, DET_IMAGE_THR)}
+            "root": root, "scenes": scenes}
 
 
 def _write_samples(path: Path, rows: list[dict[str, Any]]) -> None:

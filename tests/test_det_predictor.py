@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -11,40 +12,17 @@ import pytest
 
 from lepton_vision.config.errors import DataError, ExportError
 
+# The frame and file helpers of the shared detector export (tests/demo_exports.py, loaded by path:
+# the suite runs with --import-mode=importlib).
+_spec = importlib.util.spec_from_file_location("lepton_demo_exports_det", Path(__file__).with_name("demo_exports.py"))
+demo_exports = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo_exports)
+_scene, _write_png, _write_video = demo_exports.scene, demo_exports.write_png, demo_exports.write_video
+
 pytestmark = pytest.mark.tf
 
 INPUT_HW = (128, 128)
-#: The export's thresholds (tests/demo_exports.py DET_SCORE_THR, DET_IMAGE_THR; checked by the fixture).
-SCORE_THR = 0.3
-IMAGE_THR = 0.4
-
-
-def _scene(rng: np.random.Generator, h: int, w: int, noise: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
-    """A grey frame with 1-3 dark upright rectangles ("people") and their xyxy boxes."""
-    img = np.clip(rng.normal(150, noise, (h, w, 3)), 0, 255) if noise else np.full((h, w, 3), 150.0)
-    boxes = []
-    for _ in range(int(rng.integers(1, 4))):
-        bw, bh = int(rng.integers(w // 10, w // 5)), int(rng.integers(h // 4, h // 2))
-        x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
-        img[y : y + bh, x : x + bw] = rng.integers(0, 60, 3)
-        boxes.append([x, y, x + bw, y + bh])
-    return img.astype(np.uint8), np.array(boxes, np.float32)
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    return path
-
-
-def _write_video(path: Path, frames: list[np.ndarray], fps: float = 5.0) -> Path:
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    assert writer.isOpened()
-    for f in frames:
-        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
+SCORE_THR, IMAGE_THR = demo_exports.DET_SCORE_THR, demo_exports.DET_IMAGE_THR  # the export's thresholds
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +30,6 @@ def det_export(det_demo_export) -> Path:
     """The suite's tiny exported YOLOv8 person detector (tests/demo_exports.py, shared with the demo,
     monitor and OOD tests): 128 px, fitted briefly on rectangles, exported to every format with the
     head kept float in int8; its labelled frames and the int8 rows are beside it in ``run/``."""
-    assert det_demo_export["thresholds"] == (SCORE_THR, IMAGE_THR)
     return det_demo_export["dir"]
 
 
