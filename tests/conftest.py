@@ -244,13 +244,11 @@ def tiny_ct_project():
 
 
 def _helper_module(name: str):
-    """tests/<name>.py (test modules are not importable by name under --import-mode=importlib)."""
-    import importlib.util
+    """tests/<name>.py, imported by name (pyproject's ``pythonpath`` puts tests/ on sys.path), once
+    per process: the same module object the test modules import."""
+    import importlib
 
-    spec = importlib.util.spec_from_file_location(f"lepton_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(name)
 
 
 def _demo_exports():

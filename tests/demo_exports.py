@@ -2,8 +2,9 @@
 
 Each builder trains a very small model for a few steps, exports it with the real exporters and
 writes the run's ``samples.csv`` next to the export (the demo's example gallery reads it), so the
-demo runs on the same files a real run leaves behind. The test files load it by path: the suite
-runs with ``--import-mode=importlib``, so test modules cannot import each other by name.
+demo runs on the same files a real run leaves behind. conftest and the test modules ``import
+demo_exports`` (pyproject's pytest ``pythonpath`` puts tests/ on sys.path), so it is loaded once
+per process.
 """
 
 from __future__ import annotations

@@ -106,12 +106,9 @@ DET_NEW_FRAMES = 80
 
 def det_new_frames(n: int = DET_NEW_FRAMES, seed: int = 1234) -> list[np.ndarray]:
     """New 120x160 frames like the demo detector's reference frames (tests/demo_exports.py)."""
-    import importlib.util
+    import demo_exports
 
-    spec = importlib.util.spec_from_file_location("lepton_demo_exports_ood", Path(__file__).with_name("demo_exports.py"))
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    return demo.det_reference_frames(np.random.default_rng(seed), n)
+    return demo_exports.det_reference_frames(np.random.default_rng(seed), n)
 
 
 def noisy(images: list[np.ndarray], sigma: float, seed: int = 0) -> list[np.ndarray]:

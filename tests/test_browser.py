@@ -33,9 +33,7 @@ if not CHROMIUM.is_file():
 if importlib.util.find_spec("playwright") is None:
     pytest.skip("playwright is not installed: pip install -e '.[test]'", allow_module_level=True)
 
-_spec = importlib.util.spec_from_file_location("lepton_demo_exports", Path(__file__).with_name("demo_exports.py"))
-demo_exports = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(demo_exports)
+import demo_exports  # noqa: E402 - tests/demo_exports.py: the shared tiny exports and their demo server
 
 # JavaScript: the value of a Gradio textbox by elem_id (textarea or input).
 VALUE_JS = "(id) => { const e = document.querySelector(`#${id} textarea, #${id} input`); return e ? e.value : null; }"

@@ -7,7 +7,6 @@ The demo runs as a real process (`python -m lepton_vision demo EXPORT --port N`)
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,11 +17,10 @@ import cv2
 import numpy as np
 import pytest
 
+import demo_exports  # tests/demo_exports.py: the shared tiny exports and their demo server
+
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
-_spec = importlib.util.spec_from_file_location("lepton_demo_exports", Path(__file__).with_name("demo_exports.py"))
-demo_exports = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(demo_exports)
 
 N_CONCURRENT = 50
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,11 +11,8 @@ import pytest
 
 from lepton_vision.config.errors import DataError, ExportError
 
-# The frame and file helpers of the shared detector export (tests/demo_exports.py, loaded by path:
-# the suite runs with --import-mode=importlib).
-_spec = importlib.util.spec_from_file_location("lepton_demo_exports_det", Path(__file__).with_name("demo_exports.py"))
-demo_exports = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(demo_exports)
+import demo_exports  # tests/demo_exports.py: the shared detector export's frame and file helpers
+
 _scene, _write_png, _write_video = demo_exports.scene, demo_exports.write_png, demo_exports.write_video
 
 pytestmark = pytest.mark.tf

@@ -6,7 +6,6 @@ The browser tier (tests/test_browser.py) drives the same pages in Chromium.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,10 +18,9 @@ import pytest
 
 import gradio as gr  # noqa: E402 - a core dependency (the demo command)
 
+import demo_exports  # tests/demo_exports.py: the shared tiny exports and their thresholds
+
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("lepton_demo_exports", Path(__file__).with_name("demo_exports.py"))
-demo_exports = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(demo_exports)
 
 
 def _frame_det(boxes, scores, classes, threshold=0.0, names=("a", "b")):
