@@ -340,3 +340,24 @@ def test_tflite_still_converts_with_the_input_check(exported):
 
     runner = Interpreter(model_path=str(exported["dir"] / "model.tflite")).get_signature_runner("serve_uint8")
     assert runner(image=exported["images"][0])["score"].shape == (1,)
+
+
+def test_int8_calibration_leaves_out_the_images_a_best_fold_export_is_judged_on(tmp_path):
+    import pandas as pd
+
+    from lepton_vision.export.quantization import calibration_rows, evaluation_rows
+
+    table = pd.DataFrame({"path": [f"img{i}.png" for i in range(50)], "fold": [i % 5 for i in range(50)],
+                          "label": [i % 2 for i in range(50)]})
+    final = tmp_path / "final.json"
+    final.write_text(json.dumps({"mode": "best_fold", "fold": 2}))
+    held_out, what = evaluation_rows(table, final, n_max=100, seed=0)
+    assert what.startswith("held out") and set(held_out["fold"]) == {2}
+    calib = calibration_rows(table, final, n_max=100, seed=1)
+    assert len(calib) == 40 and not set(calib["path"]) & set(held_out["path"])  # the exported fold's training images
+    assert len(calibration_rows(table, final, n_max=8, seed=1)) == 8
+    # After a refit every image trained the model: all are candidates, drawn as before (table.sample).
+    final.write_text(json.dumps({"mode": "refit", "epochs": 3}))
+    refit = calibration_rows(table, final, n_max=64, seed=1)
+    assert len(refit) == 50 and set(refit["fold"]) == set(range(5))
+    assert list(calibration_rows(table, final, n_max=10, seed=7)["path"]) == list(table.sample(n=10, random_state=7)["path"])

@@ -50,6 +50,21 @@ def evaluation_rows(table: pd.DataFrame, final_json: Path, n_max: int, seed: int
     return rows, what
 
 
+def calibration_rows(table: pd.DataFrame, final_json: Path, n_max: int, seed: int) -> pd.DataFrame:
+    """The images int8 is calibrated on: up to ``n_max`` of the exported model's training images.
+
+    After ``final.mode: best_fold`` that leaves out the exported fold's validation images, which
+    :func:`evaluation_rows` holds out to measure the int8 change on (calibrating on them would let
+    the quantisation ranges see the images it is judged on); after a refit or a fold average every
+    image trained the model, so all are candidates.
+    """
+    info = json.loads(final_json.read_text()) if final_json.is_file() else {}
+    rows = table
+    if info.get("mode") == "best_fold" and "fold" in table.columns:
+        rows = table[table["fold"].astype(int) != int(info["fold"])]
+    return rows.sample(n=min(n_max, len(rows)), random_state=seed)
+
+
 def verdict(change: dict[str, Any], max_drop: float) -> dict[str, Any]:
     """``recommended`` and a sentence, from the metric drop (float minus int8)."""
     drop = change.get("drop")

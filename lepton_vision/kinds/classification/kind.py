@@ -329,11 +329,11 @@ def _ood_reference(resolved: Resolved, run: RunDir, model: Any, table: pd.DataFr
 def _int8_data(resolved: Resolved, run: RunDir, table: pd.DataFrame) -> tuple[list[np.ndarray], dict[str, Any]]:
     """int8 calibration images (training data) and the labelled images its AUC change is measured on."""
     from lepton_vision.data.folds import attach_folds
-    from lepton_vision.export.quantization import evaluation_rows
+    from lepton_vision.export.quantization import calibration_rows, evaluation_rows
 
     r = resolved.recipe
     table = attach_folds(table, run.folds)
-    calib_rows = table.sample(n=min(r.export.int8_calibration_samples, len(table)), random_state=r.seed + 2)
+    calib_rows = calibration_rows(table, run.final_dir / "final.json", r.export.int8_calibration_samples, r.seed + 2)
     rows, what = evaluation_rows(table, run.final_dir / "final.json", r.export.int8_eval_samples, r.seed + 3)
     return _uint8_images(resolved, calib_rows["path"]), {
         "images": _uint8_images(resolved, rows["path"]), "labels": rows["label"].to_numpy(int), "evaluated_on": what}

@@ -383,7 +383,7 @@ class DetectionKind:
         parity, int8 AP50 change)."""
         from lepton_vision.data.folds import attach_folds
         from lepton_vision.engine.runinfo import bundle_provenance
-        from lepton_vision.export.quantization import evaluation_rows
+        from lepton_vision.export.quantization import calibration_rows, evaluation_rows
         from lepton_vision.kinds.detection.export import export_detector
 
         r = resolved.recipe
@@ -411,9 +411,10 @@ class DetectionKind:
         image_thr = il.get("final_threshold")
         formats = tuple(formats or r.export.formats)
         quant_rows, evaluated_on = None, ""
+        with_folds, final_json = attach_folds(table, run.folds), run.final_dir / "final.json"
         if "tflite_int8" in formats:
-            quant_rows, evaluated_on = evaluation_rows(attach_folds(table, run.folds), run.final_dir / "final.json",
-                                                       r.export.int8_eval_samples, r.seed + 3, stratify=None)
+            quant_rows, evaluated_on = evaluation_rows(with_folds, final_json, r.export.int8_eval_samples, r.seed + 3,
+                                                       stratify=None)
         return export_detector(
             model, run.export_dir,
             input_hw=tuple(r.input.image_size),
@@ -422,8 +423,8 @@ class DetectionKind:
             policy=policy,
             bundle_info=bundle_info,
             parity_paths=list(rows["path"]),
-            calibration_paths=list(table["path"].sample(n=min(r.export.int8_calibration_samples, len(table)),
-                                                        random_state=r.seed + 1)),
+            calibration_paths=list(calibration_rows(with_folds, final_json, r.export.int8_calibration_samples,
+                                                    r.seed + 1)["path"]),
             formats=formats,
             max_pixels=r.data.max_image_pixels,
             quant_rows=quant_rows,
