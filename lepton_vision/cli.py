@@ -53,6 +53,7 @@ EXAMPLES = {
         examples:
           lepton-vision export runs/ct_screening-baseline-20261123-101500
           lepton-vision export runs/RUN --format tflite,tflite_int8,onnx    # add ONNX to a finished run
+          lepton-vision export runs/RUN --fold 1    # fold 1's model: int8 judged on its held-out images
     """,
     "predict": """
         examples:
@@ -183,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", dest="formats", metavar="LIST",
                    help="comma-separated artefacts, replacing the recipe's export.formats: saved_model "
                    "(always), tflite, tflite_int8, onnx (needs the [onnx] extra)")
+    x.add_argument("--fold", type=int, metavar="K",
+                   help="export fold K's model (1-based) into RUN/folds/<K-1>/export instead of the final "
+                   "model: its int8 check is then on that fold's held-out validation images")
     x.add_argument("--debug", action="store_true", help="show full tracebacks", default=argparse.SUPPRESS)
 
     pr = sub.add_parser("predict", help="score images (PNG/JPEG/DICOM files or folders) or, with a "
@@ -386,7 +390,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from lepton_vision.engine.crossval import export_run
 
     formats = _parse_formats(args.formats) if args.formats else None
-    out = export_run(args.run_dir, formats)
+    out = export_run(args.run_dir, formats, args.fold)
     print(f"export written to {out}")
     return 0
 

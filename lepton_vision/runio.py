@@ -150,3 +150,23 @@ class RunDir:
         import pandas as pd
 
         return pd.read_csv(path, dtype={"sample_id": str, "group": str}, keep_default_na=False)
+
+
+@dataclass(frozen=True)
+class FoldExportView(RunDir):
+    """A run seen as if fold ``fold``'s model (``folds/<fold>/best.keras``) were its final model,
+    as after ``final.mode: best_fold``: ``final_dir`` is the fold's folder (its ``final.json`` says
+    so) and ``export_dir`` is ``folds/<fold>/export``. ``lepton-vision export RUN --fold K``
+    exports through it, so the int8 check is made on that fold's validation images, which its
+    model never trained on (a refit model has no such images), and int8 is calibrated without them.
+    """
+
+    fold: int = 0
+
+    @property
+    def final_dir(self) -> Path:
+        return self.fold_dir(self.fold)
+
+    @property
+    def export_dir(self) -> Path:
+        return self.fold_dir(self.fold) / "export"

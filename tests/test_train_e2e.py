@@ -183,6 +183,27 @@ def test_export_command_re_exports(project, tmp_path):
     assert main(["export", str(run), "--format", "tflite,pb"]) == 1
 
 
+def test_export_fold_judges_int8_on_that_folds_held_out_images(project, tmp_path, capsys):
+    """`export RUN --fold K`: fold K's model exported into folds/<K-1>/export, its int8 change
+    measured on that fold's validation images (held out) instead of the refit model's training
+    images; the run's own export is untouched; a fold without a model is a one-line error."""
+    _, _, shared = project
+    run = _copy(shared, tmp_path / "run")
+    before = (run / "export/bundle.json").read_bytes()
+    assert main(["export", str(run), "--fold", "2", "--format", "tflite_int8"]) == 0
+    assert (run / "export/bundle.json").read_bytes() == before
+    bundle = json.loads((run / "folds/1/export/bundle.json").read_text())
+    q = bundle["quantization"]
+    folds = pd.read_csv(run / "folds.csv", dtype={"sample_id": str})
+    assert q["evaluated_on"].startswith("held out: validation images of fold 2")
+    assert q["n_images"] == int((folds["fold"] == 1).sum()) and q["change"]["drop"] is not None
+    assert json.loads((run / "folds/1/final.json").read_text())["mode"] == "best_fold"
+    assert "held out" in capsys.readouterr().out
+    assert main(["export", str(run), "--fold", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "--fold 3" in err and "folds with a model: [1, 2]" in err
+
+
 def test_check_reports_versions_and_devices(capsys):
     assert main(["check"]) == 0
     out = capsys.readouterr().out

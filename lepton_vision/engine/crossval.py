@@ -322,16 +322,27 @@ def rescore_run(run_dir: Path, policy: Any = None) -> dict[str, Any]:
     return metrics
 
 
-def export_run(run_dir: Path, formats: tuple[str, ...] | None = None) -> Path:
+def export_run(run_dir: Path, formats: tuple[str, ...] | None = None, fold: int | None = None) -> Path:
     """``lepton-vision export RUN``: re-export final/model.keras without retraining.
 
     ``formats`` replaces the recipe's ``export.formats`` (e.g. add onnx to an old run).
+    ``fold`` (1-based, as the run prints folds): export that fold's model instead, into
+    ``folds/<fold-1>/export`` (:class:`~lepton_vision.runio.FoldExportView`); its int8 check is
+    then on the fold's held-out validation images. The run's own export is left as it is.
     """
     from lepton_vision.engine.bookkeeping import report_export
     from lepton_vision.kinds import kind_of
+    from lepton_vision.runio import FoldExportView
 
     run = RunDir(Path(run_dir))
-    for need in (run.recipe, run.metrics, run.samples, run.data_report, run.final_dir / "model.keras"):
+    model_file = run.final_dir / "model.keras"
+    if fold is not None:
+        trained = sorted(int(d.name) + 1 for d in (run.root / "folds").glob("*") if (d / "best.keras").is_file())
+        model_file = run.fold_dir(fold - 1) / "best.keras"
+        if fold < 1 or not model_file.is_file():
+            raise LeptonError(f"{run_dir}: --fold {fold}: no trained model at {model_file}",
+                              hint=f"folds with a model: {trained or 'none'} (1-based, as the run printed them)")
+    for need in (run.recipe, run.metrics, run.samples, run.data_report, model_file):
         if not need.is_file():
             raise LeptonError(
                 f"{run_dir}: cannot export, {need.name} is missing",
@@ -340,8 +351,13 @@ def export_run(run_dir: Path, formats: tuple[str, ...] | None = None) -> Path:
     kind = kind_of(run.task_kind)
     resolved = resolve_run(run)
     table = run.read_table(run.samples)
-    model = kind.load_model(run.final_dir / "model.keras")
+    model = kind.load_model(model_file)
     metrics = json.loads(run.metrics.read_text())
     fingerprint = json.loads(run.data_report.read_text())["fingerprint"]
+    if fold is not None:
+        run = FoldExportView(run.root, fold - 1)
+        atomic_write_json(run.final_dir / "final.json", {
+            "mode": "best_fold", "fold": fold - 1, "source": str(model_file),
+            "note": "lepton-vision export --fold: this fold's model, exported for checks on its held-out images"})
     report_export(kind.export(resolved, run, model, table, metrics, fingerprint, formats))
     return run.export_dir
