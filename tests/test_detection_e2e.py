@@ -111,22 +111,25 @@ def test_export_contract_any_size_boxes_in_frame_pixels(project, readme_schema_f
 def test_int8_tflite_quantises_the_network_and_keeps_post_processing_float(project):
     from ai_edge_litert.interpreter import Interpreter
 
-    from lepton_vision.kinds.detection.export import NETWORK_SCOPE
+    from lepton_vision.kinds.detection.export import HEAD_OUTPUT_LAYERS, NETWORK_SCOPE
 
     _, _, run = project
     interp = Interpreter(model_path=str(run / "export/model_int8.tflite"))
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
-    net_dtypes, post_dtypes = set(), {}
+    net_dtypes, head_out_dtypes, post_dtypes = set(), set(), {}
     for op in interp._get_ops_details():
         if not len(op["outputs"]):
             continue
         t = tensors[op["outputs"][0]]
         if NETWORK_SCOPE + "/" in t["name"]:
             if op["op_name"] == "CONV_2D":
-                net_dtypes.add(np.dtype(t["dtype"]).name)
+                out = head_out_dtypes if any(layer in t["name"] for layer in HEAD_OUTPUT_LAYERS) else net_dtypes
+                out.add(np.dtype(t["dtype"]).name)
         elif op["op_name"] in ("NON_MAX_SUPPRESSION_V5", "SOFTMAX", "RESIZE_BILINEAR"):
             post_dtypes[op["op_name"]] = np.dtype(tensors[op["inputs"][0]]["dtype"]).name
-    assert net_dtypes == {"int8"}  # every convolution of the network runs in int8
+    # Every convolution of the network runs in int8 but the head's last box and class ones, whose
+    # outputs (box logits, class probabilities) stay float32.
+    assert net_dtypes == {"int8"} and head_out_dtypes == {"float32"}
     # Letterbox resize, DFL softmax and NMS stay float32.
     assert post_dtypes == {"NON_MAX_SUPPRESSION_V5": "float32", "SOFTMAX": "float32", "RESIZE_BILINEAR": "float32"}
     pairs = json.loads((run / "export/parity.json").read_text())["pairs"]
