@@ -243,23 +243,16 @@ def tiny_ct_project():
     return make_tiny_ct_project
 
 
-def _helper_module(name: str):
-    """tests/<name>.py, imported by name (pyproject's ``pythonpath`` puts tests/ on sys.path), once
-    per process: the same module object the test modules import."""
-    import importlib
-
-    return importlib.import_module(name)
-
-
-def _demo_exports():
-    """tests/demo_exports.py."""
-    return _helper_module("demo_exports")
+# tests/demo_exports.py and tests/ood_exports.py are imported by name (pyproject's pytest
+# ``pythonpath`` puts tests/ on sys.path), inside the fixtures so that collecting stays light.
 
 
 @pytest.fixture(scope="session")
 def ood_data():
     """tests/ood_exports.py: the OOD tests' builders, image sets and stated corruption levels."""
-    return _helper_module("ood_exports")
+    import ood_exports
+
+    return ood_exports
 
 
 @pytest.fixture(scope="session")
@@ -272,9 +265,10 @@ def ood_ct_run(ood_data) -> Path:
 def ct_demo_export() -> dict:
     """A tiny CT classifier export with DICOM/PNG samples and a samples.csv (tests/demo_exports.py),
     built once per code version and shared by the serve, load and browser tests (read-only)."""
-    exports = _demo_exports()
-    folder = cached_build("ct-demo-export", lambda root: exports.make_ct_export(root, _write_ct_dicom))
-    return exports.ct_export_files(folder)
+    import demo_exports
+
+    folder = cached_build("ct-demo-export", lambda root: demo_exports.make_ct_export(root, _write_ct_dicom))
+    return demo_exports.ct_export_files(folder)
 
 
 def _image_slices(tflite_file: Path, frame_shape: tuple[int, ...], min_pixels: int) -> list[tuple[int, ...]]:
@@ -302,9 +296,10 @@ def image_slices():
 def det_demo_export() -> dict:
     """A tiny detector export with frames, a video and a samples.csv (tests/demo_exports.py), built
     once per code version and shared by the serve and browser tests (read-only)."""
-    exports = _demo_exports()
-    folder = cached_build("det-demo-export", exports.make_det_export)
-    return exports.det_export_files(folder)
+    import demo_exports
+
+    folder = cached_build("det-demo-export", demo_exports.make_det_export)
+    return demo_exports.det_export_files(folder)
 
 
 class _env:
