@@ -70,6 +70,32 @@ def test_same_seed_same_weights_and_width():
     assert half.count_params() < a.count_params()
 
 
+def test_cnn6_sees_the_whole_slice_where_small_cnn_sees_a_patch():
+    """cnn6 pools five times: at 128 px its last map is 4x4 and each unit sees 158 px, so changing
+    a corner of the slice changes the centre unit; small_cnn's centre unit (16x16 map, 38 px)
+    does not see the corner at all."""
+    x = _images(1, 1, size=128, seed=5)
+    changed = x.copy()
+    changed[:, :16, :16] = 1.0 - changed[:, :16, :16]
+
+    def centre_change(name):
+        model = build_classifier(name, (128, 128), 1, seed=0)
+        sub = _keras().Model(model.inputs, model.get_layer("last_conv").output)
+        a, b = np.asarray(sub(x, training=False)), np.asarray(sub(changed, training=False))
+        c = a.shape[1] // 2
+        return a.shape[1:3], float(np.abs(a[0, c, c] - b[0, c, c]).max())
+
+    shape6, change6 = centre_change("cnn6")
+    shape4, change4 = centre_change("small_cnn")
+    assert tuple(shape6) == (4, 4) and tuple(shape4) == (16, 16)
+    assert change6 > 1e-4
+    assert change4 == 0.0
+    a = build_classifier("cnn6", (128, 128), 1, seed=0)
+    b = build_classifier("small_cnn", (128, 128), 1, seed=0)
+    assert a.count_params() > b.count_params()
+    assert build_classifier("cnn6", (128, 128), 1, width=0.5).get_layer("block6_conv").filters == 96
+
+
 def test_whole_model_weights_round_trip(tmp_path):
     src = build_classifier("small_cnn", (32, 32), 1, seed=1)
     path = tmp_path / "m.weights.h5"
@@ -128,8 +154,9 @@ def test_bad_settings_are_recipe_errors():
         build_classifier("mobilenet_v22", (32, 32), 3)
     with pytest.raises(RecipeError, match="model.width"):
         build_classifier("efficientnet_b0", (32, 32), 3, width=0.5)
-    with pytest.raises(RecipeError, match="no ImageNet weights"):
-        build_classifier("small_cnn", (32, 32), 3, weights="imagenet")
+    for plain in ("small_cnn", "cnn6"):
+        with pytest.raises(RecipeError, match=f"{plain} has no ImageNet weights"):
+            build_classifier(plain, (32, 32), 3, weights="imagenet")
     with pytest.raises(RecipeError, match="input.channels"):
         build_classifier("small_cnn", (32, 32), 2)
 

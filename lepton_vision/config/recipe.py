@@ -33,6 +33,7 @@ SCHEMA_VERSION = 1
 #: :mod:`lepton_vision.models.backbones`, which checks it builds exactly these.
 BACKBONE_NAMES: tuple[str, ...] = (
     "small_cnn",
+    "cnn6",
     "mobilenet_v3_small",
     "mobilenet_v2",
     "efficientnet_b0",
@@ -225,7 +226,7 @@ class ModelSpec(StrictModel):
 
     backbone: StrictStr = Field(
         "small_cnn",
-        description="Backbone name: small_cnn, mobilenet_v3_small, mobilenet_v2, efficientnet_b0.",
+        description="Backbone name: small_cnn, cnn6, mobilenet_v3_small, mobilenet_v2, efficientnet_b0.",
     )
     weights: StrictStr = Field(
         "none",
@@ -238,7 +239,7 @@ class ModelSpec(StrictModel):
     )
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the classification head.")
     width: float = Field(
-        1.0, gt=0, le=4.0, description="Width multiplier (small_cnn filters, MobileNet alpha)."
+        1.0, gt=0, le=4.0, description="Width multiplier (small_cnn/cnn6 filters, MobileNet alpha)."
     )
 
     @field_validator("backbone")
