@@ -350,9 +350,11 @@ def test_kitti_recipe_streams_kitti_style_road_scenes_and_older_stages_keep_thei
     assert {k: stream.synthetic[k] for k in ("boxes", "min_visible", "car_model", "parked_rows")} == {
         "boxes": "amodal", "min_visible": 0.25, "car_model": "perspective", "parked_rows": 0.6}
     part = render_job(stream, 0, 4)
-    assert part["images"].shape == (4, 192, 640, 3)
+    # rendered and trained at 416x128 (the folds fine-tune at the recipe's 640x192)
+    assert part["images"].shape == (4, 128, 416, 3)
+    assert kitti.recipe.pretrain.image_size == (128, 416) and kitti.recipe.input.image_size == (192, 640)
     for boxes in part["boxes"]:
-        assert ((boxes[:, 2:] > boxes[:, :2]) & (boxes[:, 2:] <= [640, 192]) & (boxes[:, :2] >= 0)).all()
+        assert ((boxes[:, 2:] > boxes[:, :2]) & (boxes[:, 2:] <= [416, 128]) & (boxes[:, :2] >= 0)).all()
     old = load_resolved(recipe, ["pretrain.dataset=synthetic_road"])
     assert set(pretrain_key(old)[1]["generator"]) == {
         "generator", "n_images", "frame_size", "empty_fraction", "sequence_length", "n_patients",
