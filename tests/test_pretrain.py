@@ -360,3 +360,49 @@ def test_kitti_recipe_streams_kitti_style_road_scenes_and_older_stages_keep_thei
         "generator", "n_images", "frame_size", "empty_fraction", "sequence_length", "n_patients",
         "slices_per_patient", "image_size", "abnormal_patient_fraction", "seed", "randomization", "layout"}
     assert pretrain_key(old)[0] != pretrain_key(load_resolved(recipe))[0]
+
+
+def test_render_workers_end_when_the_training_process_is_killed(tmp_path):
+    """A training process killed outright never shuts its pool down: the render workers notice
+    their parent is gone and exit instead of waiting on their queue for ever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "trainer.py"
+    script.write_text(
+        "import multiprocessing as mp, os, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from lepton_vision.engine.pretrain import exit_with_parent\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'),\n"
+        "                               initializer=exit_with_parent, initargs=(os.getpid(), 0.1))\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            cwd=str(REPO))
+    worker = int(proc.stdout.readline())
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        # a zombie (exited, not yet reaped by its new parent) counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+    assert alive(worker)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 20
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        assert not alive(worker), "the render worker outlived the killed training process"
+    finally:
+        if alive(worker):
+            os.kill(worker, signal.SIGKILL)

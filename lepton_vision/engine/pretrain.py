@@ -122,6 +122,22 @@ def _steps(stream: StreamSpec) -> Any:
     return kind_of(stream.kind).pretraining()
 
 
+def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Render-worker initializer: end the worker once the training process is gone.
+
+    A training process killed outright (``kill``, the OOM killer) never shuts its pool down, and
+    its workers would otherwise wait on their queue for ever, holding their memory.
+    """
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 class ImageStream:
     """Renders index ranges in worker processes, in order, a bounded number of jobs ahead.
 
@@ -136,7 +152,8 @@ class ImageStream:
             from concurrent.futures import ProcessPoolExecutor
 
             # spawn: the parent holds TensorFlow's threads; forking it is unsafe.
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=exit_with_parent, initargs=(os.getpid(),))
 
     def _job(self, start: int, stop: int) -> Any:
         if self._pool is None:
