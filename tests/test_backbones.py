@@ -157,6 +157,9 @@ def test_bad_settings_are_recipe_errors():
     for plain in ("small_cnn", "cnn6"):
         with pytest.raises(RecipeError, match=f"{plain} has no ImageNet weights"):
             build_classifier(plain, (32, 32), 3, weights="imagenet")
+    with pytest.raises(RecipeError, match=r"input.image_size: cnn6 pools 5 times and needs at least 32 px.*Got 24x64"):
+        build_classifier("cnn6", (24, 64), 1)
+    assert build_classifier("small_cnn", (24, 24), 1).output_shape == (None, 1)
     with pytest.raises(RecipeError, match="input.channels"):
         build_classifier("small_cnn", (32, 32), 2)
 

@@ -36,6 +36,13 @@ def _plain_cnn(x: Any, *, name: str, filters: tuple[int, ...], weights: str, wid
             "Use weights: none, a .weights.h5 file, or an ImageNet backbone "
             f"({format_choices(n for n in BACKBONE_NAMES if n not in _PLAIN_CNNS)})."
         )
+    need = 2 ** (len(filters) - 1)
+    if min(int(x.shape[1]), int(x.shape[2])) < need:
+        raise RecipeError(
+            f"input.image_size: {name} pools {len(filters) - 1} times and needs at least {need} px on "
+            f"each side. Got {int(x.shape[1])}x{int(x.shape[2])}.",
+            hint="Raise input.image_size, or use small_cnn for very small inputs.",
+        )
     for i, f in enumerate(filters):
         n = max(1, int(round(f * width)))
         x = layers.Conv2D(n, 3, padding="same", use_bias=False, name=f"block{i + 1}_conv")(x)
@@ -59,8 +66,9 @@ def _small_cnn(x: Any, *, weights: str, width: float) -> Any:
 def _cnn6(x: Any, *, weights: str, width: float) -> Any:
     """Six Conv3x3-BN-ReLU blocks (16/32/64/96/128/192 filters x width), max-pooling after the
     first five: each output unit sees 158 px, the whole of a 128-px slice (4x4 map for Grad-CAM),
-    at about the CPU cost of small_cnn (the extra blocks run on small maps). On covid_ct it gave
-    out-of-fold AUC 0.867 against small_cnn's 0.764 (docs/results.md)."""
+    at about the CPU cost of small_cnn (the extra blocks run on small maps). On covid_ct
+    (covid_ct_strong.yaml) it gave out-of-fold AUC 0.865 against small_cnn's 0.772-0.774 at 30
+    epochs (docs/results.md). Needs at least 32 px."""
     return _plain_cnn(x, name="cnn6", filters=(16, 32, 64, 96, 128, 192), weights=weights, width=width)
 
 
