@@ -138,6 +138,16 @@ def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def render_pool(workers: int) -> Any:
+    """The process pool render jobs run in; its workers end when this process does."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: the parent holds TensorFlow's threads; forking it is unsafe.
+    return ProcessPoolExecutor(max_workers=int(workers), mp_context=mp.get_context("spawn"),
+                               initializer=exit_with_parent, initargs=(os.getpid(),))
+
+
 class ImageStream:
     """Renders index ranges in worker processes, in order, a bounded number of jobs ahead.
 
@@ -148,12 +158,7 @@ class ImageStream:
         self.stream, self.workers, self.ahead = stream, int(workers), max(1, int(ahead))
         self._pool: Any = None
         if self.workers > 0:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            # spawn: the parent holds TensorFlow's threads; forking it is unsafe.
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=exit_with_parent, initargs=(os.getpid(),))
+            self._pool = render_pool(self.workers)
 
     def _job(self, start: int, stop: int) -> Any:
         if self._pool is None:
